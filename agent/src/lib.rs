@@ -1,0 +1,1 @@
+//! The Musketeer agent (placeholder until the agent lands).

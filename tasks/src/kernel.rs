@@ -1,0 +1,185 @@
+//! The unit of work: a job is planned into tasks (each a range of the job's
+//! items, never one per item), an agent runs a task's input into an output,
+//! and the coordinator reduces the outputs, in task order, into the result.
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::{JobError, JobSpec};
+use crate::result::JobResult;
+use crate::{factorial, fibonacci, matmul, wordcount};
+
+/// Work a task is expected to take, so that the coordinator can size batches
+/// and match tasks to agents that can hold them.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Cost {
+    /// Roughly nanoseconds on one core of a modern x86_64; agents learn their
+    /// own ratio to it, so only the relative sizes need to be right.
+    pub work: u64,
+    /// Peak bytes the task needs while it runs, inputs and outputs included.
+    pub mem_bytes: u64,
+}
+
+impl Cost {
+    /// The sum of two costs: work adds up, and so does memory held at once.
+    pub fn plus(self, other: Cost) -> Cost {
+        Cost {
+            work: self.work.saturating_add(other.work),
+            mem_bytes: self.mem_bytes.saturating_add(other.mem_bytes),
+        }
+    }
+}
+
+/// How much work the planner aims to put in one task: small enough that a
+/// batch of a second or two holds several tasks, large enough that per-task
+/// overhead (a row in the store, a lease) stays negligible.
+pub const TARGET_TASK_WORK: u64 = 50_000_000;
+
+/// Why a task could not produce an output.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum KernelError {
+    /// The input violates the kernel's own invariants (a corrupt or forged task).
+    #[error("invalid task input: {0}")]
+    InvalidInput(String),
+    /// The outputs cannot be reduced: missing, extra or of the wrong kernel.
+    #[error("cannot reduce results: {0}")]
+    Reduce(String),
+}
+
+/// One task's input, as an agent receives it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub enum TaskInput {
+    /// F(n) for each listed n.
+    Fibonacci(fibonacci::FibonacciTask),
+    /// The product of a range of integers.
+    Factorial(factorial::FactorialTask),
+    /// One tile of C = A × B.
+    Matmul(matmul::MatmulTask),
+    /// The word counts of one chunk of text.
+    Wordcount(wordcount::WordcountTask),
+}
+
+/// One task's output, as an agent returns it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub enum TaskOutput {
+    /// Decimal values, in the task's order.
+    Fibonacci(fibonacci::FibonacciOutput),
+    /// The range product.
+    Factorial(factorial::FactorialOutput),
+    /// The computed tile.
+    Matmul(matmul::MatmulOutput),
+    /// The chunk's counts, combined.
+    Wordcount(wordcount::WordcountOutput),
+}
+
+impl TaskInput {
+    /// Runs the kernel. Pure and deterministic: the same input always gives
+    /// the same output, which is what makes redundancy checks possible.
+    pub fn run(&self) -> Result<TaskOutput, KernelError> {
+        Ok(match self {
+            TaskInput::Fibonacci(t) => TaskOutput::Fibonacci(t.run()?),
+            TaskInput::Factorial(t) => TaskOutput::Factorial(t.run()?),
+            TaskInput::Matmul(t) => TaskOutput::Matmul(t.run()?),
+            TaskInput::Wordcount(t) => TaskOutput::Wordcount(t.run()?),
+        })
+    }
+
+    /// The estimate the planner gave this input.
+    pub fn cost(&self) -> Cost {
+        match self {
+            TaskInput::Fibonacci(t) => t.cost(),
+            TaskInput::Factorial(t) => t.cost(),
+            TaskInput::Matmul(t) => t.cost(),
+            TaskInput::Wordcount(t) => t.cost(),
+        }
+    }
+
+    /// The kernel's name, for metrics and per-kernel speed estimates.
+    pub fn kernel(&self) -> &'static str {
+        match self {
+            TaskInput::Fibonacci(_) => "fibonacci",
+            TaskInput::Factorial(_) => "factorial",
+            TaskInput::Matmul(_) => "matmul",
+            TaskInput::Wordcount(_) => "wordcount",
+        }
+    }
+
+    /// The compact encoding stored by the coordinator and sent to agents.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("task inputs always encode")
+    }
+
+    /// Decodes [`TaskInput::encode`]'s bytes.
+    pub fn decode(bytes: &[u8]) -> Result<TaskInput, KernelError> {
+        postcard::from_bytes(bytes).map_err(|e| KernelError::InvalidInput(e.to_string()))
+    }
+}
+
+impl TaskOutput {
+    /// The compact encoding agents upload and the coordinator stores.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("task outputs always encode")
+    }
+
+    /// Decodes [`TaskOutput::encode`]'s bytes.
+    pub fn decode(bytes: &[u8]) -> Result<TaskOutput, KernelError> {
+        postcard::from_bytes(bytes).map_err(|e| KernelError::Reduce(e.to_string()))
+    }
+}
+
+/// Everything the coordinator needs to reduce a job's outputs, small enough
+/// to keep in the job's record (the inputs themselves live with the tasks).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub enum ReducePlan {
+    /// Concatenate the values of `count` indices, in task order.
+    Fibonacci(fibonacci::FibonacciReduce),
+    /// Multiply the range products in a balanced tree.
+    Factorial(factorial::FactorialReduce),
+    /// Place each tile in the result matrix.
+    Matmul(matmul::MatmulReduce),
+    /// Merge the chunks' counts, then sort and cut to `top`.
+    Wordcount(wordcount::WordcountReduce),
+}
+
+/// A job split into tasks, with the plan to reduce their outputs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobPlan {
+    /// The tasks, in the order their outputs are reduced.
+    pub tasks: Vec<(TaskInput, Cost)>,
+    /// How to reduce the outputs.
+    pub reduce: ReducePlan,
+}
+
+impl JobSpec {
+    /// Validates the spec against the limits and splits it into tasks of
+    /// about [`TARGET_TASK_WORK`] each.
+    pub fn plan(&self) -> Result<JobPlan, JobError> {
+        match self {
+            JobSpec::Fibonacci(j) => j.plan(),
+            JobSpec::Factorial(j) => j.plan(),
+            JobSpec::Matmul(j) => j.plan(),
+            JobSpec::Wordcount(j) => j.plan(),
+        }
+    }
+}
+
+impl ReducePlan {
+    /// Reduces the outputs of every task of the job, given in task order.
+    pub fn reduce(&self, outputs: Vec<TaskOutput>) -> Result<JobResult, KernelError> {
+        match self {
+            ReducePlan::Fibonacci(r) => r.reduce(outputs),
+            ReducePlan::Factorial(r) => r.reduce(outputs),
+            ReducePlan::Matmul(r) => r.reduce(outputs),
+            ReducePlan::Wordcount(r) => r.reduce(outputs),
+        }
+    }
+
+    /// The compact encoding kept in the job's record.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("reduce plans always encode")
+    }
+
+    /// Decodes [`ReducePlan::encode`]'s bytes.
+    pub fn decode(bytes: &[u8]) -> Result<ReducePlan, KernelError> {
+        postcard::from_bytes(bytes).map_err(|e| KernelError::Reduce(e.to_string()))
+    }
+}

@@ -1,0 +1,194 @@
+//! The agent protocol: what agents and the coordinator say to each other
+//! under `/v1/agent/`. Control messages are JSON; the two bulk messages (a
+//! lease of tasks, a batch of results) are postcard, because they carry text
+//! chunks and matrices that JSON would inflate and slow down.
+//!
+//! | call | request | response |
+//! |---|---|---|
+//! | `POST /v1/agent/enrol` | [`EnrolRequest`] (JSON, no auth) | [`EnrolResponse`] |
+//! | `POST /v1/agent/lease` | [`LeaseRequest`] (JSON) | [`LeaseResponse`] (postcard) |
+//! | `POST /v1/agent/results` | [`ResultBatch`] (postcard) | [`ResultAck`] (JSON) |
+//! | `POST /v1/agent/heartbeat` | [`Heartbeat`] (JSON) | [`HeartbeatAck`] (JSON) |
+//! | `POST /v1/agent/release` | [`Release`] (JSON) | [`ReleaseAck`] (JSON) |
+//!
+//! Every call but `enrol` carries `Authorization: Bearer <agent credential>`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::kernel::Cost;
+
+/// Content type of the postcard-encoded bulk messages.
+pub const POSTCARD_CONTENT_TYPE: &str = "application/x-musketeer-postcard";
+
+/// What an agent offers, as it advertises it at enrolment and on each lease.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Capacity {
+    /// Cores the agent will use (after its owner's `--cpus` limit).
+    pub cpus: u32,
+    /// Bytes of memory the agent may use for tasks (after `--memory`).
+    pub memory_bytes: u64,
+    /// CPU architecture, as Rust's `std::env::consts::ARCH` names it.
+    pub arch: String,
+    /// Operating system, as `std::env::consts::OS` names it.
+    pub os: String,
+    /// The host's name, for the operator's eyes only.
+    pub hostname: String,
+    /// The agent's version.
+    pub version: String,
+    /// Queues this agent serves; empty means the default queue only.
+    pub queues: Vec<String>,
+    /// Labels a job can require (`--label k=v`).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `POST /v1/agent/enrol`: trade a join token for an agent credential.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EnrolRequest {
+    /// The join token, whole (`MSKTKN-1-...`).
+    pub token: String,
+    /// What the agent offers.
+    pub capacity: Capacity,
+}
+
+/// The answer to an enrolment.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EnrolResponse {
+    /// The agent's id, as the operator sees it in `agents list`.
+    pub agent_id: String,
+    /// The bearer credential for every later call; the coordinator keeps only its hash.
+    pub credential: String,
+    /// The CA to trust from now on, PEM (the one the token's digest pinned).
+    pub ca_pem: Option<String>,
+}
+
+/// `POST /v1/agent/lease`: ask for a batch of tasks.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LeaseRequest {
+    /// Total estimated work wanted in this batch (see [`Cost::work`]).
+    pub max_work: u64,
+    /// At most this many tasks.
+    pub max_tasks: u32,
+    /// How long the coordinator may hold the call open when it has no work.
+    pub wait_ms: u64,
+    /// The agent's current capacity (limits can change while it runs).
+    pub capacity: Capacity,
+}
+
+/// Names one lease of one task; stale names are refused, so a result from a
+/// lease that expired and was handed to someone else is never counted twice.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskRef {
+    /// The job's id.
+    pub job: String,
+    /// The task's index within its job.
+    pub index: u32,
+    /// The lease's id, unique across the coordinator's life.
+    pub lease: u64,
+}
+
+/// One task handed to an agent.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LeasedTask {
+    /// Which task, under which lease.
+    pub task: TaskRef,
+    /// The planner's estimate.
+    pub cost: Cost,
+    /// Stop the task and report it failed after this long.
+    pub timeout_ms: Option<u64>,
+    /// The encoded [`crate::TaskInput`].
+    #[serde(with = "serde_bytes")]
+    pub input: Vec<u8>,
+}
+
+/// The answer to a lease call (postcard).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct LeaseResponse {
+    /// The batch; empty when the wait ran out with no work.
+    pub tasks: Vec<LeasedTask>,
+    /// Leases expire this long after they are granted or last renewed.
+    pub lease_ttl_ms: u64,
+}
+
+/// How a task ended on the agent.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub enum TaskOutcome {
+    /// The encoded [`crate::TaskOutput`].
+    Done(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The task failed; the reason is shown to the submitter if it was the last try.
+    Failed(String),
+}
+
+/// One finished task.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TaskReport {
+    /// Which task and lease.
+    pub task: TaskRef,
+    /// CPU time the task took, for credit and speed estimates.
+    pub cpu_ms: u64,
+    /// What came of it.
+    pub outcome: TaskOutcome,
+}
+
+/// `POST /v1/agent/results` (postcard): a batch of finished tasks.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ResultBatch {
+    /// The reports.
+    pub results: Vec<TaskReport>,
+}
+
+/// The answer to a result batch.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ResultAck {
+    /// Reports recorded.
+    pub accepted: u32,
+    /// Reports for leases no longer held (expired, cancelled, already done): ignored.
+    pub stale: u32,
+}
+
+/// `POST /v1/agent/heartbeat`: the agent is alive and still on these tasks.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Leases to renew.
+    pub running: Vec<TaskRef>,
+}
+
+/// The answer to a heartbeat.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HeartbeatAck {
+    /// Leases this agent no longer holds: stop working on them.
+    pub lost: Vec<TaskRef>,
+    /// The agent has been told to drain: finish what it holds, lease nothing new.
+    pub drain: bool,
+}
+
+/// `POST /v1/agent/release`: give leased tasks back unfinished (on shutdown).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Release {
+    /// The leases to give back.
+    pub tasks: Vec<TaskRef>,
+}
+
+/// The answer to a release.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReleaseAck {
+    /// Tasks returned to the queue.
+    pub released: u32,
+}
+
+/// The error body of every failed API call: `{"error":{"code":..,"message":..}}`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// The error itself.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorDetail {
+    /// Machine-readable, stable: `unauthorized`, `invalid_job`, ...
+    pub code: String,
+    /// For a person: what went wrong and what to do.
+    pub message: String,
+}
