@@ -1,1 +1,158 @@
-fn main() {}
+//! `musketeer-coordinator`: the service (`serve`, `demo`) and its admin CLI
+//! (`token`, `agents`, `jobs`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use musketeer_coordinator::cli::{self, ApiClient, Connection};
+use musketeer_coordinator::{demo, pki, server};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "musketeer-coordinator",
+    version,
+    about = "The Musketeer coordinator and its admin CLI"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "MUSKETEER_LISTEN", default_value = "0.0.0.0:7443")]
+    listen: SocketAddr,
+    /// Where the store, the CA and the admin token live [default: the platform's data directory].
+    #[arg(long, env = "MUSKETEER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The URL agents and clients reach this coordinator at (its host goes in the certificate).
+    #[arg(long, env = "MUSKETEER_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Serve this certificate chain (from a public CA) instead of the self-made CA.
+    #[arg(long, env = "MUSKETEER_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert.
+    #[arg(long, env = "MUSKETEER_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Seconds a lease lasts without a heartbeat before its task is offered again.
+    #[arg(long, env = "MUSKETEER_LEASE_TTL", default_value_t = 30.0)]
+    lease_ttl: f64,
+    /// Largest streamed word-count upload, in MiB.
+    #[arg(long, env = "MUSKETEER_MAX_UPLOAD_MIB", default_value_t = 4096)]
+    max_upload_mib: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the coordinator.
+    Serve(ServeArgs),
+    /// Run the whole system on this machine: a coordinator, local agents, every kernel's sample job.
+    Demo(demo::DemoArgs),
+    /// Join tokens.
+    Token {
+        #[command(subcommand)]
+        command: cli::TokenCommand,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Agents.
+    Agents {
+        #[command(subcommand)]
+        command: cli::AgentsCommand,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Jobs.
+    Jobs {
+        #[command(subcommand)]
+        command: cli::JobsCommand,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    if !(0.1..=86_400.0).contains(&args.lease_ttl) {
+        anyhow::bail!(
+            "--lease-ttl is {} s: use 0.1 to 86400 seconds",
+            args.lease_ttl
+        );
+    }
+    let cfg = server::ServeConfig {
+        listen: args.listen,
+        data_dir: args.data_dir.unwrap_or_else(pki::default_data_dir),
+        public_url: args.public_url,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        lease_ttl: Duration::from_secs_f64(args.lease_ttl),
+        max_upload: args.max_upload_mib << 20,
+    };
+    let data_dir = cfg.data_dir.clone();
+    let running = server::start(cfg).await?;
+    tracing::info!(url = %running.url, data_dir = %data_dir.display(), "coordinator listening on {}", running.addr);
+    eprintln!("Musketeer coordinator serving {}", running.url);
+    eprintln!(
+        "Join an agent to this cluster with:\n\n    musketeer join {} --token {}\n",
+        running.url, running.join_token
+    );
+    eprintln!(
+        "Submit jobs with:\n\n    curl --cacert {0}/ca.pem -H \"Authorization: Bearer $(cat {0}/admin.token)\" {1}/v1/jobs -d '{{\"kernel\":\"factorial\",\"n\":100}}'\n",
+        data_dir.display(),
+        running.url
+    );
+    tokio::select! {
+        r = running.wait() => r,
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MUSKETEER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Token {
+            command,
+            connection,
+        } => cli::token(&ApiClient::connect(&connection)?, command).await,
+        Command::Agents {
+            command,
+            connection,
+        } => cli::agents(&ApiClient::connect(&connection)?, command).await,
+        Command::Jobs {
+            command,
+            connection,
+        } => cli::jobs(&ApiClient::connect(&connection)?, command).await,
+    }
+}

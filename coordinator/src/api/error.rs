@@ -1,0 +1,118 @@
+//! The API's one error shape.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::store::{JobState, StoreError};
+
+/// An error as the caller sees it.
+#[derive(Debug)]
+pub struct ApiError {
+    /// 4xx for the caller's fault, 5xx for ours.
+    pub status: StatusCode,
+    /// Stable, machine-readable.
+    pub code: &'static str,
+    /// For a person: what went wrong and what to do.
+    pub message: String,
+    /// The job's state, on a result asked for too early.
+    pub state: Option<JobState>,
+}
+
+impl ApiError {
+    /// An error with no job state.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            state: None,
+        }
+    }
+
+    /// 400 with `code`.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 404 for a job, token or agent that does not exist.
+    pub fn not_found(what: &str, id: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no {what} with id {id:?}"),
+        )
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        tracing::error!("store error: {e}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "store_error",
+            e.to_string(),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": {"code": self.code, "message": self.message}});
+        if let Some(state) = self.state {
+            body["state"] = json!(state);
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// Unknown paths.
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no such endpoint {}: see the README for the API",
+            uri.path()
+        ),
+    )
+}
+
+/// Known paths, wrong method.
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// Reads a whole body up to `limit` bytes, with a JSON error past it.
+pub async fn read_body(
+    body: axum::body::Body,
+    limit: usize,
+    hint: &str,
+) -> Result<bytes::Bytes, ApiError> {
+    match axum::body::to_bytes(body, limit).await {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            let too_large = std::error::Error::source(&e)
+                .map(|s| s.is::<http_body_util::LengthLimitError>())
+                .unwrap_or(false)
+                || e.to_string().contains("length limit");
+            if too_large {
+                Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("the body is larger than {} MiB: {hint}", limit >> 20),
+                ))
+            } else {
+                Err(ApiError::bad_request(
+                    "bad_body",
+                    format!("cannot read the body: {e}"),
+                ))
+            }
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! Submitters' endpoints: submit (JSON, or a streamed text for word count),
+//! list, status, result and cancel.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::StreamExt;
+use musketeer_tasks::job::{parse_job, JobError, JobOptions};
+use musketeer_tasks::wordcount::{self, Chunker, SplitRule, WordcountOptions};
+use musketeer_tasks::JobResult;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::Admin;
+use super::error::read_body;
+use super::{ApiError, AppState, MAX_JOB_BODY};
+use crate::store::sqlite::now_ms;
+use crate::store::{JobState, JobStatus, NewJob, NewTask, Store};
+
+/// Streamed text is cut into chunks of about this size: a few milliseconds
+/// of counting each, so many fit in an agent's batch and the last one ends
+/// soon after the upload does.
+const STREAM_CHUNK_BYTES: usize = 4 << 20;
+
+fn job_error(e: JobError) -> ApiError {
+    let status = match e {
+        JobError::Malformed(_) => StatusCode::BAD_REQUEST,
+        JobError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        JobError::UnknownKernel(_) | JobError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    ApiError::new(status, e.code(), e.to_string())
+}
+
+fn check_supported(options: &JobOptions) -> Result<(), ApiError> {
+    if options.redundancy > 1 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unsupported_option",
+            "`redundancy` above 1 is not supported by this coordinator yet: submit with redundancy 1",
+        ));
+    }
+    Ok(())
+}
+
+fn new_job(kernel: &str, options: JobOptions, reduce_plan: Vec<u8>) -> NewJob {
+    NewJob {
+        id: uuid::Uuid::now_v7().to_string(),
+        kernel: kernel.to_string(),
+        options,
+        reduce_plan,
+        created_ms: now_ms(),
+    }
+}
+
+fn created(id: &str, tasks: u64) -> (StatusCode, Json<serde_json::Value>) {
+    (StatusCode::CREATED, Json(json!({"id": id, "tasks": tasks})))
+}
+
+/// `POST /v1/jobs`: a JSON job body.
+pub async fn submit(
+    State(st): State<Arc<AppState>>,
+    _: Admin,
+    body: Body,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let body = read_body(
+        body,
+        MAX_JOB_BODY,
+        "stream a large text to POST /v1/jobs/wordcount, or use a `random` matmul",
+    )
+    .await?;
+    let (spec, options) = parse_job(&body).map_err(job_error)?;
+    drop(body);
+    check_supported(&options)?;
+    let kernel = spec.kernel();
+    // Planning and encoding a big job is CPU work: keep it off the I/O threads.
+    let (reduce, tasks) = tokio::task::spawn_blocking(move || {
+        spec.plan().map(|plan| {
+            let tasks: Vec<NewTask> = plan
+                .tasks
+                .into_iter()
+                .map(|(input, cost)| NewTask {
+                    input: input.encode(),
+                    cost,
+                })
+                .collect();
+            (plan.reduce.encode(), tasks)
+        })
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    .map_err(job_error)?;
+    let job = new_job(kernel, options, reduce);
+    let id = job.id.clone();
+    let total = st.scheduler.submit(job, tasks).await?;
+    tracing::info!(job = %id, kernel, tasks = total, "job accepted");
+    Ok(created(&id, total))
+}
+
+/// Query parameters of the streamed word count: its options and the job's.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamParams {
+    min_len: Option<usize>,
+    top: Option<usize>,
+    case_sensitive: Option<bool>,
+    split: Option<SplitRule>,
+    queue: Option<String>,
+    priority: Option<u8>,
+    max_attempts: Option<u32>,
+    timeout_s: Option<u64>,
+    redundancy: Option<u32>,
+}
+
+/// Forgets a streamed job whose upload did not finish, even when the
+/// handler is dropped because the client hung up.
+struct UploadGuard {
+    store: Arc<dyn Store>,
+    id: Option<String>,
+}
+
+impl Drop for UploadGuard {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.abort_job(&id).await {
+                    tracing::error!(job = %id, "cannot drop an unfinished upload: {e}");
+                }
+            });
+        }
+    }
+}
+
+/// `POST /v1/jobs/wordcount`: the raw text as the body, options as query
+/// parameters. The text is cut into tasks as it arrives, and agents start
+/// counting the first chunks while the rest is still uploading.
+pub async fn submit_wordcount_stream(
+    State(st): State<Arc<AppState>>,
+    _: Admin,
+    params: Result<Query<StreamParams>, axum::extract::rejection::QueryRejection>,
+    body: Body,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let defaults = WordcountOptions::default();
+    let wc = WordcountOptions {
+        min_len: p.min_len.unwrap_or(defaults.min_len),
+        top: p.top.unwrap_or(defaults.top),
+        case_sensitive: p.case_sensitive.unwrap_or(defaults.case_sensitive),
+        split: p.split.unwrap_or(defaults.split),
+    };
+    let d = JobOptions::default();
+    let options = JobOptions {
+        queue: p.queue.unwrap_or(d.queue),
+        priority: p.priority.unwrap_or(d.priority),
+        max_attempts: p.max_attempts.unwrap_or(d.max_attempts),
+        timeout_s: p.timeout_s.or(d.timeout_s),
+        redundancy: p.redundancy.unwrap_or(d.redundancy),
+        labels: d.labels,
+    };
+    options.validate().map_err(job_error)?;
+    check_supported(&options)?;
+
+    let job = new_job("wordcount", options, wordcount::reduce_plan(&wc).encode());
+    let id = job.id.clone();
+    let store = st.scheduler.store.clone();
+    store.begin_job(job).await?;
+    let mut guard = UploadGuard {
+        store: store.clone(),
+        id: Some(id.clone()),
+    };
+
+    let mut chunker = Chunker::new(wc.clone(), STREAM_CHUNK_BYTES);
+    let mut stream = body.into_data_stream();
+    let mut received = 0u64;
+    let to_tasks = |chunks: Vec<Vec<u8>>| -> Vec<NewTask> {
+        chunks
+            .into_iter()
+            .map(|c| {
+                let (input, cost) = wordcount::task_for_chunk(&wc, c);
+                NewTask {
+                    input: input.encode(),
+                    cost,
+                }
+            })
+            .collect()
+    };
+    while let Some(frame) = stream.next().await {
+        let data = frame
+            .map_err(|e| ApiError::bad_request("bad_body", format!("the upload broke off: {e}")))?;
+        received += data.len() as u64;
+        if received > st.max_upload {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!(
+                    "the text is larger than this coordinator's limit of {} MiB (serve --max-upload)",
+                    st.max_upload >> 20
+                ),
+            ));
+        }
+        let chunks = chunker.push(&data).map_err(job_error)?;
+        if !chunks.is_empty() {
+            store.add_tasks(&id, to_tasks(chunks)).await?;
+            st.scheduler.signal_work();
+        }
+    }
+    if let Some(last) = chunker.finish().map_err(job_error)? {
+        store.add_tasks(&id, to_tasks(vec![last])).await?;
+    }
+    if received == 0 {
+        return Err(job_error(JobError::Invalid("text is empty".into())));
+    }
+    let total = st.scheduler.seal(&id).await?;
+    guard.id = None;
+    tracing::info!(job = %id, bytes = received, tasks = total, "word count upload accepted");
+    Ok(created(&id, total))
+}
+
+/// `?limit=` of the job list.
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    limit: Option<u32>,
+}
+
+/// `GET /v1/jobs`: the newest jobs first.
+pub async fn list(
+    State(st): State<Arc<AppState>>,
+    _: Admin,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let jobs = st
+        .scheduler
+        .store
+        .list_jobs(p.limit.unwrap_or(100).min(10_000))
+        .await?;
+    Ok(Json(json!({ "jobs": jobs })))
+}
+
+async fn find(st: &AppState, id: &str) -> Result<JobStatus, ApiError> {
+    st.scheduler
+        .store
+        .job(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("job", id))
+}
+
+/// `GET /v1/jobs/{id}`.
+pub async fn status(
+    State(st): State<Arc<AppState>>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<JobStatus>, ApiError> {
+    Ok(Json(find(&st, &id).await?))
+}
+
+/// `DELETE /v1/jobs/{id}`: cancel.
+pub async fn cancel(
+    State(st): State<Arc<AppState>>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<JobStatus>, ApiError> {
+    let job = st
+        .scheduler
+        .store
+        .cancel_job(&id, now_ms())
+        .await?
+        .ok_or_else(|| ApiError::not_found("job", &id))?;
+    match job.state {
+        JobState::Cancelled => Ok(Json(job)),
+        state => Err(ApiError {
+            state: Some(state),
+            ..ApiError::new(
+                StatusCode::CONFLICT,
+                "job_finished",
+                format!("job {id} already {}: nothing to cancel", state.as_str()),
+            )
+        }),
+    }
+}
+
+/// `?format=` of a result.
+#[derive(Debug, Deserialize)]
+pub struct ResultParams {
+    format: Option<String>,
+}
+
+/// `GET /v1/jobs/{id}/result[?format=json|tsv|npy]`.
+pub async fn result(
+    State(st): State<Arc<AppState>>,
+    _: Admin,
+    Path(id): Path<String>,
+    params: Result<Query<ResultParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let job = find(&st, &id).await?;
+    if job.state != JobState::Succeeded {
+        let message = match (&job.state, &job.error) {
+            (JobState::Failed, Some(e)) => format!("job {id} failed: {e}"),
+            (s, _) => format!(
+                "job {id} is {}: {} of {} tasks done; ask again when it has succeeded",
+                s.as_str(),
+                job.progress.done,
+                job.progress.total
+            ),
+        };
+        return Err(ApiError {
+            state: Some(job.state),
+            ..ApiError::new(StatusCode::CONFLICT, "not_finished", message)
+        });
+    }
+    let bytes = st
+        .scheduler
+        .store
+        .job_result(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("result of job", &id))?;
+    let format = p.format.unwrap_or_else(|| "json".into());
+    let rendered = tokio::task::spawn_blocking(move || {
+        let result = JobResult::decode(&bytes).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "corrupt_result",
+                e.to_string(),
+            )
+        })?;
+        result
+            .render(&format)
+            .map_err(|e| ApiError::bad_request("unsupported_format", e.to_string()))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    let (body, content_type) = rendered;
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}

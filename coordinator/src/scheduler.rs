@@ -1,0 +1,267 @@
+//! The scheduler sits between the HTTP layer and the store: it holds idle
+//! agents' lease calls open until work arrives (long-poll), takes in results
+//! and starts the reduce of every job whose tasks are all done, and returns
+//! expired leases to the queue.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use musketeer_tasks::protocol::{LeasedTask, TaskOutcome, TaskReport};
+use musketeer_tasks::{ReducePlan, TaskOutput};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::store::sqlite::now_ms;
+use crate::store::{CompleteOutcome, LeaseQuery, NewJob, NewTask, Store, StoreResult};
+
+/// The longest an agent's lease call is held open: below common proxy and
+/// load-balancer idle timeouts (60 s), so long-polls survive them.
+pub const MAX_LEASE_WAIT: Duration = Duration::from_secs(25);
+
+/// How often an empty long-poll looks again even if nobody signalled work:
+/// retries whose backoff ran out are not signalled.
+const REPOLL: Duration = Duration::from_secs(1);
+
+/// Counters for `/metrics`; monotonic since start.
+#[derive(Default)]
+pub struct Counters {
+    /// Jobs accepted.
+    pub jobs_submitted: AtomicU64,
+    /// Tasks handed to agents.
+    pub tasks_leased: AtomicU64,
+    /// Results recorded (success or failure).
+    pub results_accepted: AtomicU64,
+    /// Results ignored because their lease was gone.
+    pub results_stale: AtomicU64,
+    /// Tasks put back to retry after a failure.
+    pub tasks_retried: AtomicU64,
+    /// Leases that ran out before their result came.
+    pub leases_expired: AtomicU64,
+    /// Jobs reduced.
+    pub jobs_reduced: AtomicU64,
+}
+
+/// See the module documentation.
+pub struct Scheduler {
+    /// Where all state lives.
+    pub store: Arc<dyn Store>,
+    /// Woken whenever tasks become leasable, so long-polls answer at once.
+    work_ready: Notify,
+    /// How long a lease lasts without a heartbeat.
+    pub lease_ttl: Duration,
+    /// Jobs being reduced now: a job whose last results arrive twice (a
+    /// retry racing a restart) must still be reduced once.
+    reducing: Mutex<HashSet<String>>,
+    /// Metrics.
+    pub counters: Counters,
+}
+
+impl Scheduler {
+    /// A scheduler over `store`.
+    pub fn new(store: Arc<dyn Store>, lease_ttl: Duration) -> Arc<Scheduler> {
+        Arc::new(Scheduler {
+            store,
+            work_ready: Notify::new(),
+            lease_ttl,
+            reducing: Mutex::new(HashSet::new()),
+            counters: Counters::default(),
+        })
+    }
+
+    /// Starts the background work: lease expiry, and the reduce of jobs a
+    /// previous run left finished but unreduced.
+    pub async fn start(self: &Arc<Self>) -> StoreResult<()> {
+        let dropped = self.store.abort_unsealed_jobs().await?;
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "dropped uploads that were cut off by the last shutdown"
+            );
+        }
+        for id in self.store.jobs_to_reduce().await? {
+            self.spawn_reduce(id);
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            // A quarter of the TTL: an expired lease waits at most that long
+            // beyond its deadline before its task is offered again.
+            let period =
+                (me.lease_ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                match me.store.expire_leases(now_ms()).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(expired = n, "returned expired leases to the queue");
+                        me.counters
+                            .leases_expired
+                            .fetch_add(n as u64, Ordering::Relaxed);
+                        me.work_ready.notify_waiters();
+                    }
+                    Err(e) => tracing::error!("lease expiry failed: {e}"),
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Says that tasks became leasable.
+    pub fn signal_work(&self) {
+        self.work_ready.notify_waiters();
+    }
+
+    /// Stores a whole planned job and makes it visible; returns its task count.
+    pub async fn submit(self: &Arc<Self>, job: NewJob, tasks: Vec<NewTask>) -> StoreResult<u64> {
+        let id = job.id.clone();
+        self.store.begin_job(job).await?;
+        let result = async {
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            for task in tasks {
+                bytes += task.input.len();
+                batch.push(task);
+                // Bounded transactions: a huge job must not hold the writer
+                // (and every agent's lease) for one giant commit.
+                if bytes > 32 << 20 || batch.len() >= 4096 {
+                    self.store
+                        .add_tasks(&id, std::mem::take(&mut batch))
+                        .await?;
+                    bytes = 0;
+                }
+            }
+            if !batch.is_empty() {
+                self.store.add_tasks(&id, batch).await?;
+            }
+            self.seal(&id).await
+        }
+        .await;
+        if result.is_err() {
+            let _ = self.store.abort_job(&id).await;
+        }
+        result
+    }
+
+    /// Seals a job whose tasks are all stored; returns its task count.
+    pub async fn seal(self: &Arc<Self>, id: &str) -> StoreResult<u64> {
+        let (total, ready) = self.store.seal_job(id).await?;
+        self.counters.jobs_submitted.fetch_add(1, Ordering::Relaxed);
+        self.signal_work();
+        if ready {
+            self.spawn_reduce(id.to_string());
+        }
+        Ok(total)
+    }
+
+    /// Leases a batch, waiting up to `wait` for work to appear.
+    pub async fn lease(
+        &self,
+        mut query: LeaseQuery,
+        wait: Duration,
+    ) -> StoreResult<Vec<LeasedTask>> {
+        let deadline = Instant::now() + wait.min(MAX_LEASE_WAIT);
+        loop {
+            // Registered before looking, so a signal sent between the look
+            // and the wait is not missed.
+            let notified = self.work_ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            query.now_ms = now_ms();
+            let granted = self.store.lease(query.clone()).await?;
+            if !granted.is_empty() || Instant::now() >= deadline {
+                self.counters
+                    .tasks_leased
+                    .fetch_add(granted.len() as u64, Ordering::Relaxed);
+                return Ok(granted);
+            }
+            let _ = tokio::time::timeout_at(deadline.min(Instant::now() + REPOLL), notified).await;
+        }
+    }
+
+    /// Records a batch of results and reduces the jobs they finish.
+    pub async fn complete(
+        self: &Arc<Self>,
+        agent_id: &str,
+        mut reports: Vec<TaskReport>,
+    ) -> StoreResult<CompleteOutcome> {
+        // Decode outputs here, off the store's lock: one that does not decode
+        // is the agent's failure, not a result.
+        reports = tokio::task::spawn_blocking(move || {
+            for r in &mut reports {
+                if let TaskOutcome::Done(bytes) = &r.outcome {
+                    if let Err(e) = TaskOutput::decode(bytes) {
+                        r.outcome = TaskOutcome::Failed(format!(
+                            "the agent returned an output that does not decode: {e}"
+                        ));
+                    }
+                }
+            }
+            reports
+        })
+        .await
+        .map_err(|e| crate::store::StoreError::Worker(e.to_string()))?;
+        let outcome = self.store.complete(agent_id, reports, now_ms()).await?;
+        let c = &self.counters;
+        c.results_accepted
+            .fetch_add(outcome.accepted as u64, Ordering::Relaxed);
+        c.results_stale
+            .fetch_add(outcome.stale as u64, Ordering::Relaxed);
+        c.tasks_retried
+            .fetch_add(outcome.requeued as u64, Ordering::Relaxed);
+        if outcome.requeued > 0 {
+            self.signal_work();
+        }
+        for id in &outcome.ready {
+            self.spawn_reduce(id.clone());
+        }
+        Ok(outcome)
+    }
+
+    /// Reduces a job's outputs into its result, in the background.
+    pub fn spawn_reduce(self: &Arc<Self>, id: String) {
+        if !self
+            .reducing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone())
+        {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let result = me.reduce(&id).await;
+            match result {
+                Ok(()) => {
+                    me.counters.jobs_reduced.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(job = %id, ms = started.elapsed().as_millis() as u64, "job reduced");
+                }
+                Err(e) => tracing::error!(job = %id, "reduce failed in the store: {e}"),
+            }
+            me.reducing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        });
+    }
+
+    async fn reduce(&self, id: &str) -> StoreResult<()> {
+        let (plan, outputs) = self.store.job_outputs(id).await?;
+        let result = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+            let plan = ReducePlan::decode(&plan).map_err(|e| e.to_string())?;
+            let outputs = outputs
+                .iter()
+                .map(|o| TaskOutput::decode(o))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            plan.reduce(outputs)
+                .map(|r| r.encode())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| crate::store::StoreError::Worker(e.to_string()))?;
+        self.store.finish_job(id, result, now_ms()).await
+    }
+}

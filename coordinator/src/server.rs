@@ -1,0 +1,167 @@
+//! Starting the coordinator: data directory, trust material, store,
+//! scheduler and the HTTPS listener.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use musketeer_tasks::token::{secret_hash, JoinToken};
+
+use crate::api::{self, AppState};
+use crate::pki::{self, Pki};
+use crate::scheduler::Scheduler;
+use crate::store::{SqliteStore, Store};
+
+/// The file in the data directory that holds the URL clients reach us at.
+pub const URL_FILE: &str = "url";
+/// The default join token, kept so every start can print the join command.
+pub const JOIN_TOKEN_FILE: &str = "join.token";
+/// The embedded database's file.
+pub const DB_FILE: &str = "musketeer.db";
+
+/// How `serve` was asked to run.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Where state and trust material live.
+    pub data_dir: PathBuf,
+    /// The URL agents and clients use, if not `https://<listen address>`.
+    pub public_url: Option<String>,
+    /// A certificate chain from a public CA, instead of the self-made CA.
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key.
+    pub tls_key: Option<PathBuf>,
+    /// How long a lease lasts without a heartbeat.
+    pub lease_ttl: Duration,
+    /// Largest streamed word-count upload, in bytes.
+    pub max_upload: u64,
+}
+
+/// A running coordinator.
+pub struct Running {
+    /// The URL it serves.
+    pub url: String,
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// A join token for agents.
+    pub join_token: String,
+    /// The admin token.
+    pub admin_token: String,
+    /// The CA clients trust, PEM.
+    pub ca_pem: String,
+    handle: axum_server::Handle,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets requests in flight finish (a few seconds at
+    /// most), and returns.
+    pub async fn shutdown(self) {
+        self.handle.graceful_shutdown(Some(Duration::from_secs(3)));
+        let _ = self.server.await;
+    }
+
+    /// Serves until the listener fails.
+    pub async fn wait(self) -> Result<()> {
+        self.server.await??;
+        Ok(())
+    }
+}
+
+fn host_of(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split('/').next()?;
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        authority
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(authority)
+    };
+    (!host.is_empty()).then(|| host.to_string())
+}
+
+/// Starts a coordinator and returns once it listens.
+pub async fn start(cfg: ServeConfig) -> Result<Running> {
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            cfg.data_dir.display()
+        )
+    })?;
+    let listener = TcpListener::bind(cfg.listen).with_context(|| {
+        format!(
+            "cannot listen on {}: is another coordinator running?",
+            cfg.listen
+        )
+    })?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let url = match &cfg.public_url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None if addr.ip().is_unspecified() => format!("https://127.0.0.1:{}", addr.port()),
+        None => format!("https://{addr}"),
+    };
+
+    let pki = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => Pki::from_files(cert, key)?,
+        (None, None) => {
+            let extra: Vec<String> = host_of(&url).into_iter().collect();
+            Pki::load_or_create(&cfg.data_dir, &pki::server_names(&extra))?
+        }
+        _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+    };
+    let admin_token = pki::load_or_create_admin_token(&cfg.data_dir)?;
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&cfg.data_dir.join(DB_FILE)).context("cannot open the embedded store")?,
+    );
+    let scheduler = Scheduler::new(store.clone(), cfg.lease_ttl);
+    scheduler.start().await?;
+    let state = Arc::new(AppState {
+        scheduler,
+        admin_token_hash: secret_hash(&admin_token),
+        pin: pki.pin,
+        ca_pem: pki.ca_pem.clone(),
+        max_upload: cfg.max_upload,
+    });
+
+    // The join token a fresh coordinator prints; kept (0600) so a restart
+    // prints the same command, and made anew if it belongs to another CA.
+    let token_path = cfg.data_dir.join(JOIN_TOKEN_FILE);
+    let saved = std::fs::read_to_string(&token_path)
+        .ok()
+        .and_then(|t| JoinToken::parse(&t).ok())
+        .filter(|t| t.ca == pki.pin);
+    let join_token = match saved {
+        Some(t) => t.to_string(),
+        None => {
+            let t = api::admin_make_token(&state)
+                .await
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            pki::write_private(&token_path, &t.to_string())?;
+            t.to_string()
+        }
+    };
+    std::fs::write(cfg.data_dir.join(URL_FILE), &url)?;
+
+    let app = api::router(state);
+    let handle = axum_server::Handle::new();
+    let tls = axum_server::tls_rustls::RustlsConfig::from_config(pki.server_config.clone());
+    let server = axum_server::from_tcp_rustls(listener, tls)
+        .handle(handle.clone())
+        .serve(app.into_make_service());
+    let server = tokio::spawn(server);
+    Ok(Running {
+        url,
+        addr,
+        join_token,
+        admin_token,
+        ca_pem: pki.ca_pem,
+        handle,
+        server,
+    })
+}

@@ -1,0 +1,389 @@
+//! The coordinator's state: jobs, tasks, leases, results, agents and tokens,
+//! behind one trait so that the embedded store and a shared one can serve
+//! the same coordinator. Every method is one atomic step, and the hot ones
+//! (lease, complete) take whole batches, so a store pays one round trip or
+//! one commit per batch, never one per task.
+
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use musketeer_tasks::protocol::{Capacity, HeartbeatAck, LeasedTask, TaskRef, TaskReport};
+use musketeer_tasks::{Cost, JobOptions};
+use serde::{Deserialize, Serialize};
+
+pub use sqlite::SqliteStore;
+
+/// A failure of the store itself (not of the caller's request).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The embedded database failed.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// Stored bytes no longer decode: a bug or a damaged data directory.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The blocking worker that runs database calls died.
+    #[error("store worker failed: {0}")]
+    Worker(String),
+}
+
+/// Shorthand for store results.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A job's lifecycle, as the API reports it.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Accepted; no task has been leased yet.
+    Queued,
+    /// At least one task has been leased.
+    Running,
+    /// Every task succeeded and the result is ready.
+    Succeeded,
+    /// A task ran out of attempts, or the reduce failed.
+    Failed,
+    /// Cancelled by a submitter.
+    Cancelled,
+}
+
+impl JobState {
+    /// The name the API and the database use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses [`JobState::as_str`].
+    pub fn parse(s: &str) -> Option<JobState> {
+        Some(match s {
+            "queued" => JobState::Queued,
+            "running" => JobState::Running,
+            "succeeded" => JobState::Succeeded,
+            "failed" => JobState::Failed,
+            "cancelled" => JobState::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// Whether the job can still change.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+/// A job about to be stored; its tasks follow with [`Store::add_tasks`].
+#[derive(Clone, Debug)]
+pub struct NewJob {
+    /// The job's id.
+    pub id: String,
+    /// The kernel's name.
+    pub kernel: String,
+    /// The options it was submitted with.
+    pub options: JobOptions,
+    /// The encoded [`musketeer_tasks::ReducePlan`].
+    pub reduce_plan: Vec<u8>,
+    /// When it was submitted (ms since the Unix epoch).
+    pub created_ms: u64,
+}
+
+/// A task about to be stored.
+#[derive(Clone, Debug)]
+pub struct NewTask {
+    /// The encoded [`musketeer_tasks::TaskInput`].
+    pub input: Vec<u8>,
+    /// The planner's estimate.
+    pub cost: Cost,
+}
+
+/// A job as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct JobStatus {
+    /// The job's id.
+    pub id: String,
+    /// The kernel's name.
+    pub kernel: String,
+    /// Its lifecycle state.
+    pub state: JobState,
+    /// Its queue.
+    pub queue: String,
+    /// Its priority.
+    pub priority: u8,
+    /// Task counts.
+    pub progress: Progress,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+    /// When it was submitted (ms since the Unix epoch).
+    pub created_ms: u64,
+    /// When its first task was leased.
+    pub started_ms: Option<u64>,
+    /// When it finished.
+    pub finished_ms: Option<u64>,
+}
+
+/// How far a job has come.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Progress {
+    /// Tasks in the job.
+    pub total: u64,
+    /// Tasks whose result was accepted.
+    pub done: u64,
+    /// Tasks that ran out of attempts.
+    pub failed: u64,
+}
+
+/// What the operator allowed an agent to do.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentState {
+    /// Leases work.
+    Active,
+    /// Finishes what it holds, leases nothing new.
+    Draining,
+    /// Its credential no longer works.
+    Removed,
+}
+
+impl AgentState {
+    /// The name the API and the database use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Active => "active",
+            AgentState::Draining => "draining",
+            AgentState::Removed => "removed",
+        }
+    }
+
+    /// Parses [`AgentState::as_str`].
+    pub fn parse(s: &str) -> Option<AgentState> {
+        Some(match s {
+            "active" => AgentState::Active,
+            "draining" => AgentState::Draining,
+            "removed" => AgentState::Removed,
+            _ => return None,
+        })
+    }
+}
+
+/// An agent about to be enrolled.
+#[derive(Clone, Debug)]
+pub struct NewAgent {
+    /// Its id.
+    pub id: String,
+    /// SHA-256 of its credential's secret.
+    pub secret_hash: [u8; 32],
+    /// What it offers.
+    pub capacity: Capacity,
+    /// When (ms since the Unix epoch).
+    pub now_ms: u64,
+}
+
+/// An agent as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AgentRecord {
+    /// Its id.
+    pub id: String,
+    /// What it offers.
+    pub capacity: Capacity,
+    /// What it may do.
+    pub state: AgentState,
+    /// The id of the join token it enrolled with.
+    pub token_id: String,
+    /// When it enrolled.
+    pub enrolled_ms: u64,
+    /// When it last called the coordinator.
+    pub last_seen_ms: u64,
+    /// Tasks it holds now.
+    pub leased: u64,
+    /// Credit: tasks whose results it returned and that were accepted.
+    pub tasks_done: u64,
+    /// Credit: CPU time of those tasks.
+    pub cpu_ms: u64,
+}
+
+/// What authenticating an agent needs.
+#[derive(Clone, Debug)]
+pub struct AgentAuth {
+    /// SHA-256 of its credential's secret.
+    pub secret_hash: [u8; 32],
+    /// What it may do.
+    pub state: AgentState,
+}
+
+/// A join token as listed (never its secret).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// The token's id.
+    pub id: String,
+    /// When it was made.
+    pub created_ms: u64,
+    /// Whether it still enrols agents.
+    pub revoked: bool,
+    /// How many agents enrolled with it.
+    pub uses: u64,
+}
+
+/// Why an enrolment was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnrolRefusal {
+    /// No token has this secret.
+    UnknownToken,
+    /// The token was revoked.
+    RevokedToken,
+}
+
+/// One agent's request for work, with everything matching needs.
+#[derive(Clone, Debug)]
+pub struct LeaseQuery {
+    /// Who asks.
+    pub agent_id: String,
+    /// Queues it serves.
+    pub queues: Vec<String>,
+    /// Labels it carries.
+    pub labels: BTreeMap<String, String>,
+    /// Memory a single task may need at most.
+    pub mem_bytes: u64,
+    /// Work wanted in total.
+    pub max_work: u64,
+    /// Tasks wanted at most.
+    pub max_tasks: u32,
+    /// Now (ms since the Unix epoch).
+    pub now_ms: u64,
+    /// How long the leases last unless renewed.
+    pub ttl_ms: u64,
+    /// The agent's current capacity, recorded with the lease (limits can
+    /// change when an agent restarts).
+    pub capacity: Capacity,
+}
+
+/// What a batch of results did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompleteOutcome {
+    /// Reports recorded.
+    pub accepted: u32,
+    /// Reports for leases no longer held.
+    pub stale: u32,
+    /// Jobs whose every task is now done: ready to reduce.
+    pub ready: Vec<String>,
+    /// Tasks put back in the queue to retry.
+    pub requeued: u32,
+}
+
+/// Counts for metrics and the dashboard.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Stats {
+    /// Jobs per state.
+    pub jobs: BTreeMap<String, u64>,
+    /// Tasks waiting to be leased.
+    pub tasks_pending: u64,
+    /// Tasks leased now.
+    pub tasks_leased: u64,
+    /// Agents per state.
+    pub agents: BTreeMap<String, u64>,
+}
+
+/// The coordinator's state. Implementations must make each method atomic:
+/// a crash between two calls may lose neither an accepted job nor an
+/// accepted result, and may count nothing twice.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a join token's hash.
+    async fn create_token(&self, id: &str, secret_hash: [u8; 32], now_ms: u64) -> StoreResult<()>;
+    /// Lists tokens, newest last.
+    async fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>>;
+    /// Revokes a token; false if there is none with that id.
+    async fn revoke_token(&self, id: &str) -> StoreResult<bool>;
+
+    /// Trades a valid token for a new agent, atomically.
+    async fn enrol_agent(
+        &self,
+        token_hash: [u8; 32],
+        agent: NewAgent,
+    ) -> StoreResult<Result<(), EnrolRefusal>>;
+    /// What authenticating an agent needs.
+    async fn agent_auth(&self, id: &str) -> StoreResult<Option<AgentAuth>>;
+    /// Lists agents.
+    async fn list_agents(&self) -> StoreResult<Vec<AgentRecord>>;
+    /// Marks an agent draining; false if unknown or removed.
+    async fn drain_agent(&self, id: &str) -> StoreResult<bool>;
+    /// Removes an agent: its credential stops working and its leases return
+    /// to the queue. False if unknown.
+    async fn remove_agent(&self, id: &str, now_ms: u64) -> StoreResult<bool>;
+
+    /// Stores a job with no tasks yet, invisible to the API until sealed.
+    async fn begin_job(&self, job: NewJob) -> StoreResult<()>;
+    /// Appends tasks to an unsealed job; they can be leased at once.
+    async fn add_tasks(&self, job_id: &str, tasks: Vec<NewTask>) -> StoreResult<()>;
+    /// Declares the job's task list complete and shows it to the API;
+    /// returns the number of tasks, and whether they are all done already
+    /// (agents start on a streamed job's first chunks before its upload ends).
+    async fn seal_job(&self, job_id: &str) -> StoreResult<(u64, bool)>;
+    /// Forgets an unsealed job (its upload failed) and its tasks.
+    async fn abort_job(&self, job_id: &str) -> StoreResult<()>;
+    /// Removes every unsealed job: after a crash, uploads in flight are
+    /// gone and their submitters never got an id.
+    async fn abort_unsealed_jobs(&self) -> StoreResult<u64>;
+
+    /// One job's status.
+    async fn job(&self, id: &str) -> StoreResult<Option<JobStatus>>;
+    /// The newest jobs, up to `limit`.
+    async fn list_jobs(&self, limit: u32) -> StoreResult<Vec<JobStatus>>;
+    /// Cancels a job that has not finished; returns its status after.
+    async fn cancel_job(&self, id: &str, now_ms: u64) -> StoreResult<Option<JobStatus>>;
+    /// The reduce plan and every task's output, in task order.
+    async fn job_outputs(&self, id: &str) -> StoreResult<(Vec<u8>, Vec<Vec<u8>>)>;
+    /// Records the reduced result (or why the reduce failed) and finishes the job.
+    async fn finish_job(
+        &self,
+        id: &str,
+        result: Result<Vec<u8>, String>,
+        now_ms: u64,
+    ) -> StoreResult<()>;
+    /// The encoded [`musketeer_tasks::JobResult`] of a succeeded job.
+    async fn job_result(&self, id: &str) -> StoreResult<Option<Vec<u8>>>;
+    /// Jobs whose tasks are all done but whose result was never stored
+    /// (the coordinator died while reducing).
+    async fn jobs_to_reduce(&self) -> StoreResult<Vec<String>>;
+
+    /// Leases a batch of matching tasks, highest priority first.
+    async fn lease(&self, query: LeaseQuery) -> StoreResult<Vec<LeasedTask>>;
+    /// Records a batch of results; each is accepted once, from the lease holder.
+    async fn complete(
+        &self,
+        agent_id: &str,
+        reports: Vec<TaskReport>,
+        now_ms: u64,
+    ) -> StoreResult<CompleteOutcome>;
+    /// Renews the agent's leases; reports those it no longer holds.
+    async fn heartbeat(
+        &self,
+        agent_id: &str,
+        running: Vec<TaskRef>,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> StoreResult<HeartbeatAck>;
+    /// Returns leased tasks to the queue without using up an attempt.
+    async fn release(&self, agent_id: &str, tasks: Vec<TaskRef>) -> StoreResult<u32>;
+    /// Returns expired leases to the queue; returns how many.
+    async fn expire_leases(&self, now_ms: u64) -> StoreResult<u32>;
+    /// Counts for metrics and the dashboard.
+    async fn stats(&self) -> StoreResult<Stats>;
+}
+
+/// How long a failed task waits before its next attempt: doubling from one
+/// second, so a task that fails for a passing reason (an agent out of memory)
+/// is not retried at once on the same kind of agent, capped at five minutes.
+pub fn retry_backoff_ms(attempts: u32) -> u64 {
+    1000u64
+        .saturating_mul(1 << attempts.saturating_sub(1).min(8))
+        .min(300_000)
+}

@@ -1,0 +1,1027 @@
+//! The embedded store: SQLite (bundled, so nothing to install) in WAL mode.
+//!
+//! Why SQLite: it is the most widely deployed and tested embedded database
+//! there is, it survives a killed process and a power cut with
+//! `synchronous=FULL`, and lease matching is a query (`ORDER BY priority`
+//! over a partial index of pending tasks) instead of hand-kept indexes.
+//!
+//! Task rows are small and hot (state, lease, deadline); inputs and outputs
+//! live in their own tables, because SQLite rewrites a whole row on update
+//! and a 4 MiB text chunk must not be rewritten each time its task is leased.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use musketeer_tasks::protocol::{HeartbeatAck, LeasedTask, TaskOutcome, TaskRef, TaskReport};
+use musketeer_tasks::Cost;
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+
+use super::*;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    kernel TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    timeout_s INTEGER,
+    redundancy INTEGER NOT NULL,
+    labels TEXT NOT NULL,
+    state TEXT NOT NULL,
+    sealed INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL DEFAULT 0,
+    done INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    created_ms INTEGER NOT NULL,
+    started_ms INTEGER,
+    finished_ms INTEGER,
+    reduce_plan BLOB NOT NULL,
+    result BLOB
+);
+-- state: 0 pending, 1 leased, 2 done, 3 failed, 4 cancelled
+CREATE TABLE IF NOT EXISTS tasks (
+    job_seq INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    work INTEGER NOT NULL,
+    mem INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before_ms INTEGER NOT NULL DEFAULT 0,
+    lease_id INTEGER,
+    agent TEXT,
+    deadline_ms INTEGER,
+    last_error TEXT,
+    PRIMARY KEY (job_seq, idx)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tasks_pending ON tasks(queue, priority DESC, job_seq, idx) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS tasks_leased ON tasks(deadline_ms) WHERE state = 1;
+CREATE INDEX IF NOT EXISTS tasks_by_agent ON tasks(agent) WHERE state = 1;
+CREATE TABLE IF NOT EXISTS task_inputs (
+    job_seq INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (job_seq, idx)
+);
+CREATE TABLE IF NOT EXISTS task_outputs (
+    job_seq INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (job_seq, idx)
+);
+CREATE TABLE IF NOT EXISTS agents (
+    id TEXT PRIMARY KEY,
+    secret_hash BLOB NOT NULL,
+    capacity TEXT NOT NULL,
+    state TEXT NOT NULL,
+    token_id TEXT NOT NULL,
+    enrolled_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    tasks_done INTEGER NOT NULL DEFAULT 0,
+    cpu_ms INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY,
+    secret_hash BLOB NOT NULL UNIQUE,
+    created_ms INTEGER NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0,
+    uses INTEGER NOT NULL DEFAULT 0
+);
+"#;
+
+const PENDING: i64 = 0;
+const LEASED: i64 = 1;
+const DONE: i64 = 2;
+const FAILED: i64 = 3;
+const CANCELLED: i64 = 4;
+
+/// How many candidate rows one lease query reads per task wanted: the
+/// slack lets matching skip tasks this agent cannot take (labels, memory)
+/// without a second query.
+const CANDIDATES_PER_TASK: u32 = 4;
+
+/// The embedded store, in one SQLite file under the data directory.
+pub struct SqliteStore {
+    /// The one connection that writes; SQLite allows one writer anyway, and
+    /// a mutex in front of it queues writers without busy-retry loops.
+    writer: Arc<Mutex<Connection>>,
+    /// A separate connection for long reads (a job's outputs), which WAL
+    /// lets run beside the writer.
+    reader: Arc<Mutex<Connection>>,
+    /// Lease ids: seeded from the clock so they keep growing across restarts,
+    /// which is what makes a stale lease's result recognisable.
+    next_lease: Arc<AtomicU64>,
+}
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a commit is on disk before the API says "accepted".
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "busy_timeout", 10_000)?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        let writer = open_connection(path)?;
+        writer.execute_batch(SCHEMA)?;
+        let reader = open_connection(path)?;
+        let now = now_ms();
+        Ok(SqliteStore {
+            writer: Arc::new(Mutex::new(writer)),
+            reader: Arc::new(Mutex::new(reader)),
+            next_lease: Arc::new(AtomicU64::new(now << 12)),
+        })
+    }
+
+    /// Runs `f` in one immediate write transaction on a blocking thread.
+    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
+    {
+        let conn = self.writer.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Worker(e.to_string()))?
+    }
+
+    /// Runs `f` on the reader connection on a blocking thread.
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let conn = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Worker(e.to_string()))?
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn hash_of(v: Vec<u8>) -> StoreResult<[u8; 32]> {
+    v.try_into()
+        .map_err(|_| StoreError::Corrupt("secret hash is not 32 bytes".into()))
+}
+
+const JOB_COLUMNS: &str = "id, kernel, state, queue, priority, total, done, failed, error, created_ms, started_ms, finished_ms";
+
+fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobStatus> {
+    let state: String = row.get(2)?;
+    Ok(JobStatus {
+        id: row.get(0)?,
+        kernel: row.get(1)?,
+        state: JobState::parse(&state).unwrap_or(JobState::Failed),
+        queue: row.get(3)?,
+        priority: row.get::<_, i64>(4)? as u8,
+        progress: Progress {
+            total: row.get::<_, i64>(5)? as u64,
+            done: row.get::<_, i64>(6)? as u64,
+            failed: row.get::<_, i64>(7)? as u64,
+        },
+        error: row.get(8)?,
+        created_ms: row.get::<_, i64>(9)? as u64,
+        started_ms: row.get::<_, Option<i64>>(10)?.map(|v| v as u64),
+        finished_ms: row.get::<_, Option<i64>>(11)?.map(|v| v as u64),
+    })
+}
+
+fn job_seq(tx: &Connection, id: &str) -> rusqlite::Result<Option<i64>> {
+    tx.query_row("SELECT seq FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+        .optional()
+}
+
+/// Fails a job for good: records why, and cancels what is left of it.
+fn fail_job(tx: &Transaction<'_>, seq: i64, reason: &str, now: u64) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE jobs SET state = 'failed', error = ?2, finished_ms = ?3
+         WHERE seq = ?1 AND state IN ('queued', 'running')",
+        params![seq, reason, now as i64],
+    )?;
+    tx.execute(
+        "UPDATE tasks SET state = ?2, lease_id = NULL, agent = NULL, deadline_ms = NULL
+         WHERE job_seq = ?1 AND state IN (?3, ?4)",
+        params![seq, CANCELLED, PENDING, LEASED],
+    )?;
+    Ok(())
+}
+
+/// A task's attempt ended without a result (failure or lost lease): retry it
+/// after a backoff, or fail its job once attempts run out.
+fn retry_or_fail(
+    tx: &Transaction<'_>,
+    seq: i64,
+    idx: i64,
+    attempts: u32,
+    max_attempts: u32,
+    reason: &str,
+    backoff: bool,
+    now: u64,
+) -> rusqlite::Result<bool> {
+    if attempts >= max_attempts {
+        tx.execute(
+            "UPDATE tasks SET state = ?3, last_error = ?4, lease_id = NULL, agent = NULL, deadline_ms = NULL
+             WHERE job_seq = ?1 AND idx = ?2",
+            params![seq, idx, FAILED, reason],
+        )?;
+        tx.execute("UPDATE jobs SET failed = failed + 1 WHERE seq = ?1", [seq])?;
+        let why = format!("task {idx} failed after {attempts} attempt(s): {reason}");
+        fail_job(tx, seq, &why, now)?;
+        Ok(false)
+    } else {
+        let not_before = if backoff {
+            now + retry_backoff_ms(attempts)
+        } else {
+            now
+        };
+        tx.execute(
+            "UPDATE tasks SET state = ?3, last_error = ?4, not_before_ms = ?5,
+                 lease_id = NULL, agent = NULL, deadline_ms = NULL
+             WHERE job_seq = ?1 AND idx = ?2",
+            params![seq, idx, PENDING, reason, not_before as i64],
+        )?;
+        Ok(true)
+    }
+}
+
+struct Candidate {
+    seq: i64,
+    idx: i64,
+    work: u64,
+    mem: u64,
+    job_id: String,
+    labels: String,
+    timeout_s: Option<i64>,
+}
+
+fn labels_match(required: &str, offered: &BTreeMap<String, String>) -> bool {
+    if required == "{}" {
+        return true;
+    }
+    match serde_json::from_str::<BTreeMap<String, String>>(required) {
+        Ok(req) => req.iter().all(|(k, v)| offered.get(k) == Some(v)),
+        Err(_) => false,
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_token(&self, id: &str, secret_hash: [u8; 32], now_ms: u64) -> StoreResult<()> {
+        let id = id.to_string();
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO tokens (id, secret_hash, created_ms) VALUES (?1, ?2, ?3)",
+                params![id, secret_hash.to_vec(), now_ms as i64],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+        self.read(|c| {
+            let mut st =
+                c.prepare("SELECT id, created_ms, revoked, uses FROM tokens ORDER BY created_ms")?;
+            let rows = st.query_map([], |r| {
+                Ok(TokenRecord {
+                    id: r.get(0)?,
+                    created_ms: r.get::<_, i64>(1)? as u64,
+                    revoked: r.get::<_, i64>(2)? != 0,
+                    uses: r.get::<_, i64>(3)? as u64,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn revoke_token(&self, id: &str) -> StoreResult<bool> {
+        let id = id.to_string();
+        self.write(move |tx| {
+            Ok(tx.execute("UPDATE tokens SET revoked = 1 WHERE id = ?1", [id])? > 0)
+        })
+        .await
+    }
+
+    async fn enrol_agent(
+        &self,
+        token_hash: [u8; 32],
+        agent: NewAgent,
+    ) -> StoreResult<Result<(), EnrolRefusal>> {
+        self.write(move |tx| {
+            let token: Option<(String, i64)> = tx
+                .query_row(
+                    "SELECT id, revoked FROM tokens WHERE secret_hash = ?1",
+                    [token_hash.to_vec()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let token_id = match token {
+                None => return Ok(Err(EnrolRefusal::UnknownToken)),
+                Some((_, revoked)) if revoked != 0 => return Ok(Err(EnrolRefusal::RevokedToken)),
+                Some((id, _)) => id,
+            };
+            tx.execute("UPDATE tokens SET uses = uses + 1 WHERE id = ?1", [&token_id])?;
+            let capacity = serde_json::to_string(&agent.capacity)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            tx.execute(
+                "INSERT INTO agents (id, secret_hash, capacity, state, token_id, enrolled_ms, last_seen_ms)
+                 VALUES (?1, ?2, ?3, 'active', ?4, ?5, ?5)",
+                params![agent.id, agent.secret_hash.to_vec(), capacity, token_id, agent.now_ms as i64],
+            )?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
+    async fn agent_auth(&self, id: &str) -> StoreResult<Option<AgentAuth>> {
+        let id = id.to_string();
+        self.read(move |c| {
+            let row: Option<(Vec<u8>, String)> = c
+                .query_row(
+                    "SELECT secret_hash, state FROM agents WHERE id = ?1",
+                    [id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            row.map(|(hash, state)| {
+                Ok(AgentAuth {
+                    secret_hash: hash_of(hash)?,
+                    state: AgentState::parse(&state).unwrap_or(AgentState::Removed),
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn list_agents(&self) -> StoreResult<Vec<AgentRecord>> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT a.id, a.capacity, a.state, a.token_id, a.enrolled_ms, a.last_seen_ms,
+                        a.tasks_done, a.cpu_ms,
+                        (SELECT COUNT(*) FROM tasks t WHERE t.state = 1 AND t.agent = a.id)
+                 FROM agents a ORDER BY a.enrolled_ms",
+            )?;
+            let rows = st.query_map([], |r| {
+                let capacity: String = r.get(1)?;
+                let state: String = r.get(2)?;
+                Ok(AgentRecord {
+                    id: r.get(0)?,
+                    capacity: serde_json::from_str(&capacity).unwrap_or_default(),
+                    state: AgentState::parse(&state).unwrap_or(AgentState::Removed),
+                    token_id: r.get(3)?,
+                    enrolled_ms: r.get::<_, i64>(4)? as u64,
+                    last_seen_ms: r.get::<_, i64>(5)? as u64,
+                    tasks_done: r.get::<_, i64>(6)? as u64,
+                    cpu_ms: r.get::<_, i64>(7)? as u64,
+                    leased: r.get::<_, i64>(8)? as u64,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn drain_agent(&self, id: &str) -> StoreResult<bool> {
+        let id = id.to_string();
+        self.write(move |tx| {
+            Ok(tx.execute(
+                "UPDATE agents SET state = 'draining' WHERE id = ?1 AND state = 'active'",
+                [id],
+            )? > 0)
+        })
+        .await
+    }
+
+    async fn remove_agent(&self, id: &str, _now_ms: u64) -> StoreResult<bool> {
+        let id = id.to_string();
+        self.write(move |tx| {
+            let changed = tx.execute(
+                "UPDATE agents SET state = 'removed' WHERE id = ?1 AND state != 'removed'",
+                [&id],
+            )?;
+            // The operator took the agent away; that is no fault of the
+            // tasks it held, so they go back without losing an attempt.
+            tx.execute(
+                "UPDATE tasks SET state = ?2, attempts = MAX(attempts - 1, 0),
+                     lease_id = NULL, agent = NULL, deadline_ms = NULL
+                 WHERE state = ?3 AND agent = ?1",
+                params![id, PENDING, LEASED],
+            )?;
+            Ok(changed > 0)
+        })
+        .await
+    }
+
+    async fn begin_job(&self, job: NewJob) -> StoreResult<()> {
+        self.write(move |tx| {
+            let labels = serde_json::to_string(&job.options.labels)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            tx.execute(
+                "INSERT INTO jobs (id, kernel, queue, priority, max_attempts, timeout_s, redundancy,
+                                   labels, state, created_ms, reduce_plan)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10)",
+                params![
+                    job.id,
+                    job.kernel,
+                    job.options.queue,
+                    job.options.priority as i64,
+                    job.options.max_attempts as i64,
+                    job.options.timeout_s.map(|t| t as i64),
+                    job.options.redundancy as i64,
+                    labels,
+                    job.created_ms as i64,
+                    job.reduce_plan,
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn add_tasks(&self, job_id: &str, tasks: Vec<NewTask>) -> StoreResult<()> {
+        let job_id = job_id.to_string();
+        self.write(move |tx| {
+            let (seq, queue, priority, total): (i64, String, i64, i64) = tx.query_row(
+                "SELECT seq, queue, priority, total FROM jobs WHERE id = ?1 AND sealed = 0",
+                [&job_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )?;
+            let mut task_row = tx.prepare_cached(
+                "INSERT INTO tasks (job_seq, idx, state, queue, priority, work, mem)
+                 VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6)",
+            )?;
+            let mut input_row = tx.prepare_cached(
+                "INSERT INTO task_inputs (job_seq, idx, data) VALUES (?1, ?2, ?3)",
+            )?;
+            let n = tasks.len() as i64;
+            for (i, task) in tasks.into_iter().enumerate() {
+                let idx = total + i as i64;
+                task_row.execute(params![
+                    seq,
+                    idx,
+                    queue,
+                    priority,
+                    task.cost.work as i64,
+                    task.cost.mem_bytes as i64
+                ])?;
+                input_row.execute(params![seq, idx, task.input])?;
+            }
+            tx.execute(
+                "UPDATE jobs SET total = total + ?2 WHERE seq = ?1",
+                params![seq, n],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn seal_job(&self, job_id: &str) -> StoreResult<(u64, bool)> {
+        let job_id = job_id.to_string();
+        self.write(move |tx| {
+            tx.execute("UPDATE jobs SET sealed = 1 WHERE id = ?1", [&job_id])?;
+            let (total, done): (i64, i64) = tx.query_row(
+                "SELECT total, done FROM jobs WHERE id = ?1",
+                [&job_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok((total as u64, total > 0 && done == total))
+        })
+        .await
+    }
+
+    async fn abort_job(&self, job_id: &str) -> StoreResult<()> {
+        let job_id = job_id.to_string();
+        self.write(move |tx| {
+            if let Some(seq) = job_seq(tx, &job_id)? {
+                delete_job(tx, seq)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn abort_unsealed_jobs(&self) -> StoreResult<u64> {
+        self.write(|tx| {
+            let seqs: Vec<i64> = tx
+                .prepare("SELECT seq FROM jobs WHERE sealed = 0")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for &seq in &seqs {
+                delete_job(tx, seq)?;
+            }
+            Ok(seqs.len() as u64)
+        })
+        .await
+    }
+
+    async fn job(&self, id: &str) -> StoreResult<Option<JobStatus>> {
+        let id = id.to_string();
+        self.read(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1 AND sealed = 1"),
+                [id],
+                job_from_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn list_jobs(&self, limit: u32) -> StoreResult<Vec<JobStatus>> {
+        self.read(move |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE sealed = 1 ORDER BY seq DESC LIMIT ?1"
+            ))?;
+            let rows = st.query_map([limit as i64], job_from_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn cancel_job(&self, id: &str, now_ms: u64) -> StoreResult<Option<JobStatus>> {
+        let id = id.to_string();
+        self.write(move |tx| {
+            let Some(seq) = job_seq(tx, &id)? else {
+                return Ok(None);
+            };
+            let changed = tx.execute(
+                "UPDATE jobs SET state = 'cancelled', finished_ms = ?2
+                 WHERE seq = ?1 AND state IN ('queued', 'running')",
+                params![seq, now_ms as i64],
+            )?;
+            if changed > 0 {
+                tx.execute(
+                    "UPDATE tasks SET state = ?2, lease_id = NULL, agent = NULL, deadline_ms = NULL
+                     WHERE job_seq = ?1 AND state IN (?3, ?4)",
+                    params![seq, CANCELLED, PENDING, LEASED],
+                )?;
+            }
+            Ok(tx
+                .query_row(
+                    &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE seq = ?1 AND sealed = 1"),
+                    [seq],
+                    job_from_row,
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn job_outputs(&self, id: &str) -> StoreResult<(Vec<u8>, Vec<Vec<u8>>)> {
+        let id = id.to_string();
+        self.read(move |c| {
+            let (seq, plan, total): (i64, Vec<u8>, i64) = c.query_row(
+                "SELECT seq, reduce_plan, total FROM jobs WHERE id = ?1",
+                [&id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            let mut st =
+                c.prepare("SELECT data FROM task_outputs WHERE job_seq = ?1 ORDER BY idx")?;
+            let outputs: Vec<Vec<u8>> = st
+                .query_map([seq], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            if outputs.len() as i64 != total {
+                return Err(StoreError::Corrupt(format!(
+                    "job {id} has {} outputs for {total} tasks",
+                    outputs.len()
+                )));
+            }
+            Ok((plan, outputs))
+        })
+        .await
+    }
+
+    async fn finish_job(
+        &self,
+        id: &str,
+        result: Result<Vec<u8>, String>,
+        now_ms: u64,
+    ) -> StoreResult<()> {
+        let id = id.to_string();
+        self.write(move |tx| {
+            match result {
+                Ok(bytes) => {
+                    tx.execute(
+                        "UPDATE jobs SET state = 'succeeded', result = ?2, finished_ms = ?3
+                         WHERE id = ?1 AND state IN ('queued', 'running')",
+                        params![id, bytes, now_ms as i64],
+                    )?;
+                    // The result holds everything now; the per-task outputs
+                    // would only double the disk the job takes.
+                    if let Some(seq) = job_seq(tx, &id)? {
+                        tx.execute("DELETE FROM task_outputs WHERE job_seq = ?1", [seq])?;
+                        tx.execute("DELETE FROM task_inputs WHERE job_seq = ?1", [seq])?;
+                    }
+                }
+                Err(reason) => {
+                    if let Some(seq) = job_seq(tx, &id)? {
+                        fail_job(tx, seq, &reason, now_ms)?;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn job_result(&self, id: &str) -> StoreResult<Option<Vec<u8>>> {
+        let id = id.to_string();
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT result FROM jobs WHERE id = ?1 AND state = 'succeeded'",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn jobs_to_reduce(&self) -> StoreResult<Vec<String>> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT id FROM jobs WHERE sealed = 1 AND total > 0 AND done = total
+                 AND state IN ('queued', 'running')",
+            )?;
+            let ids = st.query_map([], |r| r.get(0))?;
+            Ok(ids.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn lease(&self, q: LeaseQuery) -> StoreResult<Vec<LeasedTask>> {
+        let next_lease = self.next_lease.clone();
+        self.write(move |tx| {
+            let queues: Vec<&str> = if q.queues.is_empty() {
+                vec![musketeer_tasks::job::DEFAULT_QUEUE]
+            } else {
+                q.queues.iter().map(String::as_str).collect()
+            };
+            let placeholders = vec!["?"; queues.len()].join(",");
+            let sql = format!(
+                "SELECT t.job_seq, t.idx, t.work, t.mem, j.id, j.labels, j.timeout_s
+                 FROM tasks t JOIN jobs j ON j.seq = t.job_seq
+                 WHERE t.state = 0 AND t.queue IN ({placeholders}) AND t.not_before_ms <= ?
+                 ORDER BY t.priority DESC, t.job_seq, t.idx
+                 LIMIT ?"
+            );
+            let mut st = tx.prepare_cached(&sql)?;
+            let mut args: Vec<rusqlite::types::Value> =
+                queues.iter().map(|q| (*q).to_string().into()).collect();
+            args.push((q.now_ms as i64).into());
+            args.push(((q.max_tasks.max(1) * CANDIDATES_PER_TASK) as i64).into());
+            let candidates: Vec<Candidate> = st
+                .query_map(rusqlite::params_from_iter(args), |r| {
+                    Ok(Candidate {
+                        seq: r.get(0)?,
+                        idx: r.get(1)?,
+                        work: r.get::<_, i64>(2)? as u64,
+                        mem: r.get::<_, i64>(3)? as u64,
+                        job_id: r.get(4)?,
+                        labels: r.get(5)?,
+                        timeout_s: r.get(6)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            drop(st);
+
+            let deadline = (q.now_ms + q.ttl_ms) as i64;
+            let mut granted = Vec::new();
+            let mut work = 0u64;
+            let mut jobs_started = HashSet::new();
+            let mut take = tx.prepare_cached(
+                "UPDATE tasks SET state = 1, attempts = attempts + 1, lease_id = ?3, agent = ?4,
+                     deadline_ms = ?5
+                 WHERE job_seq = ?1 AND idx = ?2",
+            )?;
+            let mut input =
+                tx.prepare_cached("SELECT data FROM task_inputs WHERE job_seq = ?1 AND idx = ?2")?;
+            for c in candidates {
+                if granted.len() as u32 >= q.max_tasks
+                    || (work >= q.max_work && !granted.is_empty())
+                {
+                    break;
+                }
+                if c.mem > q.mem_bytes || !labels_match(&c.labels, &q.labels) {
+                    continue;
+                }
+                // Always grant at least one task, even one larger than the
+                // agent asked for: otherwise big tasks would never run.
+                if !granted.is_empty() && work + c.work > q.max_work.saturating_mul(3) / 2 {
+                    continue;
+                }
+                let lease = next_lease.fetch_add(1, Ordering::Relaxed);
+                take.execute(params![c.seq, c.idx, lease as i64, q.agent_id, deadline])?;
+                let data: Vec<u8> = input.query_row(params![c.seq, c.idx], |r| r.get(0))?;
+                work += c.work;
+                jobs_started.insert(c.seq);
+                granted.push(LeasedTask {
+                    task: TaskRef {
+                        job: c.job_id,
+                        index: c.idx as u32,
+                        lease,
+                    },
+                    cost: Cost {
+                        work: c.work,
+                        mem_bytes: c.mem,
+                    },
+                    timeout_ms: c.timeout_s.map(|s| s as u64 * 1000),
+                    input: data,
+                });
+            }
+            for seq in jobs_started {
+                tx.execute(
+                    "UPDATE jobs SET state = 'running', started_ms = COALESCE(started_ms, ?2)
+                     WHERE seq = ?1 AND state = 'queued'",
+                    params![seq, q.now_ms as i64],
+                )?;
+            }
+            let capacity = serde_json::to_string(&q.capacity)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            tx.execute(
+                "UPDATE agents SET last_seen_ms = ?2, capacity = ?3 WHERE id = ?1",
+                params![q.agent_id, q.now_ms as i64, capacity],
+            )?;
+            Ok(granted)
+        })
+        .await
+    }
+
+    async fn complete(
+        &self,
+        agent_id: &str,
+        reports: Vec<TaskReport>,
+        now_ms: u64,
+    ) -> StoreResult<CompleteOutcome> {
+        let agent_id = agent_id.to_string();
+        self.write(move |tx| {
+            let mut out = CompleteOutcome::default();
+            let mut seqs: HashMap<String, Option<(i64, String, u32)>> = HashMap::new();
+            let mut touched = HashSet::new();
+            let mut credit_tasks = 0i64;
+            let mut credit_cpu = 0i64;
+            for report in reports {
+                let job = match seqs.get(&report.task.job) {
+                    Some(j) => j.clone(),
+                    None => {
+                        let j = tx
+                            .query_row(
+                                "SELECT seq, kernel, max_attempts FROM jobs WHERE id = ?1",
+                                [&report.task.job],
+                                |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u32)),
+                            )
+                            .optional()?;
+                        seqs.insert(report.task.job.clone(), j.clone());
+                        j
+                    }
+                };
+                let Some((seq, kernel, max_attempts)) = job else {
+                    out.stale += 1;
+                    continue;
+                };
+                let idx = report.task.index as i64;
+                let held: Option<(i64, Option<i64>, Option<String>, i64)> = tx
+                    .query_row(
+                        "SELECT state, lease_id, agent, attempts FROM tasks WHERE job_seq = ?1 AND idx = ?2",
+                        params![seq, idx],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    )
+                    .optional()?;
+                let attempts = match held {
+                    Some((LEASED, Some(lease), Some(agent), attempts))
+                        if lease as u64 == report.task.lease && agent == agent_id =>
+                    {
+                        attempts as u32
+                    }
+                    _ => {
+                        out.stale += 1;
+                        continue;
+                    }
+                };
+                match report.outcome {
+                    TaskOutcome::Done(bytes) => {
+                        // Another kernel's output would only fail the reduce
+                        // later: treat it as a failed attempt now, with the
+                        // reason. (The API decoded the output already, outside
+                        // this lock; the variant tag is its first byte.)
+                        let valid = output_kernel(&bytes) == Some(kernel.as_str());
+                        if !valid {
+                            let reason = format!("agent {agent_id} returned an invalid {kernel} output");
+                            if retry_or_fail(tx, seq, idx, attempts, max_attempts, &reason, true, now_ms)? {
+                                out.requeued += 1;
+                            }
+                            out.accepted += 1;
+                            continue;
+                        }
+                        tx.execute(
+                            "INSERT OR REPLACE INTO task_outputs (job_seq, idx, data) VALUES (?1, ?2, ?3)",
+                            params![seq, idx, bytes],
+                        )?;
+                        tx.execute(
+                            "UPDATE tasks SET state = ?3, lease_id = NULL, agent = NULL, deadline_ms = NULL
+                             WHERE job_seq = ?1 AND idx = ?2",
+                            params![seq, idx, DONE],
+                        )?;
+                        tx.execute("UPDATE jobs SET done = done + 1 WHERE seq = ?1", [seq])?;
+                        credit_tasks += 1;
+                        credit_cpu += report.cpu_ms as i64;
+                        touched.insert(seq);
+                    }
+                    TaskOutcome::Failed(reason) => {
+                        if retry_or_fail(tx, seq, idx, attempts, max_attempts, &reason, true, now_ms)? {
+                            out.requeued += 1;
+                        }
+                    }
+                }
+                out.accepted += 1;
+            }
+            for seq in touched {
+                let ready: Option<String> = tx
+                    .query_row(
+                        "SELECT id FROM jobs WHERE seq = ?1 AND sealed = 1 AND done = total
+                         AND state IN ('queued', 'running')",
+                        [seq],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                out.ready.extend(ready);
+            }
+            tx.execute(
+                "UPDATE agents SET tasks_done = tasks_done + ?2, cpu_ms = cpu_ms + ?3, last_seen_ms = ?4
+                 WHERE id = ?1",
+                params![agent_id, credit_tasks, credit_cpu, now_ms as i64],
+            )?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn heartbeat(
+        &self,
+        agent_id: &str,
+        running: Vec<TaskRef>,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> StoreResult<HeartbeatAck> {
+        let agent_id = agent_id.to_string();
+        self.write(move |tx| {
+            let mut ack = HeartbeatAck::default();
+            let mut renew = tx.prepare_cached(
+                "UPDATE tasks SET deadline_ms = ?5
+                 WHERE job_seq = (SELECT seq FROM jobs WHERE id = ?1) AND idx = ?2
+                   AND state = 1 AND lease_id = ?3 AND agent = ?4",
+            )?;
+            for task in running {
+                let n = renew.execute(params![
+                    task.job,
+                    task.index as i64,
+                    task.lease as i64,
+                    agent_id,
+                    (now_ms + ttl_ms) as i64
+                ])?;
+                if n == 0 {
+                    ack.lost.push(task);
+                }
+            }
+            let state: Option<String> = tx
+                .query_row("SELECT state FROM agents WHERE id = ?1", [&agent_id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            ack.drain = state.as_deref() != Some("active");
+            tx.execute(
+                "UPDATE agents SET last_seen_ms = ?2 WHERE id = ?1",
+                params![agent_id, now_ms as i64],
+            )?;
+            Ok(ack)
+        })
+        .await
+    }
+
+    async fn release(&self, agent_id: &str, tasks: Vec<TaskRef>) -> StoreResult<u32> {
+        let agent_id = agent_id.to_string();
+        self.write(move |tx| {
+            let mut st = tx.prepare_cached(
+                "UPDATE tasks SET state = 0, attempts = MAX(attempts - 1, 0),
+                     lease_id = NULL, agent = NULL, deadline_ms = NULL
+                 WHERE job_seq = (SELECT seq FROM jobs WHERE id = ?1) AND idx = ?2
+                   AND state = 1 AND lease_id = ?3 AND agent = ?4",
+            )?;
+            let mut released = 0;
+            for t in tasks {
+                released +=
+                    st.execute(params![t.job, t.index as i64, t.lease as i64, agent_id])? as u32;
+            }
+            Ok(released)
+        })
+        .await
+    }
+
+    async fn expire_leases(&self, now_ms: u64) -> StoreResult<u32> {
+        self.write(move |tx| {
+            let expired: Vec<(i64, i64, i64, i64, Option<String>)> = tx
+                .prepare_cached(
+                    "SELECT t.job_seq, t.idx, t.attempts, j.max_attempts, t.agent
+                     FROM tasks t JOIN jobs j ON j.seq = t.job_seq
+                     WHERE t.state = 1 AND t.deadline_ms < ?1",
+                )?
+                .query_map([now_ms as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            for (seq, idx, attempts, max_attempts, agent) in &expired {
+                let reason = format!(
+                    "lease expired: agent {} stopped responding",
+                    agent.as_deref().unwrap_or("?")
+                );
+                retry_or_fail(
+                    tx,
+                    *seq,
+                    *idx,
+                    *attempts as u32,
+                    *max_attempts as u32,
+                    &reason,
+                    false,
+                    now_ms,
+                )?;
+            }
+            Ok(expired.len() as u32)
+        })
+        .await
+    }
+
+    async fn stats(&self) -> StoreResult<Stats> {
+        self.read(|c| {
+            let mut stats = Stats::default();
+            let mut st =
+                c.prepare("SELECT state, COUNT(*) FROM jobs WHERE sealed = 1 GROUP BY state")?;
+            for row in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+                let (k, v) = row?;
+                stats.jobs.insert(k, v as u64);
+            }
+            stats.tasks_pending =
+                c.query_row("SELECT COUNT(*) FROM tasks WHERE state = 0", [], |r| {
+                    r.get::<_, i64>(0)
+                })? as u64;
+            stats.tasks_leased =
+                c.query_row("SELECT COUNT(*) FROM tasks WHERE state = 1", [], |r| {
+                    r.get::<_, i64>(0)
+                })? as u64;
+            let mut st = c.prepare("SELECT state, COUNT(*) FROM agents GROUP BY state")?;
+            for row in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+                let (k, v) = row?;
+                stats.agents.insert(k, v as u64);
+            }
+            Ok(stats)
+        })
+        .await
+    }
+}
+
+fn delete_job(tx: &Transaction<'_>, seq: i64) -> rusqlite::Result<()> {
+    for table in ["task_inputs", "task_outputs", "tasks"] {
+        tx.execute(&format!("DELETE FROM {table} WHERE job_seq = ?1"), [seq])?;
+    }
+    tx.execute("DELETE FROM jobs WHERE seq = ?1", [seq])?;
+    Ok(())
+}
+
+/// The kernel of an encoded [`musketeer_tasks::TaskOutput`]: postcard writes
+/// an enum's variant index first, and there are fewer than 128 variants.
+fn output_kernel(bytes: &[u8]) -> Option<&'static str> {
+    match bytes.first()? {
+        0 => Some("fibonacci"),
+        1 => Some("factorial"),
+        2 => Some("matmul"),
+        3 => Some("wordcount"),
+        _ => None,
+    }
+}
