@@ -1,0 +1,407 @@
+//! The agent's configuration: the owner's limits, where state is kept, and
+//! which coordinator to join.
+//!
+//! Every flag has an environment twin so that a container is configured with
+//! `-e` alone. clap reads both (flag first, then the variable); the values are
+//! then parsed here through [`Source`], a "get this key" trait keyed by the
+//! environment variables' names, so that tests parse a map instead of
+//! touching the real environment.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use crate::work_loop::Tuning;
+
+/// The coordinator's URL, for `run` in a container configured by `-e` alone.
+pub const COORDINATOR: &str = "MUSKETEER_COORDINATOR";
+/// The join token, paired with [`COORDINATOR`].
+pub const TOKEN: &str = "MUSKETEER_TOKEN";
+/// Where the credential is kept.
+pub const STATE_DIR: &str = "MUSKETEER_STATE_DIR";
+/// `--cpus`.
+pub const CPUS: &str = "MUSKETEER_CPUS";
+/// `--memory`.
+pub const MEMORY: &str = "MUSKETEER_MEMORY";
+/// `--max-cpu-percent`.
+pub const MAX_CPU_PERCENT: &str = "MUSKETEER_MAX_CPU_PERCENT";
+/// `--queues`.
+pub const QUEUES: &str = "MUSKETEER_QUEUES";
+/// `--label`, comma-separated `k=v` pairs.
+pub const LABELS: &str = "MUSKETEER_LABELS";
+/// The tracing filter (`info`, `musketeer=debug`, ...).
+pub const LOG: &str = "MUSKETEER_LOG";
+
+/// Where the state directory goes when neither `--state-dir` nor the
+/// platform's data directory can be had (no home directory, as in some
+/// containers).
+const FALLBACK_STATE_DIR: &str = "./musketeer-state";
+
+/// The longest queue name, the same bound the coordinator puts on jobs.
+const MAX_QUEUE_LEN: usize = 64;
+
+/// A value that cannot be used; the message names the flag and its variable.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid {flag} ({env}) value {value:?}: {reason}")]
+pub struct ConfigError {
+    /// The flag, as typed on the command line.
+    pub flag: &'static str,
+    /// The flag's environment twin.
+    pub env: &'static str,
+    /// The value given.
+    pub value: String,
+    /// What is wrong and what is expected instead.
+    pub reason: String,
+}
+
+/// Configuration read by key, the keys being the environment variables' names.
+pub trait Source {
+    /// The value of `key`, if set.
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessEnv;
+
+impl Source for ProcessEnv {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl Source for HashMap<&str, &str> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).map(|v| v.to_string())
+    }
+}
+
+impl Source for BTreeMap<&str, &str> {
+    fn get(&self, key: &str) -> Option<String> {
+        BTreeMap::get(self, key).map(|v| v.to_string())
+    }
+}
+
+/// What the host's owner allows the agent to take.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// At most this many cores; `None` is every core available.
+    pub cpus: Option<u32>,
+    /// At most this many bytes for tasks; `None` is the host's (or cgroup's) memory.
+    pub memory_bytes: Option<u64>,
+    /// Keep each worker busy at most this share of the time (1..=100); `None` is 100.
+    pub max_cpu_percent: Option<u8>,
+    /// Queues to serve; empty serves the default queue.
+    pub queues: Vec<String>,
+    /// Labels jobs can require.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Limits {
+    /// Parses the limits from `source`, keyed by the environment variables' names.
+    pub fn from_source(source: &impl Source) -> Result<Limits, ConfigError> {
+        let mut limits = Limits::default();
+        if let Some(v) = source.get(CPUS) {
+            limits.cpus = Some(parse_cpus(&v).map_err(|r| err("--cpus", CPUS, &v, r))?);
+        }
+        if let Some(v) = source.get(MEMORY) {
+            limits.memory_bytes = Some(parse_size(&v).map_err(|r| err("--memory", MEMORY, &v, r))?);
+        }
+        if let Some(v) = source.get(MAX_CPU_PERCENT) {
+            limits.max_cpu_percent = Some(
+                parse_percent(&v).map_err(|r| err("--max-cpu-percent", MAX_CPU_PERCENT, &v, r))?,
+            );
+        }
+        if let Some(v) = source.get(QUEUES) {
+            limits.queues = parse_queues(&v).map_err(|r| err("--queues", QUEUES, &v, r))?;
+        }
+        if let Some(v) = source.get(LABELS) {
+            limits.labels = parse_labels(&v).map_err(|r| err("--label", LABELS, &v, r))?;
+        }
+        Ok(limits)
+    }
+}
+
+fn err(flag: &'static str, env: &'static str, value: &str, reason: String) -> ConfigError {
+    ConfigError {
+        flag,
+        env,
+        value: value.to_string(),
+        reason,
+    }
+}
+
+/// The limit flags shared by `join`, `run` and `info`, each with its
+/// environment twin. Values stay strings here and are parsed by
+/// [`Limits::from_source`], so flags and variables go through one parser.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct LimitArgs {
+    /// Use at most N cores.
+    #[arg(long, env = CPUS, value_name = "N")]
+    pub cpus: Option<String>,
+    /// Use at most this much memory for tasks: 512M, 2G, 1.5GiB (binary units, as Docker).
+    #[arg(long, env = MEMORY, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Keep each worker busy at most P percent of the time (1 to 100).
+    #[arg(long, env = MAX_CPU_PERCENT, value_name = "P")]
+    pub max_cpu_percent: Option<String>,
+    /// Serve these queues (comma-separated); default: the default queue.
+    #[arg(long, env = QUEUES, value_name = "A,B")]
+    pub queues: Option<String>,
+    /// Carry the label k=v, which jobs can require (repeatable; the variable is comma-separated).
+    #[arg(long = "label", env = LABELS, value_name = "K=V", value_delimiter = ',')]
+    pub labels: Vec<String>,
+}
+
+impl Source for LimitArgs {
+    fn get(&self, key: &str) -> Option<String> {
+        match key {
+            CPUS => self.cpus.clone(),
+            MEMORY => self.memory.clone(),
+            MAX_CPU_PERCENT => self.max_cpu_percent.clone(),
+            QUEUES => self.queues.clone(),
+            LABELS if !self.labels.is_empty() => Some(self.labels.join(",")),
+            _ => None,
+        }
+    }
+}
+
+/// Everything [`crate::run`] needs.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Where the credential and the pinned CA are kept (created if missing).
+    pub state_dir: PathBuf,
+    /// The owner's limits.
+    pub limits: Limits,
+    /// Join this coordinator (with [`AgentConfig::token`]) unless already
+    /// enrolled with it; `None` works with the saved credential.
+    pub coordinator: Option<String>,
+    /// The join token for [`AgentConfig::coordinator`].
+    pub token: Option<String>,
+    /// Timings of the work loop; the defaults suit production.
+    pub tuning: Tuning,
+}
+
+impl AgentConfig {
+    /// A configuration with no limits that works with what `state_dir` holds.
+    pub fn new(state_dir: impl Into<PathBuf>) -> AgentConfig {
+        AgentConfig {
+            state_dir: state_dir.into(),
+            limits: Limits::default(),
+            coordinator: None,
+            token: None,
+            tuning: Tuning::default(),
+        }
+    }
+
+    /// Joins `url` with `token` (or reuses the saved enrolment with it).
+    pub fn joining(mut self, url: impl Into<String>, token: impl Into<String>) -> AgentConfig {
+        self.coordinator = Some(url.into());
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Applies the owner's limits.
+    pub fn with_limits(mut self, limits: Limits) -> AgentConfig {
+        self.limits = limits;
+        self
+    }
+}
+
+/// The platform's data directory for "musketeer" (`~/.local/share/musketeer`
+/// on Linux), or `./musketeer-state` when there is no home directory.
+pub fn default_state_dir() -> PathBuf {
+    directories::ProjectDirs::from("", "", "musketeer")
+        .map(|dirs| dirs.data_dir().to_path_buf())
+        .unwrap_or_else(|| PathBuf::from(FALLBACK_STATE_DIR))
+}
+
+/// Parses a byte size: a number (fractions allowed) and an optional unit,
+/// `B`, `K`, `M`, `G`, `T`, each also as `KB`/`KiB` and so on, any case.
+///
+/// Every unit is binary (`512M` is 512 MiB), as Docker's `--memory` reads
+/// them: people type `M` and mean what `free -m` shows.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let unit = unit.trim().to_ascii_lowercase();
+    let shift = match unit.as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?}: use a number with B, K, M, G or T, e.g. 512M or 1.5G"
+            ))
+        }
+    };
+    if number.is_empty() {
+        return Err("expected a number with an optional unit, e.g. 512M or 1.5G".into());
+    }
+    let scale = (1u64 << shift) as f64;
+    let bytes = if let Ok(whole) = number.parse::<u64>() {
+        whole
+            .checked_mul(1u64 << shift)
+            .ok_or_else(|| "too large".to_string())?
+    } else {
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("{number:?} is not a number"))?;
+        let bytes = (value * scale).round();
+        if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+            return Err("too large".into());
+        }
+        bytes as u64
+    };
+    if bytes == 0 {
+        return Err("must be more than zero".into());
+    }
+    Ok(bytes)
+}
+
+fn parse_cpus(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(0) | Err(_) => Err("expected a whole number of cores, 1 or more".into()),
+        Ok(n) => Ok(n),
+    }
+}
+
+fn parse_percent(s: &str) -> Result<u8, String> {
+    match s.trim().trim_end_matches('%').parse::<u8>() {
+        Ok(p @ 1..=100) => Ok(p),
+        _ => Err("expected a whole percentage from 1 to 100".into()),
+    }
+}
+
+fn parse_queues(s: &str) -> Result<Vec<String>, String> {
+    let mut queues: Vec<String> = Vec::new();
+    for q in s.split(',').map(str::trim).filter(|q| !q.is_empty()) {
+        if q.len() > MAX_QUEUE_LEN {
+            return Err(format!(
+                "queue names are at most {MAX_QUEUE_LEN} characters"
+            ));
+        }
+        if !queues.iter().any(|have| have == q) {
+            queues.push(q.to_string());
+        }
+    }
+    if queues.is_empty() {
+        return Err("expected queue names separated by commas, e.g. default,gpu".into());
+    }
+    Ok(queues)
+}
+
+fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut labels = BTreeMap::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not k=v"))?;
+        let k = k.trim();
+        if k.is_empty() {
+            return Err(format!("{pair:?} has an empty key"));
+        }
+        labels.insert(k.to_string(), v.trim().to_string());
+    }
+    Ok(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_as_docker_does() {
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("512b"), Ok(512));
+        assert_eq!(parse_size("1K"), Ok(1024));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("512mb"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size(" 2 GiB "), Ok(2 << 30));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("0.5t"), Ok(1 << 39));
+        assert_eq!(parse_size(".5K"), Ok(512));
+    }
+
+    #[test]
+    fn bad_sizes_say_what_to_type() {
+        assert!(parse_size("").unwrap_err().contains("number"));
+        assert!(parse_size("G").unwrap_err().contains("number"));
+        assert!(parse_size("12X").unwrap_err().contains("unit"));
+        assert!(parse_size("1.2.3M").unwrap_err().contains("not a number"));
+        assert!(parse_size("0").unwrap_err().contains("zero"));
+        assert!(parse_size("-1G").is_err());
+        assert!(parse_size("99999999999T")
+            .unwrap_err()
+            .contains("too large"));
+        assert!(parse_size("1e300T").is_err());
+    }
+
+    #[test]
+    fn limits_parse_from_a_map() {
+        let env = HashMap::from([
+            (CPUS, "2"),
+            (MEMORY, "1.5G"),
+            (MAX_CPU_PERCENT, "50%"),
+            (QUEUES, "gpu, default,gpu"),
+            (LABELS, "zone=eu, arch = arm"),
+            ("UNRELATED", "x"),
+        ]);
+        let limits = Limits::from_source(&env).unwrap();
+        assert_eq!(
+            limits,
+            Limits {
+                cpus: Some(2),
+                memory_bytes: Some(3 << 29),
+                max_cpu_percent: Some(50),
+                queues: vec!["gpu".into(), "default".into()],
+                labels: BTreeMap::from([
+                    ("zone".into(), "eu".into()),
+                    ("arch".into(), "arm".into())
+                ]),
+            }
+        );
+        assert_eq!(
+            Limits::from_source(&HashMap::new()).unwrap(),
+            Limits::default()
+        );
+    }
+
+    #[test]
+    fn bad_limits_name_the_flag_and_the_variable() {
+        let cases = [
+            (CPUS, "0", "--cpus"),
+            (CPUS, "two", "--cpus"),
+            (MEMORY, "lots", "--memory"),
+            (MAX_CPU_PERCENT, "0", "--max-cpu-percent"),
+            (MAX_CPU_PERCENT, "101", "--max-cpu-percent"),
+            (QUEUES, " , ", "--queues"),
+            (LABELS, "novalue", "--label"),
+            (LABELS, "=v", "--label"),
+        ];
+        for (key, value, flag) in cases {
+            let e = Limits::from_source(&HashMap::from([(key, value)])).unwrap_err();
+            assert_eq!((e.flag, e.env), (flag, key), "{key}={value}");
+            let text = e.to_string();
+            assert!(text.contains(flag) && text.contains(key), "{text}");
+        }
+    }
+
+    #[test]
+    fn flags_feed_the_same_parser() {
+        let args = LimitArgs {
+            cpus: Some("3".into()),
+            labels: vec!["a=1".into(), "b=2".into()],
+            ..LimitArgs::default()
+        };
+        let limits = Limits::from_source(&args).unwrap();
+        assert_eq!(limits.cpus, Some(3));
+        assert_eq!(limits.labels.len(), 2);
+        assert_eq!(limits.queues, Vec::<String>::new());
+    }
+}
