@@ -1,0 +1,278 @@
+//! Runs tasks on worker threads and measures them.
+//!
+//! Kernels are CPU-bound and never yield, so they run on plain std threads
+//! fed by a channel, never on the async runtime's threads, which must stay
+//! free to talk to the coordinator (heartbeats, uploads, the next lease).
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use musketeer_tasks::protocol::{LeasedTask, TaskOutcome, TaskRef};
+use musketeer_tasks::TaskInput;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Stack of a worker thread: kernels on big numbers recurse (product trees),
+/// and the default 2 MiB of a spawned thread is less than a main thread's 8.
+const WORKER_STACK: usize = 8 << 20;
+
+/// Limits how much of the time each worker thread computes.
+///
+/// For now a duty cycle: after each task a worker sleeps in proportion to
+/// the time it ran, so that over time it is busy `percent` of the wall
+/// clock. Tasks are a few tens of milliseconds each, so the pauses are short
+/// enough not to show as bursts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DutyCycle {
+    percent: u8,
+}
+
+impl DutyCycle {
+    /// Busy at most `percent` (1..=100; `None` or out of range is 100) of the time.
+    pub fn new(percent: Option<u8>) -> DutyCycle {
+        DutyCycle {
+            percent: percent.filter(|p| (1..=100).contains(p)).unwrap_or(100),
+        }
+    }
+
+    /// How long to rest after computing for `busy`.
+    pub fn pause_after(&self, busy: Duration) -> Duration {
+        let p = u32::from(self.percent);
+        busy * (100 - p) / p
+    }
+}
+
+/// A task that ran, with what it cost.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Finished {
+    /// Which task and lease.
+    pub task: TaskRef,
+    /// The kernel, if the input could be decoded.
+    pub kernel: Option<&'static str>,
+    /// Wall time the kernel ran.
+    pub wall: Duration,
+    /// CPU time the worker thread spent on it.
+    pub cpu: Duration,
+    /// The rest the duty cycle adds after it.
+    pub pause: Duration,
+    /// The output, or why there is none.
+    pub outcome: TaskOutcome,
+}
+
+/// A pool of worker threads that run [`LeasedTask`]s and send each
+/// [`Finished`] task to the async side.
+#[derive(Debug)]
+pub struct Executor {
+    /// Dropping it tells the workers to stop once their current task is done.
+    work: mpsc::Sender<LeasedTask>,
+    threads: usize,
+}
+
+impl Executor {
+    /// Starts `threads` workers that report to `done`.
+    pub fn start(threads: usize, duty: DutyCycle, done: UnboundedSender<Finished>) -> Executor {
+        let (work, queue) = mpsc::channel::<LeasedTask>();
+        // One shared receiver: std's is single-consumer, and a task is tens
+        // of milliseconds, so the lock is never contended in practice.
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..threads {
+            let queue = queue.clone();
+            let done = done.clone();
+            thread::Builder::new()
+                .name(format!("musketeer-worker-{i}"))
+                .stack_size(WORKER_STACK)
+                .spawn(move || worker(&queue, &done, duty))
+                .expect("cannot start a worker thread");
+        }
+        Executor { work, threads }
+    }
+
+    /// Queues `task` for the next free worker.
+    pub fn submit(&self, task: LeasedTask) {
+        // The workers live as long as the sender, so this cannot fail.
+        let _ = self.work.send(task);
+    }
+
+    /// How many worker threads run tasks.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+}
+
+fn worker(
+    queue: &Mutex<mpsc::Receiver<LeasedTask>>,
+    done: &UnboundedSender<Finished>,
+    duty: DutyCycle,
+) {
+    loop {
+        // The guard is dropped at the end of the statement, before the task runs.
+        let next = queue.lock().map(|q| q.recv());
+        let Ok(Ok(task)) = next else { return };
+        let cpu_start = cpu_time::ThreadTime::try_now().ok();
+        let start = Instant::now();
+        let (kernel, outcome) = run_input(&task.input);
+        let wall = start.elapsed();
+        let cpu = cpu_start.and_then(|t| t.try_elapsed().ok()).unwrap_or(wall);
+        let pause = duty.pause_after(wall);
+        let finished = Finished {
+            task: task.task,
+            kernel,
+            wall,
+            cpu,
+            pause,
+            outcome,
+        };
+        if done.send(finished).is_err() {
+            return; // The work loop is gone.
+        }
+        if !pause.is_zero() {
+            thread::sleep(pause);
+        }
+    }
+}
+
+/// Decodes and runs one task input: the kernel's name (if it decoded) and
+/// the encoded output, or why there is none. A panicking kernel is a failed
+/// task, not a dead worker.
+pub fn run_input(input: &[u8]) -> (Option<&'static str>, TaskOutcome) {
+    let task = match TaskInput::decode(input) {
+        Ok(t) => t,
+        Err(e) => return (None, TaskOutcome::Failed(e.to_string())),
+    };
+    let kernel = Some(task.kernel());
+    let outcome = match catch_unwind(AssertUnwindSafe(|| task.run())) {
+        Ok(Ok(output)) => TaskOutcome::Done(output.encode()),
+        Ok(Err(e)) => TaskOutcome::Failed(e.to_string()),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown".into());
+            TaskOutcome::Failed(format!("the {} kernel panicked: {why}", task.kernel()))
+        }
+    };
+    (kernel, outcome)
+}
+
+/// The kernel of an encoded task input, read from its first byte without
+/// decoding the rest (which may be megabytes of text or matrix).
+///
+/// postcard writes an enum's variant index first, as a varint that is one
+/// byte below 128; `kernel_of_matches_decoding` keeps this in step with
+/// [`TaskInput`]'s variants.
+pub fn kernel_of(input: &[u8]) -> Option<&'static str> {
+    match input.first()? {
+        0 => Some("fibonacci"),
+        1 => Some("factorial"),
+        2 => Some("matmul"),
+        3 => Some("wordcount"),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use musketeer_tasks::factorial::FactorialTask;
+    use musketeer_tasks::fibonacci::FibonacciTask;
+    use musketeer_tasks::matmul::{MatmulTask, RandomMatrices, Tile};
+    use musketeer_tasks::wordcount::{WordcountOptions, WordcountTask};
+    use musketeer_tasks::TaskOutput;
+
+    pub(crate) fn fib_task(index: u32, ns: Vec<u64>) -> LeasedTask {
+        let input = TaskInput::Fibonacci(FibonacciTask::List(ns));
+        LeasedTask {
+            task: TaskRef {
+                job: "j".into(),
+                index,
+                lease: u64::from(index) + 100,
+            },
+            cost: input.cost(),
+            timeout_ms: None,
+            input: input.encode(),
+        }
+    }
+
+    #[test]
+    fn duty_cycle_rests_in_proportion() {
+        let ms = Duration::from_millis;
+        assert_eq!(DutyCycle::new(None).pause_after(ms(40)), ms(0));
+        assert_eq!(DutyCycle::new(Some(100)).pause_after(ms(40)), ms(0));
+        assert_eq!(DutyCycle::new(Some(50)).pause_after(ms(40)), ms(40));
+        assert_eq!(DutyCycle::new(Some(25)).pause_after(ms(40)), ms(120));
+        assert_eq!(DutyCycle::new(Some(1)).pause_after(ms(1)), ms(99));
+        assert_eq!(DutyCycle::new(Some(0)), DutyCycle::new(None));
+    }
+
+    #[test]
+    fn inputs_run_or_fail_with_a_reason() {
+        let (kernel, outcome) = run_input(&fib_task(0, vec![10, 20]).input);
+        assert_eq!(kernel, Some("fibonacci"));
+        let TaskOutcome::Done(bytes) = outcome else {
+            panic!("{outcome:?}")
+        };
+        let TaskOutput::Fibonacci(out) = TaskOutput::decode(&bytes).unwrap() else {
+            panic!("not a fibonacci output")
+        };
+        assert_eq!(out.digits, "556765");
+
+        let (kernel, outcome) = run_input(&[0xff, 0xff, 0xff]);
+        assert_eq!(kernel, None);
+        assert!(matches!(outcome, TaskOutcome::Failed(m) if m.contains("invalid task input")));
+    }
+
+    #[test]
+    fn kernel_of_matches_decoding() {
+        let tile = Tile {
+            row: 0,
+            rows: 1,
+            col: 0,
+            cols: 1,
+        };
+        let inputs = [
+            TaskInput::Fibonacci(FibonacciTask::List(vec![1])),
+            TaskInput::Factorial(FactorialTask { lo: 1, hi: 5 }),
+            TaskInput::Matmul(MatmulTask::Random {
+                tile,
+                matrices: RandomMatrices {
+                    m: 1,
+                    k: 1,
+                    n: 1,
+                    seed: 1,
+                },
+            }),
+            TaskInput::Wordcount(WordcountTask {
+                text: b"a b".to_vec(),
+                options: WordcountOptions::default(),
+            }),
+        ];
+        for input in inputs {
+            assert_eq!(kernel_of(&input.encode()), Some(input.kernel()));
+        }
+        assert_eq!(kernel_of(&[]), None);
+    }
+
+    #[test]
+    fn the_pool_runs_every_task_and_measures_it() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let pool = Executor::start(2, DutyCycle::new(None), tx);
+        assert_eq!(pool.threads(), 2);
+        for i in 0..10 {
+            pool.submit(fib_task(i, vec![u64::from(i)]));
+        }
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            let f = rx.blocking_recv().expect("a worker reports");
+            assert!(matches!(f.outcome, TaskOutcome::Done(_)));
+            assert_eq!(f.kernel, Some("fibonacci"));
+            seen.push(f.task.index);
+        }
+        seen.sort();
+        assert_eq!(seen, (0..10).collect::<Vec<_>>());
+        drop(pool);
+        // Once the pool is dropped the workers stop and the channel closes.
+        assert!(rx.blocking_recv().is_none());
+    }
+}

@@ -1,0 +1,812 @@
+//! The work loop: lease batches of tasks, keep every core busy, upload the
+//! results in batches, renew leases, and stop cleanly.
+//!
+//! One async task owns all the state; network calls run as spawned tasks
+//! whose answers come back as [`Event`]s, and the executor's threads report
+//! finished tasks on a channel, so nothing here ever waits on one call while
+//! another could proceed:
+//!
+//! - **Batches.** The loop learns how many real nanoseconds one unit of
+//!   [`Cost::work`] takes here ([`Speed`]) and asks for about
+//!   [`Tuning::batch`] of work for all cores at once.
+//! - **Prefetch.** When the queued work drops below one batch, the next
+//!   batch is leased while the current one runs; only a fully idle agent
+//!   long-polls.
+//! - **Results** are uploaded together, at most one upload in flight, after
+//!   [`Tuning::flush_after`] or as soon as the agent has nothing else to do.
+//! - **Outages** (unreachable, 5xx) are retried with backoff and logged once;
+//!   finished results stay buffered until the coordinator is back. Only a
+//!   refused credential or an untrusted server ends the loop with an error.
+//! - **Shutdown** releases queued tasks at once, gives running ones
+//!   [`Tuning::grace`] to finish and upload, and releases the rest.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::time::Duration;
+
+use musketeer_tasks::protocol::{
+    Capacity, Heartbeat, HeartbeatAck, LeaseRequest, LeaseResponse, LeasedTask, Release,
+    ReleaseAck, ResultAck, ResultBatch, TaskOutcome, TaskRef, TaskReport,
+};
+use musketeer_tasks::Cost;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::client::{AgentApi, Backoff, ClientError, Outage};
+use crate::executor::{kernel_of, DutyCycle, Executor, Finished};
+
+/// Weight of the newest observation in the speed estimate: enough to follow
+/// a host that gets busier within a few batches, not so much that one odd
+/// task swings the batch size.
+const SPEED_ALPHA: f64 = 0.2;
+/// Observed speeds are kept within this factor of the planner's estimate, so
+/// that one absurd measurement (a task of almost no work) cannot ask for a
+/// batch of millions of tasks or of none.
+const SPEED_CLAMP: f64 = 1000.0;
+/// After a lease that brought nothing, wait this long before the next one,
+/// so that a coordinator that answers at once (instead of holding the long
+/// poll) is not hammered.
+const EMPTY_LEASE_PAUSE: Duration = Duration::from_millis(500);
+/// After the grace period, how long the final release and upload may take
+/// before the agent exits anyway.
+const FINAL_CALLS: Duration = Duration::from_secs(3);
+/// A guess at the bytes a report adds to an upload besides its output.
+const REPORT_OVERHEAD: usize = 64;
+
+/// Timings and sizes of the work loop.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tuning {
+    /// Lease about this much work for all cores at once: long enough that a
+    /// lease round trip is small beside it, short enough that the tail of a
+    /// job is spread over many agents.
+    pub batch: Duration,
+    /// At most this many tasks per lease.
+    pub max_tasks: u32,
+    /// How long an idle agent's lease call may wait for work.
+    pub long_poll: Duration,
+    /// Upload finished results at least this often.
+    pub flush_after: Duration,
+    /// Upload at once when the buffered results reach this many bytes.
+    pub max_upload_bytes: usize,
+    /// On shutdown, how long running tasks may still finish.
+    pub grace: Duration,
+    /// The lease time-to-live assumed until the coordinator states one.
+    pub default_lease_ttl: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            batch: Duration::from_millis(1500),
+            max_tasks: 256,
+            long_poll: Duration::from_secs(20),
+            flush_after: Duration::from_millis(150),
+            max_upload_bytes: 8 << 20,
+            grace: Duration::from_secs(5),
+            default_lease_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How fast this host runs work: real nanoseconds per [`Cost::work`] unit,
+/// per kernel and overall.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Speed {
+    overall: f64,
+    kernels: HashMap<&'static str, f64>,
+}
+
+impl Default for Speed {
+    fn default() -> Self {
+        // The planner's unit is a nanosecond on one modern x86_64 core.
+        Speed {
+            overall: 1.0,
+            kernels: HashMap::new(),
+        }
+    }
+}
+
+impl Speed {
+    /// Learns from a task of `work` units that took `elapsed`.
+    pub fn observe(&mut self, kernel: Option<&'static str>, work: u64, elapsed: Duration) {
+        if work == 0 {
+            return;
+        }
+        let ratio = (elapsed.as_nanos() as f64 / work as f64).clamp(1.0 / SPEED_CLAMP, SPEED_CLAMP);
+        self.overall += SPEED_ALPHA * (ratio - self.overall);
+        if let Some(k) = kernel {
+            self.kernels
+                .entry(k)
+                .and_modify(|r| *r += SPEED_ALPHA * (ratio - *r))
+                .or_insert(ratio);
+        }
+    }
+
+    /// Nanoseconds per work unit for `kernel`, or overall when it is not known yet.
+    pub fn ns_per_work(&self, kernel: Option<&str>) -> f64 {
+        kernel
+            .and_then(|k| self.kernels.get(k))
+            .copied()
+            .unwrap_or(self.overall)
+    }
+
+    /// The expected real time of a task of `cost`, in nanoseconds.
+    pub fn estimate_ns(&self, kernel: Option<&str>, cost: Cost) -> f64 {
+        cost.work as f64 * self.ns_per_work(kernel)
+    }
+}
+
+/// `max_work` for a lease: [`Tuning::batch`] of time on every core, in work units.
+pub fn batch_work(batch: Duration, cpus: u32, ns_per_work: f64) -> u64 {
+    let ns = batch.as_nanos() as f64 * f64::from(cpus.max(1));
+    (ns / ns_per_work.max(f64::MIN_POSITIVE)).clamp(1.0, (u64::MAX / 2) as f64) as u64
+}
+
+/// What came of the work loop.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkStats {
+    /// Tasks that produced an output.
+    pub done: u64,
+    /// Tasks that failed (their reports say why).
+    pub failed: u64,
+    /// Reports the coordinator accepted.
+    pub accepted: u64,
+    /// Leases given back unfinished.
+    pub released: u64,
+}
+
+/// A network call's answer, back in the loop.
+#[derive(Debug)]
+enum Event {
+    Leased(Result<LeaseResponse, ClientError>),
+    Uploaded(ResultBatch, Result<ResultAck, ClientError>),
+    Heartbeat(Result<HeartbeatAck, ClientError>),
+    Released(usize, Result<ReleaseAck, ClientError>),
+}
+
+/// A task handed to the executor.
+#[derive(Clone, Debug)]
+struct Running {
+    kernel: Option<&'static str>,
+    cost: Cost,
+    timeout: Option<Duration>,
+    deadline: Option<Instant>,
+}
+
+/// Where shutdown stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// Working.
+    No,
+    /// Queued tasks released; running ones may finish until the deadline.
+    Grace(Instant),
+    /// Unfinished tasks released; last calls may complete until the deadline.
+    Final(Instant),
+}
+
+/// Works for the coordinator behind `api` until `shutdown` resolves (then
+/// stops cleanly and returns the stats) or the coordinator refuses the
+/// credential or cannot be trusted (an error).
+pub async fn work<A: AgentApi>(
+    api: A,
+    capacity: Capacity,
+    max_cpu_percent: Option<u8>,
+    tuning: Tuning,
+    shutdown: impl Future<Output = ()>,
+) -> Result<WorkStats, ClientError> {
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let executor = Executor::start(
+        capacity.cpus.max(1) as usize,
+        DutyCycle::new(max_cpu_percent),
+        done_tx,
+    );
+    let mut state = State::new(api, capacity, tuning, executor);
+    let mut calls: JoinSet<Event> = JoinSet::new();
+    tokio::pin!(shutdown);
+    let mut shutdown_seen = false;
+    loop {
+        let now = Instant::now();
+        state.step(now, &mut calls);
+        if state.finished(now) {
+            break;
+        }
+        let wake = state.next_wake(now);
+        tokio::select! {
+            // Answers first: a lease that has come back must be seen (and its
+            // tasks queued, or released) before a shutdown is acted on.
+            biased;
+            Some(finished) = done_rx.recv() => state.on_finished(Instant::now(), finished),
+            Some(joined) = calls.join_next() => match joined {
+                Ok(event) => state.on_event(Instant::now(), event, &mut calls)?,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => {}
+            },
+            () = &mut shutdown, if !shutdown_seen => {
+                shutdown_seen = true;
+                state.begin_stop(Instant::now(), &mut calls);
+            }
+            () = tokio::time::sleep_until(wake) => {}
+        }
+    }
+    // A long poll still open is abandoned: the agent cannot wait the poll out
+    // on shutdown. If its answer did arrive, give the tasks back.
+    let mut late = Vec::new();
+    while let Some(joined) = calls.try_join_next() {
+        if let Ok(Event::Leased(Ok(resp))) = joined {
+            late.extend(resp.tasks.into_iter().map(|t| t.task));
+        }
+    }
+    calls.abort_all();
+    if !late.is_empty() {
+        let release = Release { tasks: late };
+        if let Ok(Ok(ack)) = tokio::time::timeout(FINAL_CALLS, state.api.release(&release)).await {
+            state.stats.released += u64::from(ack.released);
+        }
+    }
+    if !state.pending.is_empty() {
+        tracing::warn!(
+            "{} finished results could not be uploaded; the coordinator will hand those tasks out again",
+            state.pending.len()
+        );
+    }
+    // Dropping `calls` aborts a lease still waiting; dropping the executor
+    // lets each worker exit once its current task is done.
+    Ok(state.stats)
+}
+
+/// Everything the loop knows, and how each event changes it.
+struct State<A> {
+    api: A,
+    capacity: Capacity,
+    tuning: Tuning,
+    executor: Executor,
+    speed: Speed,
+    stats: WorkStats,
+
+    /// Leased, not yet handed to a worker.
+    queue: VecDeque<LeasedTask>,
+    /// Handed to a worker, result not yet in.
+    running: HashMap<TaskRef, Running>,
+    /// Tasks whose result is no longer wanted (lost lease, timed out, released)
+    /// but whose worker is still on them, with the memory they hold.
+    abandoned: HashMap<TaskRef, u64>,
+    /// Worker threads busy, abandoned tasks included.
+    busy: usize,
+    /// Memory the busy workers' tasks hold, as their costs say.
+    mem_busy: u64,
+
+    /// Results waiting for upload.
+    pending: Vec<TaskReport>,
+    pending_bytes: usize,
+    /// When the oldest waiting result finished.
+    pending_since: Option<Instant>,
+    /// At most this many reports per upload (halved when one is too large).
+    upload_limit: usize,
+    uploading: bool,
+    upload_not_before: Instant,
+    upload_backoff: Backoff,
+
+    leasing: bool,
+    /// The lease in flight may wait [`Tuning::long_poll`] for work.
+    long_polling: bool,
+    lease_not_before: Instant,
+    lease_backoff: Backoff,
+    /// The last lease came back empty: do not prefetch until idle again.
+    cluster_empty: bool,
+    lease_ttl: Duration,
+
+    heartbeating: bool,
+    heartbeat_due: Instant,
+    /// The coordinator asked this agent to lease nothing new.
+    draining: bool,
+
+    releasing: usize,
+    stop: Stop,
+    outage: Outage,
+}
+
+impl<A: AgentApi> State<A> {
+    fn new(api: A, capacity: Capacity, tuning: Tuning, executor: Executor) -> Self {
+        let now = Instant::now();
+        let lease_ttl = tuning.default_lease_ttl;
+        State {
+            api,
+            capacity,
+            upload_limit: tuning.max_tasks.max(1) as usize,
+            tuning,
+            executor,
+            speed: Speed::default(),
+            stats: WorkStats::default(),
+            queue: VecDeque::new(),
+            running: HashMap::new(),
+            abandoned: HashMap::new(),
+            busy: 0,
+            mem_busy: 0,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            pending_since: None,
+            uploading: false,
+            upload_not_before: now,
+            upload_backoff: Backoff::default(),
+            leasing: false,
+            long_polling: false,
+            lease_not_before: now,
+            lease_backoff: Backoff::default(),
+            cluster_empty: false,
+            lease_ttl,
+            heartbeating: false,
+            heartbeat_due: now + lease_ttl / 3,
+            draining: false,
+            releasing: 0,
+            stop: Stop::No,
+            outage: Outage::default(),
+        }
+    }
+
+    fn cpus(&self) -> usize {
+        self.executor.threads()
+    }
+
+    /// Does whatever is due now: hand out tasks, expire overdue ones, lease,
+    /// upload, renew leases, move shutdown along.
+    fn step(&mut self, now: Instant, calls: &mut JoinSet<Event>) {
+        self.expire_overdue(now);
+        self.dispatch(now);
+        self.advance_stop(now, calls);
+        self.maybe_lease(now, calls);
+        self.maybe_upload(now, calls);
+        self.maybe_heartbeat(now, calls);
+    }
+
+    /// Whether the loop is done: stopping, with nothing left worth waiting for.
+    fn finished(&self, now: Instant) -> bool {
+        match self.stop {
+            Stop::No => false,
+            Stop::Grace(_) => {
+                self.running.is_empty()
+                    && self.pending.is_empty()
+                    && !self.uploading
+                    && self.releasing == 0
+                    // A prefetch answers at once: wait, to give its tasks back.
+                    && (!self.leasing || self.long_polling)
+            }
+            Stop::Final(deadline) => {
+                now >= deadline
+                    || ((self.pending.is_empty() || self.outage.is_down())
+                        && !self.uploading
+                        && self.releasing == 0)
+            }
+        }
+    }
+
+    /// When something becomes due, at the latest.
+    fn next_wake(&self, now: Instant) -> Instant {
+        let mut wake = now + Duration::from_secs(3600);
+        let mut consider = |t: Instant| {
+            if t > now && t < wake {
+                wake = t;
+            }
+        };
+        consider(self.heartbeat_due);
+        consider(self.lease_not_before);
+        consider(self.upload_not_before);
+        if let Some(since) = self.pending_since {
+            consider(since + self.tuning.flush_after);
+        }
+        for r in self.running.values() {
+            if let Some(d) = r.deadline {
+                consider(d);
+            }
+        }
+        match self.stop {
+            Stop::Grace(d) | Stop::Final(d) => consider(d),
+            Stop::No => {}
+        }
+        wake
+    }
+
+    /// Hands queued tasks to idle workers, as long as their memory fits.
+    fn dispatch(&mut self, now: Instant) {
+        if self.stop != Stop::No {
+            return;
+        }
+        while self.busy < self.cpus() {
+            let Some(next) = self.queue.front() else {
+                break;
+            };
+            let mem = next.cost.mem_bytes;
+            // A task larger than the limit still runs alone: the coordinator
+            // matched it to this agent, and refusing it would stall it forever.
+            if self.busy > 0 && self.mem_busy.saturating_add(mem) > self.capacity.memory_bytes {
+                break;
+            }
+            let task = self.queue.pop_front().expect("front exists");
+            let timeout = task.timeout_ms.map(Duration::from_millis);
+            self.running.insert(
+                task.task.clone(),
+                Running {
+                    kernel: kernel_of(&task.input),
+                    cost: task.cost,
+                    timeout,
+                    deadline: timeout.map(|t| now + t),
+                },
+            );
+            self.busy += 1;
+            self.mem_busy += mem;
+            self.executor.submit(task);
+        }
+    }
+
+    /// Fails running tasks past their timeout. Their worker stays busy until
+    /// the kernel returns (a thread cannot be stopped safely), and the late
+    /// output is dropped.
+    fn expire_overdue(&mut self, now: Instant) {
+        let overdue: Vec<TaskRef> = self
+            .running
+            .iter()
+            .filter(|(_, r)| r.deadline.is_some_and(|d| d <= now))
+            .map(|(t, _)| t.clone())
+            .collect();
+        for task in overdue {
+            let r = self.running.remove(&task).expect("listed above");
+            let secs = r.timeout.unwrap_or_default().as_secs_f64();
+            tracing::warn!(
+                "task {}#{} timed out after {secs:.1}s; its worker is busy until the kernel returns",
+                task.job,
+                task.index
+            );
+            self.abandoned.insert(task.clone(), r.cost.mem_bytes);
+            self.stats.failed += 1;
+            self.push_report(
+                now,
+                TaskReport {
+                    task,
+                    cpu_ms: (secs * 1000.0) as u64,
+                    outcome: TaskOutcome::Failed(format!("timed out after {secs:.1}s")),
+                },
+            );
+        }
+    }
+
+    /// Queued work, in expected nanoseconds.
+    fn queued_ns(&self) -> f64 {
+        self.queue
+            .iter()
+            .map(|t| self.speed.estimate_ns(kernel_of(&t.input), t.cost))
+            .sum()
+    }
+
+    fn maybe_lease(&mut self, now: Instant, calls: &mut JoinSet<Event>) {
+        if self.leasing || self.draining || self.stop != Stop::No || now < self.lease_not_before {
+            return;
+        }
+        let idle = self.queue.is_empty() && self.busy < self.cpus();
+        let batch_ns = self.tuning.batch.as_nanos() as f64 * self.cpus() as f64;
+        let wait = if idle {
+            self.tuning.long_poll
+        } else if !self.cluster_empty && self.queued_ns() < batch_ns {
+            Duration::ZERO
+        } else {
+            return;
+        };
+        let req = LeaseRequest {
+            max_work: batch_work(
+                self.tuning.batch,
+                self.cpus() as u32,
+                self.speed.ns_per_work(None),
+            ),
+            max_tasks: self.tuning.max_tasks,
+            wait_ms: wait.as_millis() as u64,
+            capacity: self.capacity.clone(),
+        };
+        tracing::debug!(max_work = req.max_work, wait_ms = req.wait_ms, "leasing");
+        self.leasing = true;
+        self.long_polling = !wait.is_zero();
+        let api = self.api.clone();
+        calls.spawn(async move { Event::Leased(api.lease(&req).await) });
+    }
+
+    fn maybe_upload(&mut self, now: Instant, calls: &mut JoinSet<Event>) {
+        if self.uploading || self.pending.is_empty() || now < self.upload_not_before {
+            return;
+        }
+        let nothing_else_to_do = self.queue.is_empty() && self.running.is_empty();
+        let due = nothing_else_to_do
+            || self.stop != Stop::No
+            || self.pending_bytes >= self.tuning.max_upload_bytes
+            || self.pending.len() >= self.upload_limit
+            || self
+                .pending_since
+                .is_some_and(|t| now >= t + self.tuning.flush_after);
+        if !due {
+            return;
+        }
+        let take = self.pending.len().min(self.upload_limit);
+        let results: Vec<TaskReport> = self.pending.drain(..take).collect();
+        self.pending_bytes = self.pending.iter().map(report_size).sum();
+        self.pending_since = if self.pending.is_empty() {
+            None
+        } else {
+            Some(now)
+        };
+        self.uploading = true;
+        let api = self.api.clone();
+        calls.spawn(async move {
+            let batch = ResultBatch { results };
+            let result = api.results(&batch).await;
+            Event::Uploaded(batch, result)
+        });
+    }
+
+    /// Every lease held: queued or running (abandoned ones are not wanted).
+    fn held(&self) -> Vec<TaskRef> {
+        self.queue
+            .iter()
+            .map(|t| t.task.clone())
+            .chain(self.running.keys().cloned())
+            .collect()
+    }
+
+    fn maybe_heartbeat(&mut self, now: Instant, calls: &mut JoinSet<Event>) {
+        if self.heartbeating || now < self.heartbeat_due {
+            return;
+        }
+        self.heartbeat_due = now + self.lease_ttl / 3;
+        let running = self.held();
+        // A draining agent keeps reporting in, to learn when it may lease again.
+        if running.is_empty() && !self.draining {
+            return;
+        }
+        self.heartbeating = true;
+        let api = self.api.clone();
+        calls.spawn(async move { Event::Heartbeat(api.heartbeat(&Heartbeat { running }).await) });
+    }
+
+    fn release(&mut self, tasks: Vec<TaskRef>, calls: &mut JoinSet<Event>) {
+        if tasks.is_empty() {
+            return;
+        }
+        self.releasing += 1;
+        let api = self.api.clone();
+        calls.spawn(async move {
+            let n = tasks.len();
+            Event::Released(n, api.release(&Release { tasks }).await)
+        });
+    }
+
+    /// Shutdown asked: lease nothing more, give queued tasks back at once.
+    fn begin_stop(&mut self, now: Instant, calls: &mut JoinSet<Event>) {
+        if self.stop != Stop::No {
+            return;
+        }
+        let queued: Vec<TaskRef> = self.queue.drain(..).map(|t| t.task).collect();
+        tracing::info!(
+            "stopping: releasing {} queued tasks, giving {} running up to {:.1}s",
+            queued.len(),
+            self.running.len(),
+            self.tuning.grace.as_secs_f64()
+        );
+        self.stop = Stop::Grace(now + self.tuning.grace);
+        self.release(queued, calls);
+    }
+
+    /// Past the grace period: give back what still runs and allow the last
+    /// calls a moment.
+    fn advance_stop(&mut self, now: Instant, calls: &mut JoinSet<Event>) {
+        let Stop::Grace(deadline) = self.stop else {
+            return;
+        };
+        if now < deadline {
+            return;
+        }
+        let unfinished: Vec<TaskRef> = self.running.keys().cloned().collect();
+        if !unfinished.is_empty() {
+            tracing::info!("releasing {} tasks still running", unfinished.len());
+        }
+        for task in &unfinished {
+            let r = self.running.remove(task).expect("listed above");
+            self.abandoned.insert(task.clone(), r.cost.mem_bytes);
+        }
+        self.release(unfinished, calls);
+        self.stop = Stop::Final(now + FINAL_CALLS);
+    }
+
+    fn push_report(&mut self, now: Instant, report: TaskReport) {
+        self.pending_bytes += report_size(&report);
+        self.pending_since.get_or_insert(now);
+        self.pending.push(report);
+    }
+
+    /// A worker finished a task.
+    fn on_finished(&mut self, now: Instant, f: Finished) {
+        self.busy = self.busy.saturating_sub(1);
+        if let Some(mem) = self.abandoned.remove(&f.task) {
+            self.mem_busy = self.mem_busy.saturating_sub(mem);
+            tracing::debug!(
+                "dropping the result of {}#{}: no longer wanted",
+                f.task.job,
+                f.task.index
+            );
+            return;
+        }
+        let Some(r) = self.running.remove(&f.task) else {
+            return;
+        };
+        self.mem_busy = self.mem_busy.saturating_sub(r.cost.mem_bytes);
+        self.speed
+            .observe(f.kernel.or(r.kernel), r.cost.work, f.wall + f.pause);
+        match &f.outcome {
+            TaskOutcome::Done(_) => self.stats.done += 1,
+            TaskOutcome::Failed(why) => {
+                self.stats.failed += 1;
+                tracing::warn!("task {}#{} failed: {why}", f.task.job, f.task.index);
+            }
+        }
+        self.push_report(
+            now,
+            TaskReport {
+                task: f.task,
+                cpu_ms: f.cpu.as_millis() as u64,
+                outcome: f.outcome,
+            },
+        );
+    }
+
+    /// A network call came back.
+    fn on_event(
+        &mut self,
+        now: Instant,
+        event: Event,
+        calls: &mut JoinSet<Event>,
+    ) -> Result<(), ClientError> {
+        match event {
+            Event::Leased(result) => {
+                self.leasing = false;
+                let resp = match self.check(result, "leasing tasks")? {
+                    Some(resp) => resp,
+                    None => {
+                        self.lease_not_before = now + self.lease_backoff.next_delay();
+                        return Ok(());
+                    }
+                };
+                self.lease_backoff.reset();
+                if resp.lease_ttl_ms > 0 {
+                    self.lease_ttl = Duration::from_millis(resp.lease_ttl_ms);
+                    self.heartbeat_due = self.heartbeat_due.min(now + self.lease_ttl / 3);
+                }
+                if resp.tasks.is_empty() {
+                    self.cluster_empty = true;
+                    self.lease_not_before = now + EMPTY_LEASE_PAUSE;
+                    return Ok(());
+                }
+                self.cluster_empty = false;
+                tracing::debug!("leased {} tasks", resp.tasks.len());
+                if self.stop != Stop::No {
+                    let refs = resp.tasks.into_iter().map(|t| t.task).collect();
+                    self.release(refs, calls);
+                } else {
+                    self.queue.extend(resp.tasks);
+                }
+            }
+            Event::Uploaded(batch, result) => {
+                self.uploading = false;
+                match result {
+                    Err(ClientError::Rejected { status: 413, .. }) if batch.results.len() > 1 => {
+                        self.upload_limit = (batch.results.len() / 2).max(1);
+                        tracing::debug!(
+                            "results too large for one upload: sending {} at a time",
+                            self.upload_limit
+                        );
+                        self.requeue_reports(now, batch);
+                    }
+                    Err(ClientError::Rejected { message, .. }) => {
+                        // Retrying the same bytes cannot help; the coordinator
+                        // hands the tasks out again when their leases expire.
+                        tracing::error!(
+                            "the coordinator refused {} results, dropping them: {message}",
+                            batch.results.len()
+                        );
+                    }
+                    result => match self.check(result, "uploading results")? {
+                        Some(ack) => {
+                            self.upload_backoff.reset();
+                            self.stats.accepted += u64::from(ack.accepted);
+                            if ack.stale > 0 {
+                                tracing::debug!("{} results were stale", ack.stale);
+                            }
+                        }
+                        None => {
+                            self.upload_not_before = now + self.upload_backoff.next_delay();
+                            self.requeue_reports(now, batch);
+                        }
+                    },
+                }
+            }
+            Event::Heartbeat(result) => {
+                self.heartbeating = false;
+                if let Some(ack) = self.check(result, "renewing leases")? {
+                    self.on_heartbeat_ack(ack);
+                }
+            }
+            Event::Released(n, result) => {
+                self.releasing -= 1;
+                match result {
+                    Ok(_) => self.stats.released += n as u64,
+                    Err(e) if e.is_fatal() => return Err(e),
+                    Err(e) => tracing::warn!(
+                        "could not release {n} tasks ({e}); the coordinator will reclaim them when their leases expire"
+                    ),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sorts a call's result: the answer, `None` for an error worth retrying
+    /// (logged once per outage), or the error that ends the loop.
+    fn check<T>(
+        &mut self,
+        result: Result<T, ClientError>,
+        what: &str,
+    ) -> Result<Option<T>, ClientError> {
+        match result {
+            Ok(v) => {
+                self.outage.recovered();
+                Ok(Some(v))
+            }
+            Err(e) if e.is_fatal() => Err(e),
+            Err(e) => {
+                self.outage.failed(what, &e);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Puts an upload that failed back in front of the buffer.
+    fn requeue_reports(&mut self, now: Instant, batch: ResultBatch) {
+        self.pending.splice(0..0, batch.results);
+        self.pending_bytes = self.pending.iter().map(report_size).sum();
+        self.pending_since = Some(self.pending_since.map_or(now, |t| t.min(now)));
+    }
+
+    fn on_heartbeat_ack(&mut self, ack: HeartbeatAck) {
+        if !ack.lost.is_empty() {
+            let lost: HashSet<TaskRef> = ack.lost.into_iter().collect();
+            tracing::info!(
+                "{} leases were lost (expired or cancelled); dropping those tasks",
+                lost.len()
+            );
+            self.queue.retain(|t| !lost.contains(&t.task));
+            self.pending.retain(|r| !lost.contains(&r.task));
+            self.pending_bytes = self.pending.iter().map(report_size).sum();
+            for task in lost {
+                if let Some(r) = self.running.remove(&task) {
+                    self.abandoned.insert(task, r.cost.mem_bytes);
+                }
+            }
+        }
+        if ack.drain != self.draining {
+            self.draining = ack.drain;
+            if ack.drain {
+                tracing::info!(
+                    "the coordinator asked this agent to drain: finishing {} tasks, leasing no more",
+                    self.queue.len() + self.running.len()
+                );
+            } else {
+                tracing::info!("drain lifted: leasing again");
+            }
+        }
+    }
+}
+
+fn report_size(r: &TaskReport) -> usize {
+    REPORT_OVERHEAD
+        + match &r.outcome {
+            TaskOutcome::Done(bytes) => bytes.len(),
+            TaskOutcome::Failed(why) => why.len(),
+        }
+}
+
+#[cfg(test)]
+mod tests;
