@@ -1,1 +1,167 @@
-fn main() {}
+//! `musketeer`: the agent's command line. Logs go to standard error;
+//! standard output carries only what a command prints (`info`, `bench`).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use musketeer::config::{self, default_state_dir, LimitArgs, Limits};
+use musketeer::{capacity, AgentConfig};
+
+/// The Musketeer agent: lend this machine's spare cores to a Musketeer cluster.
+#[derive(Parser, Debug)]
+#[command(name = "musketeer", version)]
+struct Cli {
+    /// Where the credential is kept [default: the platform's data directory].
+    #[arg(long, global = true, env = config::STATE_DIR, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// What to log, as a tracing filter: error, warn, info, debug, musketeer=debug...
+    #[arg(long, global = true, env = config::LOG, value_name = "FILTER", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Enrol with a coordinator (once; the credential is saved), then work until stopped.
+    Join {
+        /// The coordinator, https://HOST:PORT.
+        #[arg(env = config::COORDINATOR)]
+        url: String,
+        /// The join token, as `musketeer-coordinator token create` prints it.
+        #[arg(long, env = config::TOKEN, hide_env_values = true)]
+        token: String,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Work with the saved credential, or join first when a coordinator and token are given.
+    Run {
+        /// The coordinator to join if this agent has not joined it yet.
+        #[arg(long, env = config::COORDINATOR, requires = "token")]
+        coordinator: Option<String>,
+        /// The join token for --coordinator.
+        #[arg(long, env = config::TOKEN, hide_env_values = true, requires = "coordinator")]
+        token: Option<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Print the capacity this host would advertise, as JSON.
+    Info {
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Run each built-in kernel on a sample here and print its speed.
+    Bench,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|e| {
+        eprintln!("warning: ignoring the log filter {filter:?} ({e}); using info");
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let state_dir = cli.state_dir.unwrap_or_else(default_state_dir);
+    match cli.command {
+        Command::Join { url, token, limits } => work(
+            AgentConfig::new(state_dir)
+                .joining(url, token)
+                .with_limits(parse_limits(&limits)?),
+        ),
+        Command::Run {
+            coordinator,
+            token,
+            limits,
+        } => {
+            let mut config = AgentConfig::new(state_dir).with_limits(parse_limits(&limits)?);
+            config.coordinator = coordinator;
+            config.token = token;
+            work(config)
+        }
+        Command::Info { limits } => {
+            let capacity = capacity::detect(&parse_limits(&limits)?);
+            println!("{}", serde_json::to_string_pretty(&capacity)?);
+            Ok(())
+        }
+        Command::Bench => {
+            let rows = musketeer::bench::run_samples();
+            print!("{}", musketeer::bench::render(&rows));
+            if rows.iter().any(Result::is_err) {
+                anyhow::bail!("some samples could not run (see above)");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn parse_limits(args: &LimitArgs) -> anyhow::Result<Limits> {
+    Ok(Limits::from_source(args)?)
+}
+
+/// Runs the agent until SIGINT or SIGTERM; a second signal quits at once.
+fn work(config: AgentConfig) -> anyhow::Result<()> {
+    // One thread is plenty for the network side: tasks run on the
+    // executor's own threads.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            signal().await;
+            tracing::info!("stopping (a second Ctrl-C quits at once)");
+            let _ = stop_tx.send(());
+            signal().await;
+            tracing::warn!("quitting without waiting for running tasks");
+            std::process::exit(130);
+        });
+        musketeer::run(config, async {
+            let _ = stop_rx.await;
+        })
+        .await
+    })?;
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (`docker stop`, systemd).
+async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,151 @@
+//! `musketeer bench`: each kernel's built-in sample, planned and run here on
+//! one core, measured against the planner's estimate.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use musketeer_tasks::job::parse_job;
+use musketeer_tasks::protocol::TaskOutcome;
+
+use crate::executor::run_input;
+
+/// One kernel's measurement.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BenchRow {
+    /// The kernel.
+    pub kernel: String,
+    /// Tasks the sample was planned into.
+    pub tasks: usize,
+    /// Tasks that failed.
+    pub failed: usize,
+    /// The planner's estimate of their work, in [`musketeer_tasks::Cost::work`] units.
+    pub work: u64,
+    /// Time they took, one after another on one core.
+    pub elapsed: Duration,
+}
+
+impl BenchRow {
+    /// Tasks per second on one core.
+    pub fn tasks_per_s(&self) -> f64 {
+        self.tasks as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Work units per second on one core.
+    pub fn work_per_s(&self) -> f64 {
+        self.work as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The estimate over the real time: 1.0 runs as the planner's reference
+    /// core does (a work unit is a nanosecond), 2.0 twice as fast.
+    pub fn ratio(&self) -> f64 {
+        self.work as f64 / (self.elapsed.as_nanos() as f64).max(1.0)
+    }
+}
+
+/// Plans `job` (a job body) and runs its tasks here, one after another, as
+/// an agent would: decode the input, run, encode the output.
+pub fn bench_job(kernel: &str, job: &serde_json::Value) -> Result<BenchRow, String> {
+    let body = serde_json::to_vec(job).map_err(|e| e.to_string())?;
+    let (spec, _options) = parse_job(&body).map_err(|e| e.to_string())?;
+    let plan = spec.plan().map_err(|e| e.to_string())?;
+    let inputs: Vec<(Vec<u8>, u64)> = plan
+        .tasks
+        .iter()
+        .map(|(input, cost)| (input.encode(), cost.work))
+        .collect();
+    let mut row = BenchRow {
+        kernel: kernel.to_string(),
+        tasks: inputs.len(),
+        failed: 0,
+        work: inputs.iter().map(|(_, w)| w).sum(),
+        elapsed: Duration::ZERO,
+    };
+    let start = Instant::now();
+    for (input, _) in &inputs {
+        if let (_, TaskOutcome::Failed(why)) = run_input(input) {
+            tracing::warn!("a {kernel} task failed: {why}");
+            row.failed += 1;
+        }
+    }
+    row.elapsed = start.elapsed();
+    Ok(row)
+}
+
+/// Benchmarks every built-in sample job.
+pub fn run_samples() -> Vec<Result<BenchRow, (String, String)>> {
+    musketeer_tasks::samples::sample_jobs()
+        .into_iter()
+        .map(|(kernel, job)| bench_job(kernel, &job).map_err(|e| (kernel.to_string(), e)))
+        .collect()
+}
+
+/// The rows as a table for a person.
+pub fn render(rows: &[Result<BenchRow, (String, String)>]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<10} {:>6} {:>10} {:>10} {:>14} {:>9}",
+        "kernel", "tasks", "seconds", "tasks/s", "work units/s", "vs est."
+    );
+    for row in rows {
+        match row {
+            Ok(r) => {
+                let _ = write!(
+                    out,
+                    "{:<10} {:>6} {:>10.3} {:>10.1} {:>14.3e} {:>8.2}x",
+                    r.kernel,
+                    r.tasks,
+                    r.elapsed.as_secs_f64(),
+                    r.tasks_per_s(),
+                    r.work_per_s(),
+                    r.ratio()
+                );
+                if r.failed > 0 {
+                    let _ = write!(out, "  ({} failed)", r.failed);
+                }
+                out.push('\n');
+            }
+            Err((kernel, why)) => {
+                let _ = writeln!(out, "{kernel:<10} cannot run the sample: {why}");
+            }
+        }
+    }
+    out.push_str("(one core; \"vs est.\" is the planner's estimate over the time taken: above 1 is faster than its reference core)\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sample_is_planned_run_and_measured() {
+        let job = serde_json::json!({"kernel": "fibonacci", "n": [10, 20, 30]});
+        let row = bench_job("fibonacci", &job).unwrap();
+        assert!(row.tasks >= 1);
+        assert_eq!(row.failed, 0);
+        assert!(row.work > 0 && row.elapsed > Duration::ZERO);
+        let table = render(&[Ok(row), Err(("matmul".into(), "boom".into()))]);
+        assert!(table.contains("fibonacci") && table.contains("matmul") && table.contains("boom"));
+    }
+
+    #[test]
+    fn bad_samples_are_errors_not_panics() {
+        let e = bench_job("nope", &serde_json::json!({"kernel": "nope"})).unwrap_err();
+        assert!(e.contains("unknown kernel"), "{e}");
+    }
+
+    #[test]
+    fn ratios_and_rates() {
+        let row = BenchRow {
+            kernel: "k".into(),
+            tasks: 4,
+            failed: 0,
+            work: 2_000_000_000,
+            elapsed: Duration::from_secs(1),
+        };
+        assert_eq!(row.tasks_per_s(), 4.0);
+        assert_eq!(row.work_per_s(), 2e9);
+        assert_eq!(row.ratio(), 2.0);
+    }
+}
