@@ -409,6 +409,108 @@ mod tests {
         assert!(!e(503).is_fatal() && !e(400).is_fatal());
     }
 
+    mod over_tls {
+        use musketeer_tasks::protocol::{Capacity, LeaseRequest, LeaseResponse};
+        use musketeer_tasks::token::{ca_digest, CaPin};
+
+        use super::*;
+        use crate::test_server::{serve, Canned};
+        use crate::trust::tests::test_pki;
+
+        fn lease_request() -> LeaseRequest {
+            LeaseRequest {
+                max_work: 10,
+                max_tasks: 2,
+                wait_ms: 0,
+                capacity: Capacity::default(),
+            }
+        }
+
+        #[tokio::test]
+        async fn leases_must_be_postcard_and_errors_carry_the_message() {
+            let pki = test_pki();
+            let postcard = Canned {
+                status: 200,
+                content_type: POSTCARD_CONTENT_TYPE,
+                body: postcard::to_stdvec(&LeaseResponse {
+                    tasks: vec![],
+                    lease_ttl_ms: 1234,
+                })
+                .unwrap(),
+            };
+            let (url, seen) = serve(
+                &pki,
+                vec![
+                    postcard,
+                    Canned::json(200, "{}"),
+                    Canned::json(503, r#"{"error":{"code":"busy","message":"store locked"}}"#),
+                    Canned::json(
+                        400,
+                        r#"{"error":{"code":"invalid_capacity","message":"too many labels"}}"#,
+                    ),
+                ],
+            );
+            let trust = Trust::from_pin(CaPin::Digest(ca_digest(&pki.ca_der)));
+            let client = Client::new(&url, &trust, Some("MSKAGT-a1-s".into())).unwrap();
+
+            let resp = client.lease(&lease_request()).await.unwrap();
+            assert_eq!(resp.lease_ttl_ms, 1234);
+            let req = seen.recv().unwrap();
+            assert_eq!(req.request_line, "POST /v1/agent/lease HTTP/1.1");
+            assert_eq!(req.header("authorization"), Some("Bearer MSKAGT-a1-s"));
+            assert_eq!(req.header("content-type"), Some("application/json"));
+            let body: LeaseRequest = serde_json::from_slice(&req.body).unwrap();
+            assert_eq!(body, lease_request());
+
+            let e = client.lease(&lease_request()).await.unwrap_err();
+            assert!(matches!(e, ClientError::Protocol(_)), "{e:?}");
+            let e = client.lease(&lease_request()).await.unwrap_err();
+            assert!(
+                matches!(&e, ClientError::Unavailable(m) if m.contains("store locked")),
+                "{e:?}"
+            );
+            let e = client.lease(&lease_request()).await.unwrap_err();
+            assert!(
+                matches!(&e, ClientError::Rejected { status: 400, code, message } if code == "invalid_capacity" && message == "too many labels"),
+                "{e:?}"
+            );
+        }
+
+        #[tokio::test]
+        async fn results_go_up_as_postcard() {
+            let pki = test_pki();
+            let (url, seen) = serve(&pki, vec![Canned::json(200, r#"{"accepted":1,"stale":0}"#)]);
+            let trust = Trust::from_pin(CaPin::Digest(ca_digest(&pki.ca_der)));
+            let client = Client::new(&url, &trust, Some("MSKAGT-a1-s".into())).unwrap();
+            let batch = ResultBatch { results: vec![] };
+            let ack = client.results(&batch).await.unwrap();
+            assert_eq!(ack.accepted, 1);
+            let req = seen.recv().unwrap();
+            assert_eq!(req.header("content-type"), Some(POSTCARD_CONTENT_TYPE));
+            assert_eq!(
+                postcard::from_bytes::<ResultBatch>(&req.body).unwrap(),
+                batch
+            );
+        }
+
+        #[tokio::test]
+        async fn a_closed_port_is_an_outage_not_an_error() {
+            let pki = test_pki();
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let trust = Trust::from_pin(CaPin::Digest(ca_digest(&pki.ca_der)));
+            let client = Client::new(&format!("https://127.0.0.1:{port}"), &trust, None).unwrap();
+            let e = client.lease(&lease_request()).await.unwrap_err();
+            assert!(
+                matches!(e, ClientError::Unavailable(_)) && !e.is_fatal(),
+                "{e:?}"
+            );
+        }
+    }
+
     #[test]
     fn urls_are_https_only() {
         assert_eq!(

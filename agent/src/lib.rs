@@ -44,6 +44,8 @@ pub mod work_loop;
 
 #[cfg(test)]
 mod test_server;
+#[cfg(test)]
+mod tests;
 
 pub use client::ClientError;
 pub use config::{AgentConfig, Limits};

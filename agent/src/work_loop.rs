@@ -553,11 +553,10 @@ impl<A: AgentApi> State<A> {
             return;
         }
         self.heartbeat_due = now + self.lease_ttl / 3;
+        // Sent even when no lease is held: an idle agent learns this way that
+        // it was asked to drain (and when that is lifted), which its empty
+        // lease answers cannot tell it.
         let running = self.held();
-        // A draining agent keeps reporting in, to learn when it may lease again.
-        if running.is_empty() && !self.draining {
-            return;
-        }
         self.heartbeating = true;
         let api = self.api.clone();
         calls.spawn(async move { Event::Heartbeat(api.heartbeat(&Heartbeat { running }).await) });
