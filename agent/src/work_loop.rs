@@ -271,8 +271,11 @@ struct State<A> {
     /// Tasks whose result is no longer wanted (lost lease, timed out, released)
     /// but whose worker is still on them, with the memory they hold.
     abandoned: HashMap<TaskRef, u64>,
-    /// Worker threads busy, abandoned tasks included.
+    /// Worker threads busy, abandoned tasks and resting workers included.
     busy: usize,
+    /// When each resting worker (see [`DutyCycle`]) is free again: a task
+    /// handed to it before then would wait, its timeout already running.
+    resting: Vec<Instant>,
     /// Memory the busy workers' tasks hold, as their costs say.
     mem_busy: u64,
 
@@ -322,6 +325,7 @@ impl<A: AgentApi> State<A> {
             running: HashMap::new(),
             abandoned: HashMap::new(),
             busy: 0,
+            resting: Vec::new(),
             mem_busy: 0,
             pending: Vec::new(),
             pending_bytes: 0,
@@ -351,6 +355,7 @@ impl<A: AgentApi> State<A> {
     /// Does whatever is due now: hand out tasks, expire overdue ones, lease,
     /// upload, renew leases, move shutdown along.
     fn step(&mut self, now: Instant, calls: &mut JoinSet<Event>) {
+        self.wake_rested(now);
         self.expire_overdue(now);
         self.dispatch(now);
         self.advance_stop(now, calls);
@@ -391,6 +396,9 @@ impl<A: AgentApi> State<A> {
         consider(self.heartbeat_due);
         consider(self.lease_not_before);
         consider(self.upload_not_before);
+        for &t in &self.resting {
+            consider(t);
+        }
         if let Some(since) = self.pending_since {
             consider(since + self.tuning.flush_after);
         }
@@ -418,7 +426,7 @@ impl<A: AgentApi> State<A> {
             let mem = next.cost.mem_bytes;
             // A task larger than the limit still runs alone: the coordinator
             // matched it to this agent, and refusing it would stall it forever.
-            if self.busy > 0 && self.mem_busy.saturating_add(mem) > self.capacity.memory_bytes {
+            if self.mem_busy > 0 && self.mem_busy.saturating_add(mem) > self.capacity.memory_bytes {
                 break;
             }
             let task = self.queue.pop_front().expect("front exists");
@@ -436,6 +444,13 @@ impl<A: AgentApi> State<A> {
             self.mem_busy += mem;
             self.executor.submit(task);
         }
+    }
+
+    /// Counts workers whose rest is over as free again.
+    fn wake_rested(&mut self, now: Instant) {
+        let before = self.resting.len();
+        self.resting.retain(|&t| t > now);
+        self.busy = self.busy.saturating_sub(before - self.resting.len());
     }
 
     /// Fails running tasks past their timeout. Their worker stays busy until
@@ -619,7 +634,11 @@ impl<A: AgentApi> State<A> {
 
     /// A worker finished a task.
     fn on_finished(&mut self, now: Instant, f: Finished) {
-        self.busy = self.busy.saturating_sub(1);
+        if f.pause.is_zero() {
+            self.busy = self.busy.saturating_sub(1);
+        } else {
+            self.resting.push(now + f.pause);
+        }
         if let Some(mem) = self.abandoned.remove(&f.task) {
             self.mem_busy = self.mem_busy.saturating_sub(mem);
             tracing::debug!(

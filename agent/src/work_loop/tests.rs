@@ -387,6 +387,48 @@ async fn overdue_tasks_fail_and_their_late_output_is_dropped() {
 }
 
 #[tokio::test]
+async fn a_resting_worker_gets_no_task_until_its_rest_is_over() {
+    let fake = Fake::default();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let mut state = State::new(
+        fake.clone(),
+        capacity(1),
+        quick(),
+        Executor::start(1, DutyCycle::new(Some(50)), tx),
+    );
+    let now = Instant::now();
+    let task = fib_task(0, vec![1]);
+    state.queue.push_back(task.clone());
+    state.dispatch(now);
+    assert_eq!((state.busy, state.running.len()), (1, 1));
+    state.queue.push_back(fib_task(1, vec![1]));
+    state.on_finished(
+        now,
+        Finished {
+            task: task.task,
+            kernel: Some("fibonacci"),
+            wall: Duration::from_millis(100),
+            cpu: Duration::from_millis(100),
+            pause: Duration::from_millis(100),
+            outcome: TaskOutcome::Done(vec![]),
+        },
+    );
+    assert_eq!(
+        state.pending.len(),
+        1,
+        "the result is not held back by the rest"
+    );
+    state.wake_rested(now);
+    state.dispatch(now);
+    assert_eq!((state.busy, state.queue.len()), (1, 1), "still resting");
+    assert!(state.next_wake(now) <= now + Duration::from_millis(100));
+    let later = now + Duration::from_millis(100);
+    state.wake_rested(later);
+    state.dispatch(later);
+    assert_eq!((state.busy, state.queue.len()), (1, 0));
+}
+
+#[tokio::test]
 async fn uploads_wait_for_a_batch_unless_idle() {
     let fake = Fake::default();
     let mut state = bare_state(&fake);
