@@ -22,6 +22,7 @@ pub mod kernel;
 pub mod matmul;
 pub mod protocol;
 pub mod result;
+pub mod samples;
 pub mod token;
 pub mod wordcount;
 

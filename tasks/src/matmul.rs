@@ -1,9 +1,14 @@
 //! Matmul: C = A × B in f64, tiled across agents.
 
+use ndarray::{ArrayView2, ArrayViewMut2};
 use serde::{Deserialize, Serialize};
 
+use crate::fibonacci::output_kernel;
 use crate::job::JobError;
-use crate::kernel::{Cost, JobPlan, KernelError};
+use crate::kernel::{
+    Cost, JobPlan, KernelError, ReducePlan, TaskInput, TaskOutput, TARGET_TASK_WORK,
+};
+use crate::result::JobResult;
 
 /// The job body: explicit `a` and `b`, or a `random` pair made from a seed.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -95,4 +100,426 @@ pub struct MatmulResult {
     pub n: u64,
     /// m × n values.
     pub c: Vec<f64>,
+}
+
+/// Largest m, k or n: keeps one row of A or one column of B (what the
+/// thinnest tile needs) at 512 KiB, and every index far from overflow.
+pub const MAX_DIM: u64 = 65_536;
+
+/// Most elements of C: 4 Mi values are 32 MiB as .npy and about 90 MB as
+/// JSON, which the coordinator still renders in one piece.
+pub const MAX_RESULT_ELEMENTS: u64 = 1 << 22;
+
+/// Most multiply-adds (m·k·n) in one job: 2^40 is a few minutes of one core,
+/// and seconds to minutes for a cluster.
+pub const MAX_WORK: u64 = 1 << 40;
+
+/// Most bytes of operands one tile may need (its rows of A and columns of B),
+/// so any tile fits a small agent; with k up to [`MAX_DIM`] a tile may
+/// still have at least 64 rows and 64 columns.
+pub const MAX_TILE_OPERAND_BYTES: u64 = 64 << 20;
+
+// Cost model, calibrated in release mode on the reference machine (see
+// `benches/kernels.rs`); work units are nanoseconds on one core.
+/// Per multiply-add in dgemm (about 40 GFLOP/s on large tiles).
+const MAC_WORK: f64 = 0.05;
+/// Per operand element made (random) or read (explicit) and packed by dgemm,
+/// and per result value; what dominates thin tiles.
+const ELEMENT_WORK: f64 = 6.0;
+/// Fixed per-task work.
+const TASK_BASE_WORK: f64 = 5_000.0;
+/// dgemm's packing buffers and the like, whatever the tile.
+const GEMM_SCRATCH_BYTES: u64 = 4 << 20;
+
+/// Work of one tile: multiply-adds, operand elements, and result values.
+fn tile_work(rows: u64, cols: u64, k: u64) -> f64 {
+    TASK_BASE_WORK
+        + MAC_WORK * (rows * cols * k) as f64
+        + ELEMENT_WORK * ((rows + cols) * k + rows * cols) as f64
+}
+
+/// Peak memory of one tile: both operand panels, the tile, its encoded copy,
+/// and dgemm's scratch.
+fn tile_mem(rows: u64, cols: u64, k: u64) -> u64 {
+    ((rows + cols) * k + 2 * rows * cols) * 8 + GEMM_SCRATCH_BYTES
+}
+
+/// Splits `len` into `parts` nearly equal spans (start, length).
+fn spans(len: u64, parts: u64) -> impl Iterator<Item = (u64, u64)> {
+    let parts = parts.clamp(1, len.max(1));
+    (0..parts).map(move |i| {
+        let start = len * i / parts;
+        (start, len * (i + 1) / parts - start)
+    })
+}
+
+/// Picks a grid of tiles over an m × n result with shared dimension k, each
+/// tile about [`TARGET_TASK_WORK`] and within [`MAX_TILE_OPERAND_BYTES`].
+pub fn tiles(m: u64, k: u64, n: u64) -> Vec<Tile> {
+    // Square tiles need the least operand traffic for their work.
+    let per_elem = MAC_WORK * k as f64 + ELEMENT_WORK;
+    let side = ((TARGET_TASK_WORK as f64 / per_elem).sqrt().floor() as u64).max(1);
+    let max_side = (MAX_TILE_OPERAND_BYTES / (2 * 8 * k.max(1))).max(1);
+    let side = side.min(max_side);
+    // A side larger than a dimension leaves the spare to the other one.
+    let (tr, tc) = if side >= m {
+        let area = side * side;
+        (m, (area / m.max(1)).clamp(1, max_side.max(side)))
+    } else if side >= n {
+        let area = side * side;
+        ((area / n.max(1)).clamp(1, max_side.max(side)), n)
+    } else {
+        (side, side)
+    };
+    let mut out = Vec::new();
+    for (row, rows) in spans(m, m.div_ceil(tr.max(1))) {
+        for (col, cols) in spans(n, n.div_ceil(tc.max(1))) {
+            out.push(Tile {
+                row,
+                rows,
+                col,
+                cols,
+            });
+        }
+    }
+    out
+}
+
+/// splitmix64's finaliser: a bijective mix with full avalanche.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The per-row state of a random matrix: matrix tag 0 is A, 1 is B.
+fn row_key(seed: u64, which: u64, i: u64) -> u64 {
+    mix(mix(seed ^ mix(which.wrapping_add(0x9e37_79b9_7f4a_7c15))).wrapping_add(i))
+}
+
+/// An element from its row's state: the j-th output of a SplitMix64 stream
+/// seeded with the row's state, 53 random bits mapped exactly to [-1, 1).
+fn element(row_key: u64, j: u64) -> f64 {
+    let h = mix(row_key.wrapping_add(j.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+    (h >> 11) as f64 * (2.0 / (1u64 << 53) as f64) - 1.0
+}
+
+/// Element (i, j) of the random A; a pure function of (seed, i, j).
+pub fn random_a(m: &RandomMatrices, i: u64, j: u64) -> f64 {
+    element(row_key(m.seed, 0, i), j)
+}
+
+/// Element (i, j) of the random B; a pure function of (seed, i, j).
+pub fn random_b(m: &RandomMatrices, i: u64, j: u64) -> f64 {
+    element(row_key(m.seed, 1, i), j)
+}
+
+/// Rows `row..row+rows` of the random A, row-major (rows × k).
+pub fn random_a_rows(m: &RandomMatrices, row: u64, rows: u64) -> Vec<f64> {
+    let mut out = Vec::with_capacity((rows * m.k) as usize);
+    for i in row..row + rows {
+        let key = row_key(m.seed, 0, i);
+        out.extend((0..m.k).map(|j| element(key, j)));
+    }
+    out
+}
+
+/// Columns `col..col+cols` of the random B, row-major (k × cols).
+pub fn random_b_cols(m: &RandomMatrices, col: u64, cols: u64) -> Vec<f64> {
+    let mut out = Vec::with_capacity((cols * m.k) as usize);
+    for i in 0..m.k {
+        let key = row_key(m.seed, 1, i);
+        out.extend((col..col + cols).map(|j| element(key, j)));
+    }
+    out
+}
+
+/// The whole random A (m × k), row-major.
+pub fn random_a_matrix(m: &RandomMatrices) -> Vec<f64> {
+    random_a_rows(m, 0, m.m)
+}
+
+/// The whole random B (k × n), row-major.
+pub fn random_b_matrix(m: &RandomMatrices) -> Vec<f64> {
+    random_b_cols(m, 0, m.n)
+}
+
+/// C = A × B for row-major A (m × k) and B (k × n), with matrixmultiply's
+/// dgemm (through ndarray, which wraps it without `unsafe` on our side).
+pub fn gemm(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Result<Vec<f64>, KernelError> {
+    let shape_err = |e: ndarray::ShapeError| KernelError::InvalidInput(e.to_string());
+    let av = ArrayView2::from_shape((m, k), a).map_err(shape_err)?;
+    let bv = ArrayView2::from_shape((k, n), b).map_err(shape_err)?;
+    let mut c = vec![0.0; m * n];
+    let mut cv = ArrayViewMut2::from_shape((m, n), &mut c).map_err(shape_err)?;
+    ndarray::linalg::general_mat_mul(1.0, &av, &bv, 0.0, &mut cv);
+    Ok(c)
+}
+
+/// Checks m, k, n against the limits, with messages that say what to change.
+fn check_dims(m: u64, k: u64, n: u64) -> Result<(), JobError> {
+    if m == 0 || k == 0 || n == 0 {
+        return Err(JobError::Invalid(format!(
+            "the matrices are empty (m={m}, k={k}, n={n}): every dimension must be at least 1"
+        )));
+    }
+    if let Some((name, d)) = [("m", m), ("k", k), ("n", n)]
+        .into_iter()
+        .find(|&(_, d)| d > MAX_DIM)
+    {
+        return Err(JobError::TooLarge(format!(
+            "{name} is {d}; the limit is {MAX_DIM} per dimension"
+        )));
+    }
+    if m * n > MAX_RESULT_ELEMENTS {
+        return Err(JobError::TooLarge(format!(
+            "the result would be {m}x{n} = {} values; the limit is {MAX_RESULT_ELEMENTS}: \
+             ask for fewer rows or columns",
+            m * n
+        )));
+    }
+    if m * k * n > MAX_WORK {
+        return Err(JobError::TooLarge(format!(
+            "{m}x{k} times {k}x{n} is {} multiply-adds; the limit is {MAX_WORK}: use smaller matrices",
+            m * k * n
+        )));
+    }
+    Ok(())
+}
+
+/// The shape of a nested-rows matrix, refusing ragged rows.
+fn shape(name: &str, rows: &[Vec<f64>]) -> Result<(u64, u64), JobError> {
+    let cols = rows.first().map_or(0, |r| r.len());
+    if rows.is_empty() || cols == 0 {
+        return Err(JobError::Invalid(format!(
+            "matrix {name} is empty: give at least one row of at least one number"
+        )));
+    }
+    if let Some((i, r)) = rows.iter().enumerate().find(|(_, r)| r.len() != cols) {
+        return Err(JobError::Invalid(format!(
+            "matrix {name} is not rectangular: row 0 has {cols} values but row {i} has {}",
+            r.len()
+        )));
+    }
+    Ok((rows.len() as u64, cols as u64))
+}
+
+impl MatmulJob {
+    /// Validates the operands and splits C into tiles of about [`TARGET_TASK_WORK`].
+    pub fn plan(&self) -> Result<JobPlan, JobError> {
+        let (m, n, tasks) = match (&self.a, &self.b, &self.random) {
+            (Some(a), Some(b), None) => {
+                let (m, k) = shape("a", a)?;
+                let (k2, n) = shape("b", b)?;
+                if k != k2 {
+                    return Err(JobError::Invalid(format!(
+                        "matrices have mismatched shapes: a is {m}x{k}, b is {k2}x{n}; \
+                         b needs {k} rows"
+                    )));
+                }
+                check_dims(m, k, n)?;
+                let tasks = tiles(m, k, n)
+                    .into_iter()
+                    .map(|tile| {
+                        let r = tile.row as usize..(tile.row + tile.rows) as usize;
+                        let c = tile.col as usize..(tile.col + tile.cols) as usize;
+                        MatmulTask::Explicit {
+                            tile,
+                            k,
+                            a: a[r].iter().flatten().copied().collect(),
+                            b: b.iter().flat_map(|row| row[c.clone()].iter().copied()).collect(),
+                        }
+                    })
+                    .collect::<Vec<_>>();
+                (m, n, tasks)
+            }
+            (None, None, Some(r)) => {
+                check_dims(r.m, r.k, r.n)?;
+                let tasks = tiles(r.m, r.k, r.n)
+                    .into_iter()
+                    .map(|tile| MatmulTask::Random {
+                        tile,
+                        matrices: *r,
+                    })
+                    .collect();
+                (r.m, r.n, tasks)
+            }
+            _ => {
+                return Err(JobError::Invalid(
+                    "give either both `a` and `b`, or `random` ({\"m\":..,\"k\":..,\"n\":..,\"seed\":..}), \
+                     and nothing else"
+                        .into(),
+                ))
+            }
+        };
+        Ok(JobPlan {
+            tasks: tasks
+                .into_iter()
+                .map(|t| {
+                    let cost = t.cost();
+                    (TaskInput::Matmul(t), cost)
+                })
+                .collect(),
+            reduce: ReducePlan::Matmul(MatmulReduce { m, n }),
+        })
+    }
+}
+
+impl MatmulTask {
+    /// The tile this task computes.
+    pub fn tile(&self) -> Tile {
+        match self {
+            MatmulTask::Explicit { tile, .. } | MatmulTask::Random { tile, .. } => *tile,
+        }
+    }
+
+    /// The shared dimension.
+    fn k(&self) -> u64 {
+        match self {
+            MatmulTask::Explicit { k, .. } => *k,
+            MatmulTask::Random { matrices, .. } => matrices.k,
+        }
+    }
+
+    /// Refuses inputs the planner would never make, so a forged task cannot
+    /// make an agent allocate without bound or index out of range.
+    fn check(&self) -> Result<(), KernelError> {
+        let t = self.tile();
+        let k = self.k();
+        let bad = |m: String| Err(KernelError::InvalidInput(m));
+        if t.rows == 0
+            || t.cols == 0
+            || t.rows > MAX_DIM
+            || t.cols > MAX_DIM
+            || k == 0
+            || k > MAX_DIM
+        {
+            return bad(format!(
+                "tile {}x{} with k={k} is empty or too large",
+                t.rows, t.cols
+            ));
+        }
+        if t.rows * t.cols > MAX_RESULT_ELEMENTS
+            || (t.rows + t.cols) * k * 8 > 2 * MAX_TILE_OPERAND_BYTES
+        {
+            return bad(format!(
+                "tile {}x{} with k={k} is too large",
+                t.rows, t.cols
+            ));
+        }
+        match self {
+            MatmulTask::Explicit { a, b, .. } => {
+                if a.len() as u64 != t.rows * k || b.len() as u64 != k * t.cols {
+                    return bad(format!(
+                        "operands hold {} and {} values; a {}x{} tile with k={k} needs {} and {}",
+                        a.len(),
+                        b.len(),
+                        t.rows,
+                        t.cols,
+                        t.rows * k,
+                        k * t.cols
+                    ));
+                }
+            }
+            MatmulTask::Random { matrices: r, .. } => {
+                if t.row + t.rows > r.m || t.col + t.cols > r.n || r.m > MAX_DIM || r.n > MAX_DIM {
+                    return bad(format!(
+                        "tile at ({}, {}) of {}x{} is outside the {}x{} result",
+                        t.row, t.col, t.rows, t.cols, r.m, r.n
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Computes the tile.
+    pub fn run(&self) -> Result<MatmulOutput, KernelError> {
+        self.check()?;
+        let tile = self.tile();
+        let (rows, cols, k) = (tile.rows as usize, tile.cols as usize, self.k() as usize);
+        let c = match self {
+            MatmulTask::Explicit { a, b, .. } => gemm(a, b, rows, k, cols)?,
+            MatmulTask::Random { matrices, .. } => {
+                let a = random_a_rows(matrices, tile.row, tile.rows);
+                let b = random_b_cols(matrices, tile.col, tile.cols);
+                gemm(&a, &b, rows, k, cols)?
+            }
+        };
+        Ok(MatmulOutput { tile, c })
+    }
+
+    /// The planner's estimate for this task.
+    pub fn cost(&self) -> Cost {
+        let t = self.tile();
+        let k = self.k();
+        // Saturating: a forged task must not overflow before `run` refuses it.
+        let (rows, cols) = (t.rows.min(MAX_DIM), t.cols.min(MAX_DIM));
+        let k = k.min(MAX_DIM);
+        Cost {
+            work: tile_work(rows, cols, k) as u64,
+            mem_bytes: tile_mem(rows, cols, k),
+        }
+    }
+}
+
+impl MatmulReduce {
+    /// Places each tile in C, checking that the tiles cover C exactly once.
+    pub fn reduce(&self, outputs: Vec<TaskOutput>) -> Result<JobResult, KernelError> {
+        let (m, n) = (self.m, self.n);
+        if m == 0 || n == 0 || m * n > MAX_RESULT_ELEMENTS {
+            return Err(KernelError::Reduce(format!(
+                "result shape {m}x{n} is out of range"
+            )));
+        }
+        let mut c = vec![0.0; (m * n) as usize];
+        let mut filled = vec![false; (m * n) as usize];
+        let mut covered = 0u64;
+        for (i, o) in outputs.into_iter().enumerate() {
+            let o = match o {
+                TaskOutput::Matmul(o) => o,
+                other => {
+                    return Err(KernelError::Reduce(format!(
+                        "output {i} is not a matmul output: {}",
+                        output_kernel(&other)
+                    )))
+                }
+            };
+            let t = o.tile;
+            if t.row.checked_add(t.rows).is_none_or(|e| e > m)
+                || t.col.checked_add(t.cols).is_none_or(|e| e > n)
+                || o.c.len() as u64 != t.rows * t.cols
+            {
+                return Err(KernelError::Reduce(format!(
+                    "output {i}: tile at ({}, {}) of {}x{} with {} values does not fit the {m}x{n} result",
+                    t.row,
+                    t.col,
+                    t.rows,
+                    t.cols,
+                    o.c.len()
+                )));
+            }
+            for r in 0..t.rows {
+                let dst = ((t.row + r) * n + t.col) as usize;
+                let src = (r * t.cols) as usize;
+                let w = t.cols as usize;
+                if filled[dst..dst + w].iter().any(|&f| f) {
+                    return Err(KernelError::Reduce(format!(
+                        "output {i}: tile at ({}, {}) overlaps another tile",
+                        t.row, t.col
+                    )));
+                }
+                filled[dst..dst + w].fill(true);
+                c[dst..dst + w].copy_from_slice(&o.c[src..src + w]);
+            }
+            covered += t.rows * t.cols;
+        }
+        if covered != m * n {
+            return Err(KernelError::Reduce(format!(
+                "the tiles cover {covered} of the {} values of C: some are missing",
+                m * n
+            )));
+        }
+        Ok(JobResult::Matmul(MatmulResult { m, n, c }))
+    }
 }
