@@ -1,1 +1,355 @@
-//! End-to-end harness (placeholder).
+//! The end-to-end harness: real `musketeer-coordinator` and `musketeer`
+//! processes on free loopback ports, and the independent references the
+//! tests check results against.
+//!
+//! Every end-to-end test starts its cluster through [`Cluster::start`] (or
+//! [`Coordinator::start`] and [`Agent::join`] for finer control), so the
+//! setup lives in one place. The binaries are found next to the test
+//! executable's target directory; `cargo build --workspace --bins` first.
+
+pub mod reference;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use musketeer_coordinator::cli::ApiClient;
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// The target directory's profile folder holding the binaries under test.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("MUSKETEER_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // target/<profile>/deps/<test-exe> or target/<profile>/<bin>
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    let mut dir = exe.parent().expect("exe has a parent").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// The path of one of the workspace's binaries, checked to exist.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` before the end-to-end tests",
+        path.display()
+    );
+    path
+}
+
+/// Sends SIGTERM (a polite stop) to a child.
+pub fn terminate(child: &Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+}
+
+/// Waits for a child to exit, up to `timeout`; kills it past that.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// Options of a coordinator under test.
+#[derive(Clone, Debug)]
+pub struct CoordinatorOptions {
+    /// Lease TTL in seconds; short, so lost agents are noticed quickly.
+    pub lease_ttl: f64,
+    /// Extra `serve` flags.
+    pub extra: Vec<String>,
+}
+
+impl Default for CoordinatorOptions {
+    fn default() -> Self {
+        CoordinatorOptions {
+            lease_ttl: 2.0,
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// A coordinator process with its own data directory.
+pub struct Coordinator {
+    child: Option<Child>,
+    /// Its data directory (deleted with the coordinator).
+    pub dir: TempDir,
+    /// `https://127.0.0.1:<port>`.
+    pub url: String,
+    /// The bound port, kept across restarts.
+    pub port: u16,
+    /// A join token.
+    pub join_token: String,
+    /// The admin token.
+    pub admin_token: String,
+    /// The CA, PEM.
+    pub ca_pem: String,
+    options: CoordinatorOptions,
+}
+
+impl Coordinator {
+    /// Starts a coordinator on a free port and waits until it serves.
+    pub fn start(options: CoordinatorOptions) -> Result<Coordinator> {
+        let dir = tempfile::Builder::new()
+            .prefix("musketeer-coord-")
+            .tempdir()?;
+        let mut c = Coordinator {
+            child: None,
+            dir,
+            url: String::new(),
+            port: 0,
+            join_token: String::new(),
+            admin_token: String::new(),
+            ca_pem: String::new(),
+            options,
+        };
+        c.spawn()?;
+        Ok(c)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let url_file = self.dir.path().join("url");
+        let _ = std::fs::remove_file(&url_file);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("coordinator.log"))?;
+        let mut cmd = Command::new(bin("musketeer-coordinator"));
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .arg("--lease-ttl")
+            .arg(self.options.lease_ttl.to_string())
+            .args(&self.options.extra)
+            .env("MUSKETEER_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        self.child = Some(cmd.spawn().context("cannot start musketeer-coordinator")?);
+        let end = Instant::now() + Duration::from_secs(30);
+        while !url_file.exists() {
+            if Instant::now() > end {
+                bail!("the coordinator did not start; its log:\n{}", self.log());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "the coordinator exited with {status}; its log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.url = std::fs::read_to_string(&url_file)?;
+        self.port = self.url.rsplit(':').next().unwrap_or("0").parse()?;
+        let read = |name: &str| {
+            std::fs::read_to_string(self.dir.path().join(name)).map(|s| s.trim().to_string())
+        };
+        self.join_token = read("join.token")?;
+        self.admin_token = read("admin.token")?;
+        self.ca_pem = read("ca.pem")?;
+        Ok(())
+    }
+
+    /// The coordinator's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("coordinator.log")).unwrap_or_default()
+    }
+
+    /// SIGKILLs the coordinator: no shutdown code runs.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills the coordinator and starts it again on the same port and data.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    /// An admin API client.
+    pub fn client(&self) -> ApiClient {
+        ApiClient::new(&self.url, &self.admin_token, Some(self.ca_pem.as_bytes()))
+            .expect("the client builds")
+    }
+
+    /// A client with another bearer token (or none, if empty).
+    pub fn client_with_token(&self, token: &str) -> ApiClient {
+        ApiClient::new(&self.url, token, Some(self.ca_pem.as_bytes())).expect("the client builds")
+    }
+
+    /// Submits a JSON job; returns its id.
+    pub async fn submit(&self, body: &Value) -> Result<String> {
+        musketeer_coordinator::cli::submit_json(&self.client(), serde_json::to_vec(body)?).await
+    }
+
+    /// Waits for a job to finish (up to `timeout`); returns its status.
+    pub async fn wait(&self, id: &str, timeout: Duration) -> Result<Value> {
+        let c = self.client();
+        match tokio::time::timeout(timeout, musketeer_coordinator::cli::wait(&c, id, false)).await {
+            Ok(r) => r,
+            Err(_) => bail!(
+                "job {id} did not finish in {timeout:?}: {}\ncoordinator log:\n{}",
+                c.get_json(&format!("/v1/jobs/{id}"))
+                    .await
+                    .unwrap_or_default(),
+                self.log()
+            ),
+        }
+    }
+
+    /// Waits for a job and returns its JSON result, failing unless it succeeded.
+    pub async fn result(&self, id: &str, timeout: Duration) -> Result<Value> {
+        let status = self.wait(id, timeout).await?;
+        if status["state"] != "succeeded" {
+            bail!("job {id} ended {status}");
+        }
+        let bytes = musketeer_coordinator::cli::result_bytes(&self.client(), id, "json").await?;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    /// `GET /v1/agents`' list.
+    pub async fn agents(&self) -> Result<Vec<Value>> {
+        let v = self.client().get_json("/v1/agents").await?;
+        Ok(v["agents"].as_array().cloned().unwrap_or_default())
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An agent process with its own state directory.
+pub struct Agent {
+    /// The process.
+    pub child: Child,
+    /// Its state directory.
+    pub state_dir: TempDir,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts `musketeer join <url> --token <token>` with extra flags.
+    pub fn join(url: &str, token: &str, extra: &[&str]) -> Result<Agent> {
+        let state_dir = tempfile::Builder::new()
+            .prefix("musketeer-agent-")
+            .tempdir()?;
+        let log = state_dir.path().join("agent.log");
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(bin("musketeer"))
+            .arg("join")
+            .arg(url)
+            .arg("--token")
+            .arg(token)
+            .arg("--state-dir")
+            .arg(state_dir.path())
+            .args(extra)
+            .env("MUSKETEER_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("cannot start musketeer")?;
+        Ok(Agent {
+            child,
+            state_dir,
+            log,
+        })
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILLs the agent.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A coordinator and its agents.
+pub struct Cluster {
+    /// The coordinator.
+    pub coordinator: Coordinator,
+    /// The agents, in start order.
+    pub agents: Vec<Agent>,
+}
+
+impl Cluster {
+    /// A coordinator and `n` agents with `agent_flags`, waiting until every
+    /// agent has enrolled.
+    pub async fn start(
+        n: usize,
+        options: CoordinatorOptions,
+        agent_flags: &[&str],
+    ) -> Result<Cluster> {
+        let coordinator = Coordinator::start(options)?;
+        let mut agents = Vec::new();
+        for _ in 0..n {
+            agents.push(Agent::join(
+                &coordinator.url,
+                &coordinator.join_token,
+                agent_flags,
+            )?);
+        }
+        let cluster = Cluster {
+            coordinator,
+            agents,
+        };
+        cluster.wait_for_agents(n).await?;
+        Ok(cluster)
+    }
+
+    /// Waits until `n` agents are enrolled.
+    pub async fn wait_for_agents(&self, n: usize) -> Result<()> {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.coordinator.agents().await?.len() >= n {
+                return Ok(());
+            }
+            if Instant::now() > end {
+                let logs: Vec<String> = self.agents.iter().map(Agent::log).collect();
+                bail!(
+                    "agents did not enrol; their logs:\n{}",
+                    logs.join("\n---\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -106,11 +106,15 @@ impl ApiClient {
         })
     }
 
-    /// A request to `path` (under the base URL) with the admin token.
+    /// A request to `path` (under the base URL) with the client's token
+    /// (none if the token is empty).
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http
-            .request(method, format!("{}{}", self.base, path))
-            .bearer_auth(&self.token)
+        let req = self.http.request(method, format!("{}{}", self.base, path));
+        if self.token.is_empty() {
+            req
+        } else {
+            req.bearer_auth(&self.token)
+        }
     }
 
     /// Sends, and turns an API error body into an error that reads well.

@@ -1,0 +1,270 @@
+//! Bad input gets a clear 4xx JSON error, the coordinator keeps serving, and
+//! no accepted job is lost among the refused ones.
+
+use std::time::Duration;
+
+use musketeer_tests::{Cluster, CoordinatorOptions};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+async fn post(
+    c: &musketeer_coordinator::cli::ApiClient,
+    path: &str,
+    body: Vec<u8>,
+) -> (StatusCode, Value) {
+    let resp = c
+        .request(Method::POST, path)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_jobs_get_clear_errors_and_good_ones_are_kept() {
+    let cluster = Cluster::start(1, CoordinatorOptions::default(), &[])
+        .await
+        .unwrap();
+    let c = &cluster.coordinator;
+    let client = c.client();
+
+    let good = c
+        .submit(&serde_json::json!({"kernel": "factorial", "n": 50}))
+        .await
+        .unwrap();
+
+    let cases: Vec<(&str, StatusCode, &str, &str)> = vec![
+        (
+            "{\"kernel\":",
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            "not a valid JSON",
+        ),
+        ("[1,2]", StatusCode::BAD_REQUEST, "malformed_json", "object"),
+        ("", StatusCode::BAD_REQUEST, "malformed_json", "EOF"),
+        (
+            r#"{"kernel":"sort","n":3}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_kernel",
+            "fibonacci",
+        ),
+        (
+            r#"{"n":3}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_job",
+            "kernel",
+        ),
+        (
+            r#"{"kernel":"factorial","n":-5}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_job",
+            "-5",
+        ),
+        (
+            r#"{"kernel":"factorial","n":"ten"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_job",
+            "ten",
+        ),
+        (
+            r#"{"kernel":"factorial","n":1000000000000}"#,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "job_too_large",
+            "1000000000000",
+        ),
+        (
+            r#"{"kernel":"fibonacci","n":[5,-1]}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_job",
+            "-1",
+        ),
+        (
+            r#"{"kernel":"fibonacci","n":[]}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_job",
+            "",
+        ),
+        (
+            r#"{"kernel":"fibonacci","range":{"start":0,"end":1000000}}"#,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "job_too_large",
+            "",
+        ),
+        (
+            r#"{"kernel":"fibonacci","n":[1],"range":{"start":0,"end":2}}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_job",
+            "",
+        ),
+        (
+            r#"{"kernel":"matmul","a":[[1,2,3],[4,5,6]],"b":[[1,2],[3,4]]}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_job",
+            "shape",
+        ),
+        (
+            r#"{"kernel":"matmul","a":[[1,2],[3]],"b":[[1],[2]]}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_job",
+            "",
+        ),
+        (
+            r#"{"kernel":"matmul","a":[],"b":[]}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_job",
+            "",
+        ),
+        (
+            r#"{"kernel":"matmul","random":{"m":100000,"k":100000,"n":100000,"seed":1}}"#,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "job_too_large",
+            "",
+        ),
+        (
+            r#"{"kernel":"wordcount","text":""}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_job",
+            "empty",
+        ),
+        (
+            r#"{"kernel":"factorial","n":5,"priority":10}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_job",
+            "priority",
+        ),
+        (
+            r#"{"kernel":"factorial","n":5,"priorty":1}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_job",
+            "priorty",
+        ),
+        (
+            r#"{"kernel":"factorial","n":5,"max_attempts":0}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_job",
+            "max_attempts",
+        ),
+    ];
+    for (body, status, code, hint) in cases {
+        let (s, v) = post(&client, "/v1/jobs", body.as_bytes().to_vec()).await;
+        assert_eq!(s, status, "{body} -> {v}");
+        assert_eq!(v["error"]["code"], code, "{body} -> {v}");
+        let message = v["error"]["message"].as_str().unwrap_or("");
+        assert!(
+            message.contains(hint),
+            "{body}: message {message:?} should mention {hint:?}"
+        );
+    }
+
+    // A body over the limit is refused without being read to the end.
+    let huge = vec![b' '; 65 << 20];
+    let (s, v) = post(&client, "/v1/jobs", huge).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    assert_eq!(v["error"]["code"], "body_too_large");
+
+    // Streamed word count: empty text, bad options.
+    let (s, v) = post(&client, "/v1/jobs/wordcount", Vec::new()).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_job")),
+        "{v}"
+    );
+    let (s, v) = post(&client, "/v1/jobs/wordcount?min_len=abc", b"text".to_vec()).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_query")),
+        "{v}"
+    );
+    let (s, v) = post(&client, "/v1/jobs/wordcount?split=commas", b"text".to_vec()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+
+    // Unknown jobs and paths.
+    let resp = client
+        .request(Method::GET, "/v1/jobs/nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = client
+        .request(Method::GET, "/v2/whatever")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "not_found");
+
+    // Still serving, and the one good job is there and completes; no
+    // refused body left a job behind.
+    let health = client.get_json("/healthz").await.unwrap();
+    assert_eq!(health["status"], "ok");
+    let got = c.result(&good, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(got["digits"], 65);
+    // A finished job cannot be cancelled.
+    let resp = client
+        .request(Method::DELETE, &format!("/v1/jobs/{good}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (v["state"].as_str(), v["error"]["code"].as_str()),
+        (Some("succeeded"), Some("job_finished"))
+    );
+    let jobs = client.get_json("/v1/jobs").await.unwrap();
+    let ids: Vec<&str> = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![good.as_str()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_too_early_and_cancel() {
+    let cluster = Cluster::start(0, CoordinatorOptions::default(), &[])
+        .await
+        .unwrap();
+    let c = &cluster.coordinator;
+    let client = c.client();
+    let id = c
+        .submit(&serde_json::json!({"kernel": "factorial", "n": 500}))
+        .await
+        .unwrap();
+    let resp = client
+        .request(Method::GET, &format!("/v1/jobs/{id}/result"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["state"], "queued");
+    assert_eq!(v["error"]["code"], "not_finished");
+
+    let v: Value = client
+        .send(client.request(Method::DELETE, &format!("/v1/jobs/{id}")))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["state"], "cancelled");
+    // Cancelling twice is harmless (DELETE is idempotent).
+    let resp = client
+        .request(Method::DELETE, &format!("/v1/jobs/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = client
+        .request(Method::GET, &format!("/v1/jobs/{id}/result"))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["state"], "cancelled");
+}

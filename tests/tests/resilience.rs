@@ -1,0 +1,178 @@
+//! Killed processes lose no accepted work: an agent SIGKILLed mid-job, an
+//! agent stopped with SIGTERM, a coordinator SIGKILLed and restarted.
+
+use std::time::{Duration, Instant};
+
+use musketeer_tests::{reference, terminate, wait_exit, Agent, Cluster, CoordinatorOptions};
+use serde_json::{json, Value};
+
+const JOB_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// A job of many mid-sized Fibonacci numbers: a few seconds of work.
+fn slow_job(items: u64) -> (Value, Vec<u64>) {
+    let ns: Vec<u64> = (0..items).map(|i| 30_000 + (i * 7919) % 300).collect();
+    (json!({"kernel": "fibonacci", "n": ns}), ns)
+}
+
+fn values(v: &Value) -> Vec<String> {
+    v["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The id the agent logged when it started working.
+async fn agent_id(agent: &Agent) -> String {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = agent.log();
+        if let Some(rest) = log
+            .split("agent ")
+            .find_map(|s| s.split_once(" working for").map(|(id, _)| id.to_string()))
+        {
+            return rest.trim().to_string();
+        }
+        assert!(
+            Instant::now() < end,
+            "the agent never said it was working:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn leased_by(cluster: &Cluster, id: &str) -> u64 {
+    cluster
+        .coordinator
+        .agents()
+        .await
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == id)
+        .map(|a| a["leased"].as_u64().unwrap_or(0))
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_sigkilled_mid_job_and_the_job_still_completes() {
+    let mut cluster = Cluster::start(2, CoordinatorOptions::default(), &["--cpus", "1"])
+        .await
+        .unwrap();
+    let victim = agent_id(&cluster.agents[0]).await;
+    let (body, ns) = slow_job(6000);
+    let id = cluster.coordinator.submit(&body).await.unwrap();
+
+    let end = Instant::now() + Duration::from_secs(60);
+    while leased_by(&cluster, &victim).await == 0 {
+        assert!(Instant::now() < end, "the victim never leased a task");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cluster.agents[0].kill();
+
+    let got = cluster.coordinator.result(&id, JOB_TIMEOUT).await.unwrap();
+    assert_eq!(values(&got), reference::fibonacci(&ns));
+    let status = cluster
+        .coordinator
+        .client()
+        .get_json(&format!("/v1/jobs/{id}"))
+        .await
+        .unwrap();
+    assert_eq!(status["progress"]["done"], status["progress"]["total"]);
+    assert_eq!(status["progress"]["failed"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_sigterm_hands_its_leases_back() {
+    // A long TTL: the job can only finish quickly if the stopping agent
+    // gives its tasks back instead of letting their leases run out.
+    let options = CoordinatorOptions {
+        lease_ttl: 120.0,
+        ..Default::default()
+    };
+    let mut cluster = Cluster::start(1, options, &["--cpus", "1"]).await.unwrap();
+    let victim = agent_id(&cluster.agents[0]).await;
+    let (body, ns) = slow_job(6000);
+    let id = cluster.coordinator.submit(&body).await.unwrap();
+    let end = Instant::now() + Duration::from_secs(60);
+    while leased_by(&cluster, &victim).await == 0 {
+        assert!(Instant::now() < end, "the agent never leased a task");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    terminate(&cluster.agents[0].child);
+    let status = wait_exit(&mut cluster.agents[0].child, Duration::from_secs(30));
+    assert!(
+        status.map(|s| s.success()).unwrap_or(false),
+        "SIGTERM should end the agent cleanly: {status:?}\n{}",
+        cluster.agents[0].log()
+    );
+    assert_eq!(
+        leased_by(&cluster, &victim).await,
+        0,
+        "the stopped agent still holds leases"
+    );
+
+    let c = &cluster.coordinator;
+    cluster
+        .agents
+        .push(Agent::join(&c.url, &c.join_token, &[]).unwrap());
+    let got = c.result(&id, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(values(&got), reference::fibonacci(&ns));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_sigkilled_and_restarted_loses_no_accepted_job() {
+    let mut cluster = Cluster::start(0, CoordinatorOptions::default(), &[])
+        .await
+        .unwrap();
+    // Accepted while no agent is there...
+    let queued = cluster
+        .coordinator
+        .submit(&json!({"kernel": "factorial", "n": 3000}))
+        .await
+        .unwrap();
+    let (body, ns) = slow_job(4000);
+    let running = cluster.coordinator.submit(&body).await.unwrap();
+    // ...the coordinator dies before anything ran.
+    cluster.coordinator.restart().unwrap();
+    let c = &cluster.coordinator;
+    cluster
+        .agents
+        .push(Agent::join(&c.url, &c.join_token, &[]).unwrap());
+    cluster
+        .agents
+        .push(Agent::join(&c.url, &c.join_token, &[]).unwrap());
+    cluster.wait_for_agents(2).await.unwrap();
+
+    // And again in the middle of the work: agents must ride it out.
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = cluster
+            .coordinator
+            .client()
+            .get_json(&format!("/v1/jobs/{running}"))
+            .await
+            .unwrap();
+        if s["progress"]["done"].as_u64().unwrap_or(0) > 0 || s["state"] == "succeeded" {
+            break;
+        }
+        assert!(Instant::now() < end, "no progress: {s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.coordinator.restart().unwrap();
+    let c = &cluster.coordinator;
+
+    let got = c.result(&queued, JOB_TIMEOUT).await.unwrap();
+    assert_eq!(got["value"].as_str().unwrap(), reference::factorial(3000));
+    let got = c.result(&running, JOB_TIMEOUT).await.unwrap();
+    assert_eq!(values(&got), reference::fibonacci(&ns));
+    let status = c
+        .client()
+        .get_json(&format!("/v1/jobs/{running}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        status["progress"]["done"], status["progress"]["total"],
+        "{status}"
+    );
+}
