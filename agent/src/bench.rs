@@ -9,12 +9,16 @@ use musketeer_tasks::protocol::TaskOutcome;
 
 use crate::executor::run_input;
 
+/// Run each sample again and again for at least this long: the samples take
+/// well under a millisecond each, too short to time once.
+pub const MIN_BENCH_TIME: Duration = Duration::from_millis(500);
+
 /// One kernel's measurement.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BenchRow {
     /// The kernel.
     pub kernel: String,
-    /// Tasks the sample was planned into.
+    /// Tasks run (the sample's tasks, as many times over as fit in the bench time).
     pub tasks: usize,
     /// Tasks that failed.
     pub failed: usize,
@@ -43,8 +47,13 @@ impl BenchRow {
 }
 
 /// Plans `job` (a job body) and runs its tasks here, one after another, as
-/// an agent would: decode the input, run, encode the output.
-pub fn bench_job(kernel: &str, job: &serde_json::Value) -> Result<BenchRow, String> {
+/// an agent would (decode the input, run, encode the output), over and
+/// over until `min_time` has passed.
+pub fn bench_job(
+    kernel: &str,
+    job: &serde_json::Value,
+    min_time: Duration,
+) -> Result<BenchRow, String> {
     let body = serde_json::to_vec(job).map_err(|e| e.to_string())?;
     let (spec, _options) = parse_job(&body).map_err(|e| e.to_string())?;
     let plan = spec.plan().map_err(|e| e.to_string())?;
@@ -55,16 +64,25 @@ pub fn bench_job(kernel: &str, job: &serde_json::Value) -> Result<BenchRow, Stri
         .collect();
     let mut row = BenchRow {
         kernel: kernel.to_string(),
-        tasks: inputs.len(),
+        tasks: 0,
         failed: 0,
-        work: inputs.iter().map(|(_, w)| w).sum(),
+        work: 0,
         elapsed: Duration::ZERO,
     };
     let start = Instant::now();
-    for (input, _) in &inputs {
-        if let (_, TaskOutcome::Failed(why)) = run_input(input) {
-            tracing::warn!("a {kernel} task failed: {why}");
-            row.failed += 1;
+    loop {
+        for (input, work) in &inputs {
+            if let (_, TaskOutcome::Failed(why)) = run_input(input) {
+                if row.failed == 0 {
+                    tracing::warn!("a {kernel} task failed: {why}");
+                }
+                row.failed += 1;
+            }
+            row.tasks += 1;
+            row.work += work;
+        }
+        if inputs.is_empty() || row.failed > 0 || start.elapsed() >= min_time {
+            break;
         }
     }
     row.elapsed = start.elapsed();
@@ -75,7 +93,9 @@ pub fn bench_job(kernel: &str, job: &serde_json::Value) -> Result<BenchRow, Stri
 pub fn run_samples() -> Vec<Result<BenchRow, (String, String)>> {
     musketeer_tasks::samples::sample_jobs()
         .into_iter()
-        .map(|(kernel, job)| bench_job(kernel, &job).map_err(|e| (kernel.to_string(), e)))
+        .map(|(kernel, job)| {
+            bench_job(kernel, &job, MIN_BENCH_TIME).map_err(|e| (kernel.to_string(), e))
+        })
         .collect()
 }
 
@@ -84,7 +104,7 @@ pub fn render(rows: &[Result<BenchRow, (String, String)>]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<10} {:>6} {:>10} {:>10} {:>14} {:>9}",
+        "{:<10} {:>8} {:>8} {:>10} {:>14} {:>9}",
         "kernel", "tasks", "seconds", "tasks/s", "work units/s", "vs est."
     );
     for row in rows {
@@ -92,7 +112,7 @@ pub fn render(rows: &[Result<BenchRow, (String, String)>]) -> String {
             Ok(r) => {
                 let _ = write!(
                     out,
-                    "{:<10} {:>6} {:>10.3} {:>10.1} {:>14.3e} {:>8.2}x",
+                    "{:<10} {:>8} {:>8.3} {:>10.1} {:>14.3e} {:>8.2}x",
                     r.kernel,
                     r.tasks,
                     r.elapsed.as_secs_f64(),
@@ -121,8 +141,9 @@ mod tests {
     #[test]
     fn a_sample_is_planned_run_and_measured() {
         let job = serde_json::json!({"kernel": "fibonacci", "n": [10, 20, 30]});
-        let row = bench_job("fibonacci", &job).unwrap();
+        let row = bench_job("fibonacci", &job, Duration::from_millis(20)).unwrap();
         assert!(row.tasks >= 1);
+        assert!(row.elapsed >= Duration::from_millis(20));
         assert_eq!(row.failed, 0);
         assert!(row.work > 0 && row.elapsed > Duration::ZERO);
         let table = render(&[Ok(row), Err(("matmul".into(), "boom".into()))]);
@@ -131,7 +152,12 @@ mod tests {
 
     #[test]
     fn bad_samples_are_errors_not_panics() {
-        let e = bench_job("nope", &serde_json::json!({"kernel": "nope"})).unwrap_err();
+        let e = bench_job(
+            "nope",
+            &serde_json::json!({"kernel": "nope"}),
+            Duration::ZERO,
+        )
+        .unwrap_err();
         assert!(e.contains("unknown kernel"), "{e}");
     }
 
