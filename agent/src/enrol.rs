@@ -24,7 +24,7 @@ pub enum EnrolError {
     #[error("{0}")]
     Url(String),
     /// The coordinator refused the token.
-    #[error("the coordinator refused the join token ({0}): it may be revoked or mistyped; ask the operator for a new one (`musketeer-coordinator token create`)")]
+    #[error("the coordinator refused the join token: {0}")]
     TokenRefused(String),
     /// The CA the coordinator sent or the saved one is not the pinned one.
     #[error(transparent)]

@@ -62,7 +62,7 @@ pub enum AgentError {
     #[error(transparent)]
     Enrol(#[from] EnrolError),
     /// The coordinator refused the agent's credential.
-    #[error("the coordinator at {url} refused the credential of agent {agent_id} ({message}): the agent was revoked or is unknown; join again with a new token: musketeer join {url} --token TOKEN")]
+    #[error("agent {agent_id} was revoked or is unknown to the coordinator at {url} ({message}); join again with a new token: musketeer join {url} --token TOKEN")]
     Revoked {
         /// The coordinator.
         url: String,

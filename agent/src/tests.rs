@@ -44,7 +44,7 @@ async fn run_enrols_then_leases_and_a_refused_credential_says_join_again() {
     let text = err.to_string();
     assert!(matches!(err, AgentError::Revoked { .. }), "{err:?}");
     assert!(
-        text.contains("removed by the operator") && text.contains("join again"),
+        text.contains("revoked or is unknown") && text.contains("removed by the operator"),
         "{text}"
     );
 

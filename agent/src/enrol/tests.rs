@@ -126,7 +126,7 @@ async fn a_refused_token_says_to_get_a_new_one() {
     let text = err.to_string();
     assert!(matches!(err, EnrolError::TokenRefused(_)));
     assert!(
-        text.contains("token revoked") && text.contains("token create"),
+        text.contains("refused the join token: token revoked"),
         "{text}"
     );
 }
