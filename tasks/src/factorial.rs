@@ -281,3 +281,166 @@ impl FactorialReduce {
         Ok(JobResult::Factorial(FactorialResult { n: self.n, value }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::JobSpec;
+
+    fn naive(n: u64) -> BigUint {
+        (1..=n).fold(BigUint::from(1u32), |acc, i| acc * i)
+    }
+
+    fn run_job(n: u64) -> FactorialResult {
+        let plan = JobSpec::Factorial(FactorialJob { n }).plan().unwrap();
+        let outs = plan.tasks.iter().map(|(t, _)| t.run().unwrap()).collect();
+        match plan.reduce.reduce(outs).unwrap() {
+            JobResult::Factorial(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn outputs(ranges: &[(u64, u64)]) -> Vec<TaskOutput> {
+        ranges
+            .iter()
+            .map(|&(lo, hi)| TaskOutput::Factorial(FactorialTask { lo, hi }.run().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn matches_a_left_fold_up_to_300() {
+        for n in 0..=300 {
+            let r = run_job(n);
+            assert_eq!(r.n, n);
+            assert_eq!(r.value, naive(n).to_string(), "{n}!");
+        }
+        assert_eq!(run_job(0).value, "1");
+        assert_eq!(run_job(1).value, "1");
+        assert_eq!(run_job(20).value, "2432902008176640000");
+    }
+
+    #[test]
+    fn range_products_split_anywhere_multiply_to_n_factorial() {
+        let n = 300;
+        let r = FactorialReduce { n };
+        let cuts = [(1, 2), (2, 77), (77, 78), (78, 250), (250, 301)];
+        let JobResult::Factorial(res) = r.reduce(outputs(&cuts)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(res.value, naive(n).to_string());
+        assert_eq!(range_product(5, 5), BigUint::from(1u32));
+        assert_eq!(range_product(5, 8), BigUint::from(210u32));
+    }
+
+    #[test]
+    fn twenty_thousand_factorial() {
+        let r = run_job(20_000);
+        assert_eq!(r.value.len(), 77_338);
+        assert!(
+            r.value.starts_with("18192063202303451348"),
+            "{}",
+            &r.value[..20]
+        );
+        assert!(r.value.ends_with(&"0".repeat(4999)));
+        let (json, _) = JobResult::Factorial(r).render("json").unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["n"], 20_000);
+        assert_eq!(v["digits"], 77_338);
+        assert_eq!(v["value"].as_str().unwrap().len(), 77_338);
+    }
+
+    #[test]
+    fn the_largest_n_splits_into_contiguous_balanced_tasks() {
+        let plan = JobSpec::Factorial(FactorialJob { n: MAX_N })
+            .plan()
+            .unwrap();
+        assert!(plan.tasks.len() > 1, "{}", plan.tasks.len());
+        let mut next = 1;
+        let mut bits = Vec::new();
+        for (t, cost) in &plan.tasks {
+            let TaskInput::Factorial(t) = t else {
+                panic!("{t:?}")
+            };
+            assert_eq!(t.lo, next);
+            assert!(t.hi > t.lo);
+            next = t.hi;
+            bits.push(range_bits(t.lo, t.hi));
+            assert!(cost.work <= TARGET_TASK_WORK, "{cost:?}");
+            assert_eq!(*cost, t.cost());
+        }
+        assert_eq!(next, MAX_N + 1);
+        let mean = bits.iter().sum::<f64>() / bits.len() as f64;
+        assert!(
+            bits.iter().all(|b| (b - mean).abs() < mean * 0.05),
+            "{bits:?}"
+        );
+    }
+
+    #[test]
+    fn log2_factorial_is_accurate() {
+        let mut exact = 0.0;
+        for x in 1..=5000u64 {
+            exact += (x as f64).log2();
+            assert!(
+                (log2_factorial(x) - exact).abs() < 1e-6 * exact.max(1.0),
+                "{x}"
+            );
+        }
+        assert_eq!(log2_factorial(0), 0.0);
+    }
+
+    #[test]
+    fn reduce_catches_missing_repeated_and_foreign_outputs() {
+        let r = FactorialReduce { n: 1000 };
+        let good = [(1, 400), (400, 1001)];
+        assert!(r.reduce(outputs(&good)).is_ok());
+        let err = |o: Vec<TaskOutput>| matches!(r.reduce(o), Err(KernelError::Reduce(_)));
+        assert!(err(outputs(&good[..1])));
+        assert!(err(outputs(&[(1, 400), (400, 1001), (400, 1001)])));
+        assert!(err(vec![]));
+        let mut wrong = outputs(&good);
+        if let TaskOutput::Factorial(f) = &mut wrong[1] {
+            f.limbs[3] ^= 1;
+        }
+        assert!(err(wrong));
+        let fib = TaskOutput::Fibonacci(crate::fibonacci::FibonacciOutput {
+            digits: String::new(),
+            ends: vec![],
+        });
+        assert!(err(vec![fib]));
+        assert!(matches!(
+            FactorialReduce { n: MAX_N + 1 }.reduce(outputs(&good)),
+            Err(KernelError::Reduce(_))
+        ));
+    }
+
+    #[test]
+    fn bad_jobs_and_tasks_are_refused() {
+        match JobSpec::Factorial(FactorialJob { n: MAX_N + 1 }).plan() {
+            Err(JobError::TooLarge(m)) => assert!(m.contains(&MAX_N.to_string()), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(FactorialTask { lo: 0, hi: 5 }.run().is_err());
+        assert!(FactorialTask { lo: 6, hi: 5 }.run().is_err());
+        assert!(FactorialTask {
+            lo: 1,
+            hi: MAX_N + 2
+        }
+        .run()
+        .is_err());
+        let _ = FactorialTask {
+            lo: 0,
+            hi: u64::MAX,
+        }
+        .cost();
+    }
+
+    #[test]
+    fn costs_grow_with_the_range() {
+        let small = FactorialTask { lo: 1, hi: 1001 }.cost();
+        let big = FactorialTask { lo: 1, hi: 100_001 }.cost();
+        assert!(big.work > 1000 * small.work / 10, "{small:?} {big:?}");
+        // The product of 1..=100000 is about 190 KiB; the estimate covers it.
+        assert!(big.mem_bytes > 190_000 * 2);
+    }
+}

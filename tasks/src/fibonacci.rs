@@ -533,3 +533,254 @@ impl FibonacciOutput {
         (0..self.ends.len()).map(|i| self.get(i).unwrap_or(""))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::JobSpec;
+
+    /// F(0..count) by plain addition: obviously right, independent of fast doubling.
+    fn naive(count: usize) -> Vec<BigUint> {
+        let mut v = vec![BigUint::from(0u32), BigUint::from(1u32)];
+        while v.len() < count {
+            let next = &v[v.len() - 1] + &v[v.len() - 2];
+            v.push(next);
+        }
+        v.truncate(count);
+        v
+    }
+
+    fn run_job(job: FibonacciJob) -> FibonacciResult {
+        let plan = JobSpec::Fibonacci(job).plan().unwrap();
+        let outs = plan.tasks.iter().map(|(t, _)| t.run().unwrap()).collect();
+        match plan.reduce.reduce(outs).unwrap() {
+            JobResult::Fibonacci(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn list(ns: Vec<u64>) -> FibonacciJob {
+        FibonacciJob {
+            n: Some(ns),
+            range: None,
+        }
+    }
+
+    fn range(start: u64, end: u64) -> FibonacciJob {
+        FibonacciJob {
+            n: None,
+            range: Some(IndexRange { start, end }),
+        }
+    }
+
+    #[test]
+    fn matches_naive_addition_below_300() {
+        let reference = naive(300);
+        for (n, want) in reference.iter().enumerate() {
+            assert_eq!(&fib(n as u64), want, "F({n})");
+            assert_eq!(&fib_pair(n as u64).0, want, "fib_pair({n})");
+        }
+        let ns: Vec<u64> = (0..300).rev().collect();
+        let r = run_job(list(ns.clone()));
+        let got: Vec<&str> = r.values.iter().collect();
+        let want: Vec<String> = ns
+            .iter()
+            .map(|&n| reference[n as usize].to_string())
+            .collect();
+        assert_eq!(got, want);
+        let r = run_job(range(0, 300));
+        let want: Vec<String> = reference.iter().map(|v| v.to_string()).collect();
+        assert_eq!(r.values.iter().collect::<Vec<_>>(), want);
+    }
+
+    #[test]
+    fn known_values() {
+        assert_eq!(fib(0).to_string(), "0");
+        assert_eq!(fib(1).to_string(), "1");
+        assert_eq!(fib(10).to_string(), "55");
+        assert_eq!(fib(20).to_string(), "6765");
+        assert_eq!(fib(100).to_string(), "354224848179261915075");
+        assert_eq!(
+            fib(186).to_string(),
+            "332825110087067562321196029789634457848"
+        );
+        assert_eq!(fib(1000).to_string().len(), 209);
+        let r = run_job(list(vec![10, 20, 30]));
+        assert_eq!(
+            r.values.iter().collect::<Vec<_>>(),
+            ["55", "6765", "832040"]
+        );
+    }
+
+    #[test]
+    fn u128_fast_path_and_big_path_agree_at_the_boundary() {
+        let reference = naive(400);
+        // Ranges that start below, at and above the boundary, so a range
+        // crosses from the table to additions of big integers.
+        for (s, e) in [(150, 220), (185, 188), (186, 187), (187, 190), (0, 400)] {
+            let r = run_job(range(s, e));
+            let want: Vec<String> = reference[s as usize..e as usize]
+                .iter()
+                .map(|v| v.to_string())
+                .collect();
+            assert_eq!(r.values.iter().collect::<Vec<_>>(), want, "range {s}..{e}");
+        }
+        for n in 180..200u64 {
+            let (a, b) = fib_pair(n);
+            assert_eq!(
+                (&a, &b),
+                (&reference[n as usize], &reference[n as usize + 1]),
+                "{n}"
+            );
+        }
+        assert_eq!(BigUint::from(FIB_U128[186]), reference[186]);
+    }
+
+    #[test]
+    fn benchmark_list_is_few_tasks_and_exact() {
+        let ns: Vec<u64> = (0..1_000_000u64).map(|i| 20 + i % 11).collect();
+        let plan = JobSpec::Fibonacci(list(ns.clone())).plan().unwrap();
+        assert!(plan.tasks.len() <= 2, "{} tasks", plan.tasks.len());
+        let outs = plan.tasks.iter().map(|(t, _)| t.run().unwrap()).collect();
+        let JobResult::Fibonacci(r) = plan.reduce.reduce(outs).unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.values.ends.len(), 1_000_000);
+        let reference = naive(31);
+        for i in [0usize, 1, 10, 11, 999_999] {
+            assert_eq!(
+                r.values.get(i).unwrap(),
+                reference[ns[i] as usize].to_string()
+            );
+        }
+    }
+
+    #[test]
+    fn tasks_are_ranges_of_items_near_the_target() {
+        let plan = JobSpec::Fibonacci(range(0, 20_000)).plan().unwrap();
+        assert!(plan.tasks.len() > 1);
+        let mut next = 0;
+        for (t, cost) in &plan.tasks {
+            let TaskInput::Fibonacci(FibonacciTask::Range(r)) = t else {
+                panic!("{t:?}")
+            };
+            assert_eq!(r.start, next);
+            assert!(r.end > r.start);
+            next = r.end;
+            assert!(cost.work <= TARGET_TASK_WORK + TARGET_TASK_WORK / 2 || r.end - r.start == 1);
+            assert_eq!(*cost, t.cost());
+        }
+        assert_eq!(next, 20_000);
+        let ns: Vec<u64> = (0..3000).map(|i| 10_000 + i).collect();
+        let plan = JobSpec::Fibonacci(list(ns)).plan().unwrap();
+        assert!(plan.tasks.len() > 1);
+        assert_eq!(
+            plan.reduce,
+            ReducePlan::Fibonacci(FibonacciReduce { count: 3000 })
+        );
+    }
+
+    #[test]
+    fn bad_jobs_say_what_to_change() {
+        let invalid = |j: FibonacciJob| match JobSpec::Fibonacci(j).plan() {
+            Err(JobError::Invalid(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        let too_large = |j: FibonacciJob| match JobSpec::Fibonacci(j).plan() {
+            Err(JobError::TooLarge(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert!(invalid(FibonacciJob {
+            n: None,
+            range: None
+        })
+        .contains("exactly one"));
+        let both = FibonacciJob {
+            n: Some(vec![1]),
+            range: Some(IndexRange { start: 0, end: 1 }),
+        };
+        assert!(invalid(both).contains("exactly one"));
+        assert!(invalid(list(vec![])).contains("empty"));
+        assert!(invalid(range(5, 5)).contains("empty"));
+        assert!(invalid(range(6, 5)).contains("empty"));
+        assert!(too_large(list(vec![MAX_N + 1])).contains(&MAX_N.to_string()));
+        let m = too_large(range(0, 1_000_000));
+        assert!(m.contains("digits") && m.contains("256 MiB"), "{m}");
+        assert!(too_large(range(0, MAX_N + 2)).contains("limit"));
+        // Just inside the limits is fine to plan.
+        JobSpec::Fibonacci(list(vec![MAX_N])).plan().unwrap();
+    }
+
+    #[test]
+    fn reduce_checks_kernel_and_count() {
+        let out = FibonacciTask::List(vec![1, 2]).run().unwrap();
+        let r = FibonacciReduce { count: 3 };
+        assert!(matches!(
+            r.reduce(vec![TaskOutput::Fibonacci(out.clone())]),
+            Err(KernelError::Reduce(_))
+        ));
+        let f = TaskOutput::Factorial(crate::factorial::FactorialOutput { limbs: vec![1] });
+        assert!(matches!(
+            FibonacciReduce { count: 2 }.reduce(vec![f]),
+            Err(KernelError::Reduce(_))
+        ));
+        let mut forged = out.clone();
+        forged.ends = vec![5, 1];
+        assert!(matches!(
+            FibonacciReduce { count: 2 }.reduce(vec![TaskOutput::Fibonacci(forged)]),
+            Err(KernelError::Reduce(_))
+        ));
+        let ok = FibonacciReduce { count: 4 }
+            .reduce(vec![
+                TaskOutput::Fibonacci(out.clone()),
+                TaskOutput::Fibonacci(out),
+            ])
+            .unwrap();
+        let JobResult::Fibonacci(r) = ok else {
+            panic!()
+        };
+        assert_eq!(r.values.iter().collect::<Vec<_>>(), ["1", "1", "1", "1"]);
+    }
+
+    #[test]
+    fn forged_tasks_are_refused() {
+        assert!(FibonacciTask::List(vec![MAX_N + 1]).run().is_err());
+        assert!(FibonacciTask::Range(IndexRange { start: 3, end: 3 })
+            .run()
+            .is_err());
+        assert!(FibonacciTask::Range(IndexRange {
+            start: 0,
+            end: u64::MAX
+        })
+        .run()
+        .is_err());
+        // The cost of a forged task is computed without overflow or panic.
+        let _ = FibonacciTask::Range(IndexRange {
+            start: 0,
+            end: u64::MAX,
+        })
+        .cost();
+    }
+
+    #[test]
+    fn json_rendering() {
+        let r = run_job(list(vec![10, 20, 0]));
+        let (json, ty) = JobResult::Fibonacci(r).render("json").unwrap();
+        assert_eq!(ty, "application/json");
+        assert_eq!(json, br#"{"values":["55","6765","0"]}"#);
+    }
+
+    #[test]
+    fn costs_grow_with_the_indices() {
+        let small = FibonacciTask::List(vec![100; 10]).cost();
+        let big = FibonacciTask::List(vec![100_000; 10]).cost();
+        assert!(big.work > 100 * small.work);
+        assert!(big.mem_bytes > 10 * 20_899);
+        let r = FibonacciTask::Range(IndexRange {
+            start: 1000,
+            end: 2000,
+        })
+        .cost();
+        assert!(r.work > 0 && r.mem_bytes > 1000 * 209);
+    }
+}

@@ -110,9 +110,10 @@ pub const MAX_DIM: u64 = 65_536;
 /// JSON, which the coordinator still renders in one piece.
 pub const MAX_RESULT_ELEMENTS: u64 = 1 << 22;
 
-/// Most multiply-adds (m·k·n) in one job: 2^40 is a few minutes of one core,
-/// and seconds to minutes for a cluster.
-pub const MAX_WORK: u64 = 1 << 40;
+/// Most multiply-adds (m·k·n) in one job: 2^36 (4096³) is a few seconds of
+/// one core here and about a minute of a Raspberry Pi core, so one job
+/// cannot hold a cluster for long.
+pub const MAX_WORK: u64 = 1 << 36;
 
 /// Most bytes of operands one tile may need (its rows of A and columns of B),
 /// so any tile fits a small agent; with k up to [`MAX_DIM`] a tile may
@@ -171,6 +172,11 @@ pub fn tiles(m: u64, k: u64, n: u64) -> Vec<Tile> {
     } else {
         (side, side)
     };
+    grid(m, n, tr, tc)
+}
+
+/// Tiles of at most `tr` × `tc` covering an m × n result, sizes as even as can be.
+fn grid(m: u64, n: u64, tr: u64, tc: u64) -> Vec<Tile> {
     let mut out = Vec::new();
     for (row, rows) in spans(m, m.div_ceil(tr.max(1))) {
         for (col, cols) in spans(n, n.div_ceil(tc.max(1))) {
@@ -521,5 +527,417 @@ impl MatmulReduce {
             )));
         }
         Ok(JobResult::Matmul(MatmulResult { m, n, c }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::JobSpec;
+    use proptest::prelude::*;
+
+    /// C = A × B by the textbook triple loop.
+    fn naive(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0.0;
+                for l in 0..k {
+                    s += a[i * k + l] * b[l * n + j];
+                }
+                c[i * n + j] = s;
+            }
+        }
+        c
+    }
+
+    fn assert_close(got: &[f64], want: &[f64]) {
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-9 * w.abs().max(1.0),
+                "element {i}: {g} vs {w}"
+            );
+        }
+    }
+
+    fn run_plan(plan: JobPlan) -> MatmulResult {
+        let outs = plan.tasks.iter().map(|(t, _)| t.run().unwrap()).collect();
+        match plan.reduce.reduce(outs).unwrap() {
+            JobResult::Matmul(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn nested(v: &[f64], cols: usize) -> Vec<Vec<f64>> {
+        v.chunks(cols).map(|r| r.to_vec()).collect()
+    }
+
+    fn explicit(a: Vec<Vec<f64>>, b: Vec<Vec<f64>>) -> MatmulJob {
+        MatmulJob {
+            a: Some(a),
+            b: Some(b),
+            random: None,
+        }
+    }
+
+    #[test]
+    fn explicit_product_matches_the_triple_loop() {
+        let (m, k, n) = (5, 7, 3);
+        let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
+        let b: Vec<f64> = (0..k * n).map(|i| (i as f64 * 1.1).cos() * 3.0).collect();
+        let plan = JobSpec::Matmul(explicit(nested(&a, k), nested(&b, n)))
+            .plan()
+            .unwrap();
+        let r = run_plan(plan);
+        assert_eq!((r.m, r.n), (m as u64, n as u64));
+        assert_close(&r.c, &naive(&a, &b, m, k, n));
+        let tiny = JobSpec::Matmul(explicit(vec![vec![2.0]], vec![vec![3.0, 4.0]]))
+            .plan()
+            .unwrap();
+        assert_eq!(run_plan(tiny).c, [6.0, 8.0]);
+    }
+
+    #[test]
+    fn random_tiles_match_the_triple_loop() {
+        let rm = RandomMatrices {
+            m: 23,
+            k: 17,
+            n: 31,
+            seed: 99,
+        };
+        let a = random_a_matrix(&rm);
+        let b = random_b_matrix(&rm);
+        let want = naive(&a, &b, 23, 17, 31);
+        let plan = JobSpec::Matmul(MatmulJob {
+            a: None,
+            b: None,
+            random: Some(rm),
+        })
+        .plan()
+        .unwrap();
+        assert_close(&run_plan(plan).c, &want);
+        // Many small tiles, reduced in task order, give the same matrix.
+        let outs = grid(23, 31, 5, 7)
+            .into_iter()
+            .map(|tile| {
+                TaskOutput::Matmul(MatmulTask::Random { tile, matrices: rm }.run().unwrap())
+            })
+            .collect();
+        let JobResult::Matmul(r) = MatmulReduce { m: 23, n: 31 }.reduce(outs).unwrap() else {
+            panic!()
+        };
+        assert_close(&r.c, &want);
+        // And explicit tiles of the same operands too.
+        let job = explicit(nested(&a, 17), nested(&b, 31));
+        assert_close(&run_plan(job.plan().unwrap()).c, &want);
+    }
+
+    #[test]
+    fn random_tiles_regenerate_slices_of_the_whole_matrices() {
+        let rm = RandomMatrices {
+            m: 9,
+            k: 6,
+            n: 11,
+            seed: 3,
+        };
+        let a = random_a_matrix(&rm);
+        let b = random_b_matrix(&rm);
+        assert_eq!(random_a_rows(&rm, 4, 3), a[4 * 6..7 * 6]);
+        let cols: Vec<f64> = (0..6)
+            .flat_map(|i| b[i * 11 + 2..i * 11 + 7].to_vec())
+            .collect();
+        assert_eq!(random_b_cols(&rm, 2, 5), cols);
+        for i in 0..9 {
+            for j in 0..6 {
+                assert_eq!(random_a(&rm, i, j), a[(i * 6 + j) as usize]);
+            }
+        }
+        assert_eq!(random_b(&rm, 5, 10), b[5 * 11 + 10]);
+        assert!(a.iter().chain(&b).all(|x| (-1.0..1.0).contains(x)));
+        // A and B differ, and so do seeds.
+        assert_ne!(random_a_rows(&rm, 0, 1), random_b_cols(&rm, 0, 6)[..6]);
+        let other = RandomMatrices { seed: 4, ..rm };
+        assert_ne!(random_a_matrix(&other), a);
+        // Roughly uniform: the mean of many elements is near 0.
+        let big = RandomMatrices {
+            m: 200,
+            k: 200,
+            n: 1,
+            seed: 1,
+        };
+        let mean = random_a_matrix(&big).iter().sum::<f64>() / 40_000.0;
+        assert!(mean.abs() < 0.02, "{mean}");
+    }
+
+    #[test]
+    fn bad_shapes_say_what_to_change() {
+        let invalid = |j: MatmulJob| match j.plan() {
+            Err(JobError::Invalid(m)) => m,
+            Err(e) => panic!("{e}"),
+            Ok(p) => panic!("planned {} tasks", p.tasks.len()),
+        };
+        let m = invalid(explicit(vec![vec![1.0; 3]; 2], vec![vec![1.0; 2]; 2]));
+        assert_eq!(
+            m,
+            "matrices have mismatched shapes: a is 2x3, b is 2x2; b needs 3 rows"
+        );
+        let m = invalid(explicit(
+            vec![vec![1.0, 2.0], vec![1.0]],
+            vec![vec![1.0]; 2],
+        ));
+        assert!(m.contains("not rectangular") && m.contains("row 1"), "{m}");
+        assert!(invalid(explicit(vec![], vec![vec![1.0]])).contains("empty"));
+        assert!(invalid(explicit(vec![vec![]], vec![vec![1.0]])).contains("empty"));
+        let rm = RandomMatrices {
+            m: 2,
+            k: 2,
+            n: 2,
+            seed: 0,
+        };
+        assert!(invalid(MatmulJob {
+            a: None,
+            b: None,
+            random: None
+        })
+        .contains("either"));
+        assert!(invalid(MatmulJob {
+            a: Some(vec![vec![1.0]]),
+            b: None,
+            random: None
+        })
+        .contains("either"));
+        let both = MatmulJob {
+            a: Some(vec![vec![1.0]]),
+            b: Some(vec![vec![1.0]]),
+            random: Some(rm),
+        };
+        assert!(invalid(both).contains("either"));
+        let zero = RandomMatrices { m: 0, ..rm };
+        assert!(invalid(MatmulJob {
+            a: None,
+            b: None,
+            random: Some(zero)
+        })
+        .contains("at least 1"));
+        let too_large = |r: RandomMatrices| match (MatmulJob {
+            a: None,
+            b: None,
+            random: Some(r),
+        })
+        .plan()
+        {
+            Err(JobError::TooLarge(m)) => m,
+            Err(e) => panic!("{e}"),
+            Ok(p) => panic!("planned {} tasks", p.tasks.len()),
+        };
+        assert!(too_large(RandomMatrices {
+            m: MAX_DIM + 1,
+            k: 1,
+            n: 1,
+            seed: 0
+        })
+        .contains("m is"));
+        assert!(too_large(RandomMatrices {
+            m: 4096,
+            k: 1,
+            n: 4096,
+            seed: 0
+        })
+        .contains("values"));
+        assert!(too_large(RandomMatrices {
+            m: 2048,
+            k: 65536,
+            n: 2048,
+            seed: 0
+        })
+        .contains("multiply-adds"));
+        // The largest cube allowed plans into bounded tiles.
+        let cube = RandomMatrices {
+            m: 4096,
+            k: 4096,
+            n: 1024,
+            seed: 0,
+        };
+        let plan = MatmulJob {
+            a: None,
+            b: None,
+            random: Some(cube),
+        }
+        .plan()
+        .unwrap();
+        assert!(plan
+            .tasks
+            .iter()
+            .all(|(_, c)| c.work < 2 * TARGET_TASK_WORK));
+    }
+
+    #[test]
+    fn reduce_checks_the_tiles_cover_c_once() {
+        let rm = RandomMatrices {
+            m: 4,
+            k: 3,
+            n: 4,
+            seed: 5,
+        };
+        let out = |tile: Tile| {
+            TaskOutput::Matmul(MatmulTask::Random { tile, matrices: rm }.run().unwrap())
+        };
+        let tiles = grid(4, 4, 2, 2);
+        let r = MatmulReduce { m: 4, n: 4 };
+        assert!(r.reduce(tiles.iter().map(|&t| out(t)).collect()).is_ok());
+        let err = |o: Vec<TaskOutput>| matches!(r.reduce(o), Err(KernelError::Reduce(_)));
+        assert!(err(tiles[..3].iter().map(|&t| out(t)).collect()));
+        assert!(err(tiles
+            .iter()
+            .chain(&tiles[..1])
+            .map(|&t| out(t))
+            .collect()));
+        let mut short = tiles.iter().map(|&t| out(t)).collect::<Vec<_>>();
+        if let TaskOutput::Matmul(o) = &mut short[0] {
+            o.c.pop();
+        }
+        assert!(err(short));
+        let fact = TaskOutput::Factorial(crate::factorial::FactorialOutput { limbs: vec![1] });
+        assert!(err(vec![fact]));
+        let outside = Tile {
+            row: 3,
+            rows: 2,
+            col: 0,
+            cols: 1,
+        };
+        assert!(err(vec![TaskOutput::Matmul(MatmulOutput {
+            tile: outside,
+            c: vec![0.0; 2]
+        })]));
+    }
+
+    #[test]
+    fn forged_tasks_are_refused() {
+        let rm = RandomMatrices {
+            m: 4,
+            k: 3,
+            n: 4,
+            seed: 5,
+        };
+        let outside = MatmulTask::Random {
+            tile: Tile {
+                row: 2,
+                rows: 3,
+                col: 0,
+                cols: 1,
+            },
+            matrices: rm,
+        };
+        assert!(outside.run().is_err());
+        let huge = MatmulTask::Random {
+            tile: Tile {
+                row: 0,
+                rows: u64::MAX,
+                col: 0,
+                cols: u64::MAX,
+            },
+            matrices: RandomMatrices {
+                m: u64::MAX,
+                k: u64::MAX,
+                n: u64::MAX,
+                seed: 0,
+            },
+        };
+        assert!(huge.run().is_err());
+        let _ = huge.cost();
+        let wrong_len = MatmulTask::Explicit {
+            tile: Tile {
+                row: 0,
+                rows: 2,
+                col: 0,
+                cols: 2,
+            },
+            k: 2,
+            a: vec![1.0; 4],
+            b: vec![1.0; 3],
+        };
+        assert!(matches!(wrong_len.run(), Err(KernelError::InvalidInput(_))));
+    }
+
+    #[test]
+    fn renders_json_and_npy() {
+        let r = MatmulResult {
+            m: 2,
+            n: 3,
+            c: vec![1.0, -2.5, 0.1, 1e300, 3.0, f64::INFINITY],
+        };
+        let (json, ty) = JobResult::Matmul(r.clone()).render("json").unwrap();
+        assert_eq!(ty, "application/json");
+        assert_eq!(
+            std::str::from_utf8(&json).unwrap(),
+            r#"{"c":[[1.0,-2.5,0.1],[1e+300,3.0,null]]}"#
+        );
+        let (npy, ty) = JobResult::Matmul(r.clone()).render("npy").unwrap();
+        assert_eq!(ty, "application/octet-stream");
+        assert_eq!(&npy[..8], b"\x93NUMPY\x01\x00");
+        let header_len = u16::from_le_bytes([npy[8], npy[9]]) as usize;
+        let data_start = 10 + header_len;
+        assert_eq!(data_start % 64, 0);
+        let header = std::str::from_utf8(&npy[10..data_start]).unwrap();
+        assert!(header.starts_with("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }"));
+        assert!(header.ends_with('\n'));
+        assert!(header[..header.len() - 1].trim_end().ends_with('}'));
+        let data: Vec<f64> = npy[data_start..]
+            .chunks(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(data, r.c);
+        assert!(JobResult::Matmul(r).render("tsv").is_err());
+    }
+
+    #[test]
+    fn json_values_read_back_exactly() {
+        let rm = RandomMatrices {
+            m: 3,
+            k: 4,
+            n: 5,
+            seed: 8,
+        };
+        let r = MatmulResult {
+            m: 3,
+            n: 5,
+            c: random_b_matrix(&RandomMatrices { k: 3, ..rm }),
+        };
+        let (json, _) = JobResult::Matmul(r.clone()).render("json").unwrap();
+        let v: Vec<Vec<f64>> = serde_json::from_value(
+            serde_json::from_slice::<serde_json::Value>(&json).unwrap()["c"].clone(),
+        )
+        .unwrap();
+        assert_eq!(v.concat(), r.c);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Any allowed shape tiles C exactly, in bounded tiles.
+        #[test]
+        fn tiles_cover_the_result_exactly(m in 1u64..5000, k in 1u64..MAX_DIM, n in 1u64..5000) {
+            prop_assume!(m * n <= MAX_RESULT_ELEMENTS && m * k * n <= MAX_WORK);
+            let ts = tiles(m, k, n);
+            let area: u64 = ts.iter().map(|t| t.rows * t.cols).sum();
+            prop_assert_eq!(area, m * n);
+            let mut next_row = 0;
+            for t in &ts {
+                prop_assert!(t.rows >= 1 && t.cols >= 1);
+                prop_assert!(t.row + t.rows <= m && t.col + t.cols <= n);
+                prop_assert!((t.rows + t.cols) * k * 8 <= MAX_TILE_OPERAND_BYTES);
+                if t.col == 0 {
+                    prop_assert_eq!(t.row, next_row);
+                    next_row = t.row + t.rows;
+                }
+                let task = MatmulTask::Random { tile: *t, matrices: RandomMatrices { m, k, n, seed: 0 } };
+                prop_assert!(task.check().is_ok());
+            }
+            prop_assert_eq!(next_row, m);
+            // Not needlessly many tiles: about one per target's worth of work.
+            let total = tile_work(m, n, k);
+            prop_assert!((ts.len() as f64) <= 4.0 * (total / TARGET_TASK_WORK as f64).ceil() + 4.0);
+        }
     }
 }

@@ -799,3 +799,490 @@ pub fn count_in_process(
         counts: sort_by_count(merged.into_iter().map(|(w, c)| (w.into_string(), c))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::JobSpec;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    /// The rules as the spec states them, char by char over the lossy
+    /// decoding: slow, and obviously right.
+    fn naive(text: &[u8], o: &WordcountOptions) -> (u64, BTreeMap<String, u64>) {
+        let s = String::from_utf8_lossy(text);
+        let min = o.min_len.max(1);
+        let words: Vec<String> = match o.split {
+            SplitRule::Whitespace => s
+                .replace([',', '.'], "")
+                .split(char::is_whitespace)
+                .filter(|t| !t.is_empty() && t.chars().count() >= min)
+                .map(str::to_string)
+                .collect(),
+            SplitRule::Alphanumeric => {
+                let cs: Vec<char> = s.chars().collect();
+                let mut words = Vec::new();
+                let mut cur = String::new();
+                for (i, &c) in cs.iter().enumerate() {
+                    let joins = (c == '\'' || c == '\u{2019}')
+                        && i > 0
+                        && cs[i - 1].is_alphanumeric()
+                        && cs.get(i + 1).is_some_and(|n| n.is_alphanumeric());
+                    if c.is_alphanumeric() || joins {
+                        cur.push(c);
+                    } else if !cur.is_empty() {
+                        words.push(std::mem::take(&mut cur));
+                    }
+                }
+                if !cur.is_empty() {
+                    words.push(cur);
+                }
+                words
+                    .into_iter()
+                    .filter(|w| w.chars().count() >= min)
+                    .map(|w| {
+                        if o.case_sensitive {
+                            w
+                        } else {
+                            w.to_lowercase()
+                        }
+                    })
+                    .collect()
+            }
+        };
+        let mut counts = BTreeMap::new();
+        for w in &words {
+            *counts.entry(w.clone()).or_insert(0) += 1;
+        }
+        (words.len() as u64, counts)
+    }
+
+    fn as_map(counts: &[(String, u64)]) -> BTreeMap<String, u64> {
+        let map: BTreeMap<_, _> = counts.iter().cloned().collect();
+        assert_eq!(map.len(), counts.len(), "a word appears twice");
+        map
+    }
+
+    fn reduce(options: &WordcountOptions, outs: Vec<WordcountOutput>) -> WordcountResult {
+        let outs = outs.into_iter().map(TaskOutput::Wordcount).collect();
+        match reduce_plan(options).reduce(outs).unwrap() {
+            JobResult::Wordcount(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn assert_result_order(r: &WordcountResult) {
+        for w in r.counts.windows(2) {
+            assert!(
+                w[0].1 > w[1].1 || (w[0].1 == w[1].1 && w[0].0 < w[1].0),
+                "{:?} before {:?}",
+                w[0],
+                w[1]
+            );
+        }
+    }
+
+    /// Pieces of text that exercise every rule: ASCII letters and digits of
+    /// both cases, separators, both apostrophes, letters whose lower case is
+    /// longer or context-dependent, CJK, emoji, non-ASCII white space, and
+    /// invalid UTF-8 (alone, and a truncated apostrophe).
+    fn atoms() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            4 => prop::sample::select(vec!["a", "B", "z", "Q", "don", "t", "7", "0"]).prop_map(|s| s.as_bytes().to_vec()),
+            3 => prop::sample::select(vec![" ", "\n", "\t", "\r", "\x0b", "\x0c", ",", ".", "-", "!"]).prop_map(|s| s.as_bytes().to_vec()),
+            3 => prop::sample::select(vec!["'", "\u{2019}", "''"]).prop_map(|s| s.as_bytes().to_vec()),
+            3 => prop::sample::select(vec!["É", "é", "ß", "İ", "Σ", "ς", "σ", "中", "文", "😀", "\u{3000}", "\u{a0}", "\u{85}", "\u{301}"]).prop_map(|s| s.as_bytes().to_vec()),
+            1 => prop::sample::select(vec![vec![0xffu8], vec![0xe2, 0x80], vec![0xc3], vec![0x80], vec![0xf0, 0x9f, 0x98]]),
+        ]
+    }
+
+    fn text() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(atoms(), 0..60).prop_map(|v| v.concat())
+    }
+
+    fn options() -> impl Strategy<Value = WordcountOptions> {
+        (0usize..4, any::<bool>(), any::<bool>()).prop_map(|(min_len, cs, ws)| WordcountOptions {
+            min_len,
+            top: 10,
+            case_sensitive: cs,
+            split: if ws {
+                SplitRule::Whitespace
+            } else {
+                SplitRule::Alphanumeric
+            },
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        #[test]
+        fn counts_match_the_naive_reference(text in text(), o in options()) {
+            let out = count_chunk(&text, &o);
+            let (total, want) = naive(&text, &o);
+            prop_assert_eq!(out.total_words, total);
+            prop_assert_eq!(as_map(&out.counts), want);
+            // The task's output is sorted by word, so it is the same everywhere.
+            prop_assert!(out.counts.windows(2).all(|w| w[0].0 < w[1].0));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn chunks_merge_to_the_whole(text in text(), o in options(), target in 1usize..40) {
+            let ranges = chunk_ranges(&text, o.split, target).unwrap();
+            // The ranges tile the text, none empty.
+            let mut next = 0;
+            for r in &ranges {
+                prop_assert_eq!(r.start, next);
+                prop_assert!(r.end > r.start);
+                next = r.end;
+            }
+            prop_assert_eq!(next, text.len());
+            let outs = ranges.iter().map(|r| count_chunk(&text[r.clone()], &o)).collect();
+            let merged = reduce(&o, outs);
+            let (total, want) = naive(&text, &o);
+            prop_assert_eq!(merged.total_words, total);
+            prop_assert_eq!(as_map(&merged.counts), want);
+            assert_result_order(&merged);
+        }
+
+        #[test]
+        fn the_chunker_cuts_the_same_whatever_the_pieces(
+            text in text(),
+            o in options(),
+            target in 1usize..40,
+            cuts in prop::collection::vec(0usize..200, 0..10),
+        ) {
+            let mut chunker = Chunker::new(o.clone(), target);
+            let mut chunks = Vec::new();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(text.len())).collect();
+            cuts.sort_unstable();
+            let mut from = 0;
+            for c in cuts.into_iter().chain([text.len()]) {
+                chunks.extend(chunker.push(&text[from..c]).unwrap());
+                from = c;
+            }
+            match chunker.finish() {
+                Ok(last) => chunks.extend(last),
+                Err(e) => {
+                    prop_assert!(text.is_empty());
+                    prop_assert_eq!(e, text_empty());
+                    return Ok(());
+                }
+            }
+            let ranges = chunk_ranges(&text, o.split, target).unwrap();
+            let want: Vec<&[u8]> = ranges.iter().map(|r| &text[r.clone()]).collect();
+            prop_assert_eq!(chunks.iter().map(|c| c.as_slice()).collect::<Vec<_>>(), want);
+        }
+
+        #[test]
+        fn in_process_count_equals_the_reference(text in text(), o in options(), threads in 1usize..4) {
+            let r = count_in_process(&text, &o, threads);
+            let (total, want) = naive(&text, &o);
+            prop_assert_eq!(r.total_words, total);
+            prop_assert_eq!(as_map(&r.counts), want);
+            assert_result_order(&r);
+        }
+    }
+
+    #[test]
+    fn apostrophes_join_only_between_two_alphanumerics() {
+        let o = WordcountOptions::default();
+        let words = |t: &str| -> Vec<String> {
+            let mut v: Vec<String> = count_chunk(t.as_bytes(), &o)
+                .counts
+                .into_iter()
+                .map(|(w, _)| w)
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(words("Don't"), ["don't"]);
+        assert_eq!(words("don\u{2019}t"), ["don\u{2019}t"]);
+        assert_eq!(words("rock''n"), ["n", "rock"]);
+        assert_eq!(words("'quoted' rock'"), ["quoted", "rock"]);
+        assert_eq!(words("a'b'c"), ["a'b'c"]);
+        assert_eq!(words("l'été"), ["l'été"]);
+        assert_eq!(words("x' y"), ["x", "y"]);
+    }
+
+    #[test]
+    fn unicode_lower_casing_is_by_whole_word() {
+        let o = WordcountOptions::default();
+        let r = count_chunk("ΟΔΟΣ Straße İstanbul".as_bytes(), &o);
+        let words: Vec<&str> = r.counts.iter().map(|(w, _)| w.as_str()).collect();
+        assert_eq!(words, ["i̇stanbul", "straße", "οδος"]);
+        // min_len counts the characters as written: İ is one, its lower case two.
+        let o = WordcountOptions {
+            min_len: 9,
+            ..Default::default()
+        };
+        assert_eq!(count_chunk("İstanbul".as_bytes(), &o).total_words, 0);
+    }
+
+    #[test]
+    fn whitespace_rule_is_the_celery_demo() {
+        let o = WordcountOptions {
+            split: SplitRule::Whitespace,
+            min_len: 5,
+            ..Default::default()
+        };
+        let r = count_chunk(b"Hello, hello world. Hello\tWorld... worlds x,y,z", &o);
+        assert_eq!(
+            as_map(&r.counts),
+            [
+                ("Hello", 2),
+                ("hello", 1),
+                ("world", 1),
+                ("World", 1),
+                ("worlds", 1)
+            ]
+            .iter()
+            .map(|&(w, c)| (w.to_string(), c))
+            .collect()
+        );
+        // Invalid bytes stay inside tokens as U+FFFD.
+        let o = WordcountOptions {
+            split: SplitRule::Whitespace,
+            ..Default::default()
+        };
+        let r = count_chunk(b"ab\xffcd ab", &o);
+        assert_eq!(
+            as_map(&r.counts),
+            [("ab".into(), 1), ("ab\u{fffd}cd".into(), 1)].into()
+        );
+    }
+
+    #[test]
+    fn ties_order_by_word_in_code_point_order() {
+        let o = WordcountOptions {
+            case_sensitive: true,
+            top: 3,
+            ..Default::default()
+        };
+        let job = WordcountJob {
+            text: "b a c a b c d é Z z é".into(),
+            options: o,
+        };
+        let plan = JobSpec::Wordcount(job).plan().unwrap();
+        let outs = plan.tasks.iter().map(|(t, _)| t.run().unwrap()).collect();
+        let JobResult::Wordcount(r) = plan.reduce.reduce(outs).unwrap() else {
+            panic!()
+        };
+        let order: Vec<(&str, u64)> = r.counts.iter().map(|(w, c)| (w.as_str(), *c)).collect();
+        assert_eq!(
+            order,
+            [
+                ("a", 2),
+                ("b", 2),
+                ("c", 2),
+                ("é", 2),
+                ("Z", 1),
+                ("d", 1),
+                ("z", 1)
+            ]
+        );
+        let (json, ty) = JobResult::Wordcount(r.clone()).render("json").unwrap();
+        assert_eq!(ty, "application/json");
+        assert_eq!(
+            std::str::from_utf8(&json).unwrap(),
+            r#"{"total_words":11,"distinct":7,"top":[["a",2],["b",2],["c",2]]}"#
+        );
+        let (tsv, ty) = JobResult::Wordcount(r).render("tsv").unwrap();
+        assert_eq!(ty, "text/tab-separated-values; charset=utf-8");
+        assert_eq!(
+            std::str::from_utf8(&tsv).unwrap(),
+            "a\t2\nb\t2\nc\t2\né\t2\nZ\t1\nd\t1\nz\t1\n"
+        );
+    }
+
+    #[test]
+    fn json_escapes_words() {
+        let r = WordcountResult {
+            total_words: 1,
+            top: 10,
+            counts: vec![("a\"\\b".into(), 1)],
+        };
+        let (json, _) = JobResult::Wordcount(r).render("json").unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["top"][0][0], "a\"\\b");
+        let empty = WordcountResult {
+            total_words: 0,
+            top: 0,
+            counts: vec![("x".into(), 1)],
+        };
+        let (json, _) = JobResult::Wordcount(empty).render("json").unwrap();
+        assert_eq!(json, br#"{"total_words":0,"distinct":1,"top":[]}"#);
+    }
+
+    #[test]
+    fn empty_text_is_refused() {
+        let job = WordcountJob {
+            text: String::new(),
+            options: WordcountOptions::default(),
+        };
+        assert_eq!(job.plan(), Err(text_empty()));
+        assert!(text_empty().to_string().contains("text is empty"));
+        let chunker = Chunker::new(WordcountOptions::default(), 10);
+        assert_eq!(chunker.finish(), Err(text_empty()));
+        let mut chunker = Chunker::new(WordcountOptions::default(), 10);
+        assert!(chunker.push(b"").unwrap().is_empty());
+        assert_eq!(chunker.finish(), Err(text_empty()));
+        // White space alone is a text with no words, not an error.
+        let job = WordcountJob {
+            text: "  \n".into(),
+            options: WordcountOptions::default(),
+        };
+        assert_eq!(job.plan().unwrap().tasks.len(), 1);
+    }
+
+    #[test]
+    fn a_word_longer_than_the_cap_is_too_large() {
+        let o = WordcountOptions::default();
+        let long = vec![b'a'; MAX_CHUNK_BYTES + 1];
+        assert_eq!(
+            chunk_ranges(&long, o.split, DEFAULT_CHUNK_BYTES),
+            Err(word_too_long())
+        );
+        let mut c = Chunker::new(o.clone(), DEFAULT_CHUNK_BYTES);
+        let mut result = Ok(Vec::new());
+        for piece in long.chunks(1 << 20) {
+            result = c.push(piece);
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(result, Err(word_too_long()));
+        assert!(word_too_long()
+            .to_string()
+            .contains("single word is longer than 64 MiB"));
+        // A word just under the cap is one chunk; in process it is counted whole.
+        let mut at_cap = vec![b'a'; MAX_CHUNK_BYTES - 1];
+        at_cap.extend_from_slice(b" b");
+        let ranges = chunk_ranges(&at_cap, o.split, DEFAULT_CHUNK_BYTES).unwrap();
+        assert_eq!(
+            ranges,
+            [0..MAX_CHUNK_BYTES, MAX_CHUNK_BYTES..MAX_CHUNK_BYTES + 1]
+        );
+        let r = count_in_process(&long, &o, 2);
+        assert_eq!((r.total_words, r.counts.len()), (1, 1));
+    }
+
+    #[test]
+    fn falls_back_to_punctuation_without_white_space() {
+        let alnum = WordcountOptions::default();
+        let ws = WordcountOptions {
+            split: SplitRule::Whitespace,
+            ..Default::default()
+        };
+        let text = b"aaaa-bbbb'cccc-dd";
+        let r = chunk_ranges(text, alnum.split, 6).unwrap();
+        assert_eq!(r, [0..5, 5..15, 15..17]);
+        // The white-space rule has no fallback: one chunk.
+        assert_eq!(chunk_ranges(text, ws.split, 6).unwrap(), vec![(0..17)]);
+        // White space is preferred to punctuation within the target.
+        assert_eq!(
+            chunk_ranges(b"ab c-defgh", alnum.split, 5).unwrap(),
+            [0..3, 3..5, 5..10]
+        );
+    }
+
+    #[test]
+    fn big_text_plans_chunks_near_the_target() {
+        let text = "lorem ipsum dolor sit amet, consectetur\n".repeat(300_000);
+        let job = WordcountJob {
+            text,
+            options: WordcountOptions::default(),
+        };
+        let plan = job.plan().unwrap();
+        assert_eq!(
+            plan.tasks.len(),
+            job.text.len().div_ceil(DEFAULT_CHUNK_BYTES)
+        );
+        let mut total = 0;
+        for (t, cost) in &plan.tasks {
+            let TaskInput::Wordcount(w) = t else { panic!() };
+            assert!(w.text.len() <= DEFAULT_CHUNK_BYTES);
+            assert!(
+                w.text.last().is_some_and(|&b| is_cut_byte(b))
+                    || total + w.text.len() == job.text.len()
+            );
+            assert_eq!(*cost, t.cost());
+            assert!(cost.work > 0 && cost.mem_bytes > w.text.len() as u64);
+            total += w.text.len();
+        }
+        assert_eq!(total, job.text.len());
+        let outs = plan.tasks.iter().map(|(t, _)| t.run().unwrap()).collect();
+        let JobResult::Wordcount(r) = plan.reduce.reduce(outs).unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.total_words, 1_800_000);
+        assert_eq!(r.counts[0].1, 300_000);
+        assert_eq!(r.counts[0].0, "amet");
+    }
+
+    #[test]
+    fn reduce_refuses_foreign_or_inconsistent_outputs() {
+        let o = WordcountOptions::default();
+        let plan = reduce_plan(&o);
+        let fib = TaskOutput::Fibonacci(crate::fibonacci::FibonacciOutput {
+            digits: String::new(),
+            ends: vec![],
+        });
+        assert!(matches!(
+            plan.reduce(vec![fib]),
+            Err(KernelError::Reduce(_))
+        ));
+        let lying = WordcountOutput {
+            total_words: 3,
+            counts: vec![("a".into(), 1)],
+        };
+        assert!(matches!(
+            plan.reduce(vec![TaskOutput::Wordcount(lying)]),
+            Err(KernelError::Reduce(_))
+        ));
+        let zero = WordcountOutput {
+            total_words: 0,
+            counts: vec![("a".into(), 0)],
+        };
+        assert!(matches!(
+            plan.reduce(vec![TaskOutput::Wordcount(zero)]),
+            Err(KernelError::Reduce(_))
+        ));
+        let oversized = WordcountTask {
+            text: vec![b'a'; MAX_CHUNK_BYTES + 1],
+            options: o,
+        };
+        assert!(matches!(oversized.run(), Err(KernelError::InvalidInput(_))));
+    }
+
+    #[test]
+    fn long_words_and_min_len() {
+        let long = "x".repeat(100);
+        let text = format!("{long} {long} ab abc");
+        let o = WordcountOptions {
+            min_len: 3,
+            ..Default::default()
+        };
+        let r = count_chunk(text.as_bytes(), &o);
+        assert_eq!(as_map(&r.counts), [(long, 2), ("abc".into(), 1)].into());
+        assert_eq!(r.total_words, 3);
+        let zero = WordcountOptions {
+            min_len: 0,
+            ..Default::default()
+        };
+        assert_eq!(count_chunk(b"a b", &zero).total_words, 2);
+    }
+
+    #[test]
+    fn task_encoding_round_trips() {
+        let (t, cost) = task_for_chunk(&WordcountOptions::default(), b"some text\xff".to_vec());
+        assert_eq!(TaskInput::decode(&t.encode()).unwrap(), t);
+        assert_eq!(t.cost(), cost);
+        let out = TaskOutput::Wordcount(count_chunk(b"some text", &WordcountOptions::default()));
+        assert_eq!(TaskOutput::decode(&out.encode()).unwrap(), out);
+    }
+}
