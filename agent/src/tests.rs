@@ -71,3 +71,10 @@ async fn run_without_an_enrolment_says_how_to_join() {
     assert!(matches!(err, AgentError::NotEnrolled));
     assert!(err.to_string().contains("musketeer join"));
 }
+
+/// The coordinator's demo spawns agents on its runtime: `run` must be `Send`.
+#[test]
+fn run_can_be_spawned() {
+    fn assert_send<T: Send + 'static>(_: T) {}
+    assert_send(run(AgentConfig::new("unused"), async {}));
+}

@@ -44,9 +44,9 @@ const SPEED_ALPHA: f64 = 0.2;
 /// that one absurd measurement (a task of almost no work) cannot ask for a
 /// batch of millions of tasks or of none.
 const SPEED_CLAMP: f64 = 1000.0;
-/// After a lease that brought nothing, wait this long before the next one,
-/// so that a coordinator that answers at once (instead of holding the long
-/// poll) is not hammered.
+/// After a long poll that brought nothing, wait this long before the next
+/// one, so that a coordinator that answers at once (instead of holding the
+/// long poll) is not hammered.
 const EMPTY_LEASE_PAUSE: Duration = Duration::from_millis(500);
 /// After the grace period, how long the final release and upload may take
 /// before the agent exits anyway.
@@ -539,6 +539,7 @@ impl<A: AgentApi> State<A> {
         }
         let take = self.pending.len().min(self.upload_limit);
         let results: Vec<TaskReport> = self.pending.drain(..take).collect();
+        tracing::debug!("uploading {} results", results.len());
         self.pending_bytes = self.pending.iter().map(report_size).sum();
         self.pending_since = if self.pending.is_empty() {
             None
@@ -694,8 +695,12 @@ impl<A: AgentApi> State<A> {
                     self.heartbeat_due = self.heartbeat_due.min(now + self.lease_ttl / 3);
                 }
                 if resp.tasks.is_empty() {
+                    // After an empty prefetch the next lease waits for idle
+                    // workers anyway, and is a long poll: no pause needed.
                     self.cluster_empty = true;
-                    self.lease_not_before = now + EMPTY_LEASE_PAUSE;
+                    if self.long_polling {
+                        self.lease_not_before = now + EMPTY_LEASE_PAUSE;
+                    }
                     return Ok(());
                 }
                 self.cluster_empty = false;
