@@ -17,7 +17,7 @@ struct Cli {
     /// Where the credential is kept [default: the platform's data directory].
     #[arg(long, global = true, env = config::STATE_DIR, value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// What to log, as a tracing filter: error, warn, info, debug, musketeer=debug...
+    /// What to log: a level (error, warn, info, debug) or target=level pairs, e.g. info,musketeer::work_loop=debug
     #[arg(long, global = true, env = config::LOG, value_name = "FILTER", default_value = "info")]
     log: String,
     #[command(subcommand)]
@@ -70,14 +70,20 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|e| {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+
+    let filter: Targets = filter.parse().unwrap_or_else(|e| {
         eprintln!("warning: ignoring the log filter {filter:?} ({e}); using info");
-        tracing_subscriber::EnvFilter::new("info")
+        Targets::new().with_default(tracing::Level::INFO)
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
+        .with(filter)
         .init();
 }
 
