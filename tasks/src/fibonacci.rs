@@ -97,7 +97,7 @@ const FIB_U128: [u128; (U128_MAX_N + 1) as usize] = {
 // Cost model, calibrated in release mode on the reference machine (see
 // `benches/kernels.rs`): work units are nanoseconds on one core.
 /// Per value of the u128 path (table lookup, decimal conversion, copy).
-const SMALL_ITEM_WORK: f64 = 12.0;
+const SMALL_ITEM_WORK: f64 = 16.0;
 /// Fixed part of one big value.
 const BIG_ITEM_BASE_WORK: f64 = 120.0;
 /// One big value by fast doubling plus its decimal conversion, per

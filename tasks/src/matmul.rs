@@ -122,11 +122,13 @@ pub const MAX_TILE_OPERAND_BYTES: u64 = 64 << 20;
 
 // Cost model, calibrated in release mode on the reference machine (see
 // `benches/kernels.rs`); work units are nanoseconds on one core.
-/// Per multiply-add in dgemm (about 40 GFLOP/s on large tiles).
-const MAC_WORK: f64 = 0.05;
-/// Per operand element made (random) or read (explicit) and packed by dgemm,
-/// and per result value; what dominates thin tiles.
-const ELEMENT_WORK: f64 = 6.0;
+/// Per multiply-add in dgemm (about 55 GFLOP/s on large tiles here).
+const MAC_WORK: f64 = 0.035;
+/// Per operand element made (random) or read (explicit) and packed by
+/// dgemm: what dominates thin tiles.
+const OPERAND_WORK: f64 = 4.0;
+/// Per result value written and returned.
+const RESULT_WORK: f64 = 1.0;
 /// Fixed per-task work.
 const TASK_BASE_WORK: f64 = 5_000.0;
 /// dgemm's packing buffers and the like, whatever the tile.
@@ -136,7 +138,8 @@ const GEMM_SCRATCH_BYTES: u64 = 4 << 20;
 fn tile_work(rows: u64, cols: u64, k: u64) -> f64 {
     TASK_BASE_WORK
         + MAC_WORK * (rows * cols * k) as f64
-        + ELEMENT_WORK * ((rows + cols) * k + rows * cols) as f64
+        + OPERAND_WORK * ((rows + cols) * k) as f64
+        + RESULT_WORK * (rows * cols) as f64
 }
 
 /// Peak memory of one tile: both operand panels, the tile, its encoded copy,
@@ -158,7 +161,7 @@ fn spans(len: u64, parts: u64) -> impl Iterator<Item = (u64, u64)> {
 /// tile about [`TARGET_TASK_WORK`] and within [`MAX_TILE_OPERAND_BYTES`].
 pub fn tiles(m: u64, k: u64, n: u64) -> Vec<Tile> {
     // Square tiles need the least operand traffic for their work.
-    let per_elem = MAC_WORK * k as f64 + ELEMENT_WORK;
+    let per_elem = MAC_WORK * k as f64 + RESULT_WORK + 2.0 * OPERAND_WORK;
     let side = ((TARGET_TASK_WORK as f64 / per_elem).sqrt().floor() as u64).max(1);
     let max_side = (MAX_TILE_OPERAND_BYTES / (2 * 8 * k.max(1))).max(1);
     let side = side.min(max_side);
@@ -936,7 +939,7 @@ mod tests {
             }
             prop_assert_eq!(next_row, m);
             // Not needlessly many tiles: about one per target's worth of work.
-            let total = tile_work(m, n, k);
+            let total: f64 = ts.iter().map(|t| tile_work(t.rows, t.cols, k)).sum();
             prop_assert!((ts.len() as f64) <= 4.0 * (total / TARGET_TASK_WORK as f64).ceil() + 4.0);
         }
     }

@@ -116,10 +116,10 @@ pub const MAX_CHUNK_BYTES: usize = 64 << 20;
 
 // Cost model, calibrated in release mode on the reference machine (see
 // `benches/kernels.rs`); work units are nanoseconds on one core.
-/// Per byte of text, ASCII prose (scan, hash, count).
-const BYTE_WORK: f64 = 3.0;
+/// Per byte of text, ASCII prose with a large vocabulary (scan, hash, count).
+const BYTE_WORK: f64 = 4.5;
 /// Extra per non-ASCII byte (char decoding, Unicode classes, lower-casing).
-const NON_ASCII_BYTE_WORK: f64 = 12.0;
+const NON_ASCII_BYTE_WORK: f64 = 16.0;
 /// Fixed per-task work (the map's set-up, the final sort of a small chunk).
 const TASK_BASE_WORK: f64 = 20_000.0;
 /// Worst-case bytes of memory per byte of text: a chunk of short distinct
@@ -527,10 +527,21 @@ impl Counter {
             s.extend(word.bytes().map(|b| b.to_ascii_lowercase()));
             self.add(&s);
             self.scratch = s;
-        } else {
-            // The whole word, not char by char: final sigma depends on context.
+        } else if word.contains('Σ') {
+            // Final sigma depends on context: only the whole word says.
             let s = word.to_lowercase();
             self.add(s.as_bytes());
+        } else {
+            // Char by char is `str::to_lowercase` for words without Σ, and
+            // needs no allocation.
+            let mut s = std::mem::take(&mut self.scratch);
+            s.clear();
+            let mut utf8 = [0u8; 4];
+            for c in word.chars().flat_map(char::to_lowercase) {
+                s.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            }
+            self.add(&s);
+            self.scratch = s;
         }
     }
 
