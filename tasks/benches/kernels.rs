@@ -146,6 +146,15 @@ fn fibonacci() {
         "items",
         1e6,
     );
+    let (t, _) = &plan.tasks[0];
+    let ns = time(1000, || t.run().unwrap());
+    report(
+        "fib benchmark list 1M, first task's run only",
+        ns,
+        t.cost().work,
+        "items",
+        1e6 / plan.tasks.len() as f64,
+    );
     for n in [187u64, 300, 1000, 10_000, 100_000, 1_000_000] {
         let reps = (200_000 / n).max(1);
         let t = TaskInput::Fibonacci(FibonacciTask::List(vec![n; reps as usize]));

@@ -97,7 +97,7 @@ const FIB_U128: [u128; (U128_MAX_N + 1) as usize] = {
 // Cost model, calibrated in release mode on the reference machine (see
 // `benches/kernels.rs`): work units are nanoseconds on one core.
 /// Per value of the u128 path (table lookup, decimal conversion, copy).
-const SMALL_ITEM_WORK: f64 = 16.0;
+const SMALL_ITEM_WORK: f64 = 10.0;
 /// Fixed part of one big value.
 const BIG_ITEM_BASE_WORK: f64 = 120.0;
 /// One big value by fast doubling plus its decimal conversion, per
@@ -348,7 +348,11 @@ pub fn fib(n: u64) -> BigUint {
 
 /// Appends F(n) in decimal and records where it ends.
 fn push_value(out: &mut FibonacciOutput, n: u64, itoa_buf: &mut itoa::Buffer) {
-    if n <= U128_MAX_N {
+    if n <= 93 {
+        // F(93) is the last that fits a u64, whose formatting is faster.
+        out.digits
+            .push_str(itoa_buf.format(FIB_U128[n as usize] as u64));
+    } else if n <= U128_MAX_N {
         out.digits.push_str(itoa_buf.format(FIB_U128[n as usize]));
     } else {
         push_big(out, &fib_pair(n).0);
@@ -460,14 +464,14 @@ impl FibonacciTask {
 impl FibonacciReduce {
     /// Concatenates the tasks' values, checking that there are `count`.
     pub fn reduce(&self, outputs: Vec<TaskOutput>) -> Result<JobResult, KernelError> {
-        let mut values = FibonacciOutput {
-            digits: String::new(),
-            ends: Vec::with_capacity(self.count.min(MAX_ITEMS) as usize),
-        };
         let mut outs = Vec::with_capacity(outputs.len());
         for (i, o) in outputs.into_iter().enumerate() {
             match o {
-                TaskOutput::Fibonacci(f) => outs.push(f),
+                TaskOutput::Fibonacci(f) => {
+                    f.check()
+                        .map_err(|m| KernelError::Reduce(format!("output {i}: {m}")))?;
+                    outs.push(f);
+                }
                 other => {
                     return Err(KernelError::Reduce(format!(
                         "output {i} is not a fibonacci output: {}",
@@ -483,30 +487,44 @@ impl FibonacciReduce {
                 self.count
             )));
         }
+        let mut outs = outs.into_iter();
+        // The first output becomes the result, so a one-task job (the usual
+        // case for short lists) is not copied at all.
+        let Some(mut values) = outs.next() else {
+            return Err(KernelError::Reduce("no output to reduce".into()));
+        };
+        let rest: Vec<FibonacciOutput> = outs.collect();
         values
             .digits
-            .reserve(outs.iter().map(|o| o.digits.len()).sum());
-        for (i, o) in outs.into_iter().enumerate() {
+            .reserve(rest.iter().map(|o| o.digits.len()).sum());
+        values.ends.reserve(rest.iter().map(|o| o.ends.len()).sum());
+        for o in rest {
             let base = values.digits.len() as u64;
-            let mut prev = 0;
-            for &e in &o.ends {
-                if e < prev || e > o.digits.len() as u64 {
-                    return Err(KernelError::Reduce(format!(
-                        "output {i} has a value ending at {e}, outside its {} digits",
-                        o.digits.len()
-                    )));
-                }
-                prev = e;
-                values.ends.push(base + e);
-            }
-            if prev != o.digits.len() as u64 || !o.digits.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(KernelError::Reduce(format!(
-                    "output {i} holds bytes that are not its values' digits"
-                )));
-            }
+            values.ends.extend(o.ends.iter().map(|&e| base + e));
             values.digits.push_str(&o.digits);
         }
         Ok(JobResult::Fibonacci(FibonacciResult { values }))
+    }
+}
+
+impl FibonacciOutput {
+    /// Checks that the ends rise strictly to the end of the digits, and that
+    /// the digits are decimal: what the reduce and the renderings rely on.
+    fn check(&self) -> Result<(), String> {
+        let mut prev = 0;
+        for &e in &self.ends {
+            if e <= prev || e > self.digits.len() as u64 {
+                return Err(format!(
+                    "a value ends at {e}, not after the previous one ({prev}) within {} digits",
+                    self.digits.len()
+                ));
+            }
+            prev = e;
+        }
+        if prev != self.digits.len() as u64 || !self.digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("it holds bytes that are not its values' digits".into());
+        }
+        Ok(())
     }
 }
 
