@@ -8,7 +8,8 @@
 //!
 //! - **Batches.** The loop learns how many real nanoseconds one unit of
 //!   [`Cost::work`] takes here ([`Speed`]) and asks for about
-//!   [`Tuning::batch`] of work for all cores at once.
+//!   [`Tuning::batch`] of work for all cores at once (one task per core
+//!   until the first task has been timed).
 //! - **Prefetch.** When the queued work drops below one batch, the next
 //!   batch is leased while the current one runs; only a fully idle agent
 //!   long-polls.
@@ -95,6 +96,7 @@ impl Default for Tuning {
 pub struct Speed {
     overall: f64,
     kernels: HashMap<&'static str, f64>,
+    observed: u64,
 }
 
 impl Default for Speed {
@@ -103,6 +105,7 @@ impl Default for Speed {
         Speed {
             overall: 1.0,
             kernels: HashMap::new(),
+            observed: 0,
         }
     }
 }
@@ -113,6 +116,7 @@ impl Speed {
         if work == 0 {
             return;
         }
+        self.observed += 1;
         let ratio = (elapsed.as_nanos() as f64 / work as f64).clamp(1.0 / SPEED_CLAMP, SPEED_CLAMP);
         self.overall += SPEED_ALPHA * (ratio - self.overall);
         if let Some(k) = kernel {
@@ -121,6 +125,11 @@ impl Speed {
                 .and_modify(|r| *r += SPEED_ALPHA * (ratio - *r))
                 .or_insert(ratio);
         }
+    }
+
+    /// Whether any task has been timed yet.
+    pub fn is_measured(&self) -> bool {
+        self.observed > 0
     }
 
     /// Nanoseconds per work unit for `kernel`, or overall when it is not known yet.
@@ -505,13 +514,22 @@ impl<A: AgentApi> State<A> {
         } else {
             return;
         };
+        // Slow start: until one task has been timed, the estimate may be off
+        // by a large factor, and a full batch could take far longer than
+        // planned while other agents go without; one task per core is
+        // measured within a lease round trip or two.
+        let max_tasks = if self.speed.is_measured() {
+            self.tuning.max_tasks
+        } else {
+            self.tuning.max_tasks.min(self.cpus() as u32).max(1)
+        };
         let req = LeaseRequest {
             max_work: batch_work(
                 self.tuning.batch,
                 self.cpus() as u32,
                 self.speed.ns_per_work(None),
             ),
-            max_tasks: self.tuning.max_tasks,
+            max_tasks,
             wait_ms: wait.as_millis() as u64,
             capacity: self.capacity.clone(),
         };
