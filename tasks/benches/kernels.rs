@@ -316,6 +316,19 @@ fn wordcount() {
             big.len() as f64 / 1e6 / (ns / 1e9)
         );
     }
+    let ranges =
+        wordcount::chunk_ranges(&big, options.split, wordcount::DEFAULT_CHUNK_BYTES).unwrap();
+    let outs: Vec<TaskOutput> = ranges
+        .iter()
+        .map(|r| TaskOutput::Wordcount(wordcount::count_chunk(&big[r.clone()], &options)))
+        .collect();
+    let plan = wordcount::reduce_plan(&options);
+    let ns = time(1000, || plan.reduce(outs.clone()).unwrap());
+    println!(
+        "wordcount reduce of {} chunk outputs (64 MiB, 100k-word vocabulary): {:.1} ms",
+        outs.len(),
+        ns / 1e6
+    );
     let ns = time(500, || {
         let mut c = wordcount::Chunker::new(options.clone(), wordcount::DEFAULT_CHUNK_BYTES);
         let mut n = 0;
