@@ -505,24 +505,33 @@ impl<A: AgentApi> State<A> {
         if self.leasing || self.draining || self.stop != Stop::No || now < self.lease_not_before {
             return;
         }
+        let cpus = self.cpus() as u32;
         let idle = self.queue.is_empty() && self.busy < self.cpus();
-        let batch_ns = self.tuning.batch.as_nanos() as f64 * self.cpus() as f64;
+        // Slow start: until one task has been timed, the estimate may be off
+        // by a large factor, and a full batch could take far longer than
+        // planned while other agents go without. So hold one task per core
+        // and one queued behind it, no more, until the first one is timed.
+        let measured = self.speed.is_measured();
+        let slow_start_room = (2 * cpus).saturating_sub((self.queue.len() + self.busy) as u32);
+        let batch_ns = self.tuning.batch.as_nanos() as f64 * f64::from(cpus);
         let wait = if idle {
             self.tuning.long_poll
-        } else if !self.cluster_empty && self.queued_ns() < batch_ns {
+        } else if !self.cluster_empty
+            && self.queued_ns() < batch_ns
+            && (measured || slow_start_room > 0)
+        {
             Duration::ZERO
         } else {
             return;
         };
-        // Slow start: until one task has been timed, the estimate may be off
-        // by a large factor, and a full batch could take far longer than
-        // planned while other agents go without; one task per core is
-        // measured within a lease round trip or two.
-        let max_tasks = if self.speed.is_measured() {
+        let max_tasks = if measured {
             self.tuning.max_tasks
+        } else if idle {
+            (self.cpus() - self.busy) as u32
         } else {
-            self.tuning.max_tasks.min(self.cpus() as u32).max(1)
+            slow_start_room
         };
+        let max_tasks = max_tasks.clamp(1, self.tuning.max_tasks.max(1));
         let req = LeaseRequest {
             max_work: batch_work(
                 self.tuning.batch,
