@@ -26,7 +26,7 @@
 //! - [`client`]: the agent endpoints over HTTPS, error classes, backoff.
 //! - [`work_loop`]: lease, prefetch, upload, heartbeat, shutdown.
 //! - [`executor`]: worker threads that run tasks and measure them.
-//! - [`bench`]: `musketeer bench`.
+//! - [`mod@bench`]: `musketeer bench`.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]

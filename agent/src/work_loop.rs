@@ -2,7 +2,7 @@
 //! results in batches, renew leases, and stop cleanly.
 //!
 //! One async task owns all the state; network calls run as spawned tasks
-//! whose answers come back as [`Event`]s, and the executor's threads report
+//! whose answers come back as events, and the executor's threads report
 //! finished tasks on a channel, so nothing here ever waits on one call while
 //! another could proceed:
 //!
