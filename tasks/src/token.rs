@@ -54,7 +54,10 @@ pub struct JoinToken {
 impl JoinToken {
     /// Parses `MSKTKN-1-<digest>-<secret>`, ignoring surrounding white space.
     pub fn parse(s: &str) -> Result<JoinToken, TokenError> {
-        let rest = s.trim().strip_prefix(TOKEN_PREFIX).ok_or(TokenError::NotAToken)?;
+        let rest = s
+            .trim()
+            .strip_prefix(TOKEN_PREFIX)
+            .ok_or(TokenError::NotAToken)?;
         let (digest, secret) = rest.split_once('-').ok_or(TokenError::NotAToken)?;
         if secret.len() < 16 || !secret.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(TokenError::NotAToken);
@@ -100,7 +103,10 @@ pub struct AgentCredential {
 impl AgentCredential {
     /// Parses `MSKAGT-<agent id>-<secret>`.
     pub fn parse(s: &str) -> Result<AgentCredential, TokenError> {
-        let rest = s.trim().strip_prefix(CREDENTIAL_PREFIX).ok_or(TokenError::NotACredential)?;
+        let rest = s
+            .trim()
+            .strip_prefix(CREDENTIAL_PREFIX)
+            .ok_or(TokenError::NotACredential)?;
         let (id, secret) = rest.split_once('-').ok_or(TokenError::NotACredential)?;
         let ok = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric());
         if !ok(id) || !ok(secret) {

@@ -68,13 +68,12 @@ pub fn wordcount(
         let mut cur = String::new();
         for i in 0..chars.len() {
             let c = chars[i];
-            if c.is_alphanumeric() {
-                cur.push(c);
-            } else if is_apostrophe(c)
+            // An apostrophe joins only when letters stand on both sides.
+            let joins = is_apostrophe(c)
                 && !cur.is_empty()
                 && i + 1 < chars.len()
-                && chars[i + 1].is_alphanumeric()
-            {
+                && chars[i + 1].is_alphanumeric();
+            if c.is_alphanumeric() || joins {
                 cur.push(c);
             } else if !cur.is_empty() {
                 words.push(std::mem::take(&mut cur));

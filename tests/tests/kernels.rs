@@ -1,6 +1,8 @@
 //! Every kernel, end to end on a coordinator and two agents, against the
 //! independent references.
 
+#![allow(clippy::needless_range_loop)] // i and j index matrices: the textbook form reads best.
+
 use std::time::Duration;
 
 use musketeer_coordinator::cli::result_bytes;
@@ -143,7 +145,7 @@ async fn streamed_wordcount_tsv_and_npy() {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         text.push_str(words[(i >> 33) as usize % words.len()]);
-        text.push(if i % 7 == 0 { '\n' } else { ' ' });
+        text.push(if i.is_multiple_of(7) { '\n' } else { ' ' });
     }
     let resp = client
         .send(

@@ -60,7 +60,7 @@ async fn agent_sigkilled_mid_job_and_the_job_still_completes() {
         .await
         .unwrap();
     let victim = agent_id(&cluster.agents[0]).await;
-    let (body, ns) = slow_job(6000);
+    let (body, ns) = slow_job(40_000);
     let id = cluster.coordinator.submit(&body).await.unwrap();
 
     let end = Instant::now() + Duration::from_secs(60);
@@ -69,6 +69,16 @@ async fn agent_sigkilled_mid_job_and_the_job_still_completes() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     cluster.agents[0].kill();
+    let status = cluster
+        .coordinator
+        .client()
+        .get_json(&format!("/v1/jobs/{id}"))
+        .await
+        .unwrap();
+    assert_ne!(
+        status["state"], "succeeded",
+        "the job must still be running when its agent dies"
+    );
 
     let got = cluster.coordinator.result(&id, JOB_TIMEOUT).await.unwrap();
     assert_eq!(values(&got), reference::fibonacci(&ns));
@@ -80,6 +90,30 @@ async fn agent_sigkilled_mid_job_and_the_job_still_completes() {
         .unwrap();
     assert_eq!(status["progress"]["done"], status["progress"]["total"]);
     assert_eq!(status["progress"]["failed"], 0);
+    // The dead agent's leases ran out and their tasks went to the survivor.
+    let metrics = cluster
+        .coordinator
+        .client()
+        .send(
+            cluster
+                .coordinator
+                .client()
+                .request(reqwest::Method::GET, "/metrics"),
+        )
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let expired: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("musketeer_leases_expired_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        expired >= 1,
+        "no lease expired: the kill proved nothing\n{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,7 +126,7 @@ async fn agent_sigterm_hands_its_leases_back() {
     };
     let mut cluster = Cluster::start(1, options, &["--cpus", "1"]).await.unwrap();
     let victim = agent_id(&cluster.agents[0]).await;
-    let (body, ns) = slow_job(6000);
+    let (body, ns) = slow_job(40_000);
     let id = cluster.coordinator.submit(&body).await.unwrap();
     let end = Instant::now() + Duration::from_secs(60);
     while leased_by(&cluster, &victim).await == 0 {

@@ -152,11 +152,9 @@ pub async fn page(State(st): State<Arc<AppState>>) -> Result<Html<String>, ApiEr
     }
     h.push_str("</table><h2>Recent jobs</h2><table><tr><th>id</th><th>kernel</th><th>state</th><th>progress</th><th>tasks</th></tr>");
     for j in &jobs {
-        let pct = if j.progress.total == 0 {
-            0
-        } else {
-            j.progress.done * 100 / j.progress.total
-        };
+        let pct = (j.progress.done * 100)
+            .checked_div(j.progress.total)
+            .unwrap_or(0);
         let _ = write!(
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td><div class=bar><div style=\"width:{pct}%\"></div></div></td><td>{}/{}</td></tr>",

@@ -100,6 +100,55 @@ pub async fn submit(
     Ok(created(&id, total))
 }
 
+/// How many chunks may wait for the store while the upload goes on: enough
+/// to ride out one slow commit, few enough to bound memory (16 MiB).
+const STORE_QUEUE_CHUNKS: usize = 4;
+
+/// Reads the body, cuts it into chunks and hands them to the store task;
+/// returns the bytes received.
+async fn receive_text(
+    st: &AppState,
+    body: Body,
+    options: WordcountOptions,
+    chunks: tokio::sync::mpsc::Sender<Vec<u8>>,
+) -> Result<u64, ApiError> {
+    let mut chunker = Chunker::new(options, STREAM_CHUNK_BYTES);
+    let mut stream = body.into_data_stream();
+    let mut received = 0u64;
+    let store_gone = || {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "store_error",
+            "the store stopped taking the upload",
+        )
+    };
+    while let Some(frame) = stream.next().await {
+        let data = frame
+            .map_err(|e| ApiError::bad_request("bad_body", format!("the upload broke off: {e}")))?;
+        received += data.len() as u64;
+        if received > st.max_upload {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!(
+                    "the text is larger than this coordinator's limit of {} MiB (serve --max-upload-mib)",
+                    st.max_upload >> 20
+                ),
+            ));
+        }
+        for chunk in chunker.push(&data).map_err(job_error)? {
+            chunks.send(chunk).await.map_err(|_| store_gone())?;
+        }
+    }
+    if received == 0 {
+        return Ok(0);
+    }
+    if let Some(last) = chunker.finish().map_err(job_error)? {
+        chunks.send(last).await.map_err(|_| store_gone())?;
+    }
+    Ok(received)
+}
+
 /// Query parameters of the streamed word count: its options and the job's.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -164,6 +213,7 @@ pub async fn submit_wordcount_stream(
     options.validate().map_err(job_error)?;
     check_supported(&options)?;
 
+    let chunker_options = wc.clone();
     let job = new_job("wordcount", options, wordcount::reduce_plan(&wc).encode());
     let id = job.id.clone();
     let store = st.scheduler.store.clone();
@@ -173,44 +223,49 @@ pub async fn submit_wordcount_stream(
         id: Some(id.clone()),
     };
 
-    let mut chunker = Chunker::new(wc.clone(), STREAM_CHUNK_BYTES);
-    let mut stream = body.into_data_stream();
-    let mut received = 0u64;
-    let to_tasks = |chunks: Vec<Vec<u8>>| -> Vec<NewTask> {
-        chunks
-            .into_iter()
-            .map(|c| {
-                let (input, cost) = wordcount::task_for_chunk(&wc, c);
-                NewTask {
-                    input: input.encode(),
-                    cost,
+    // Receiving and storing run side by side: while chunks are written and
+    // committed, the socket keeps being read (a sequential loop stalled the
+    // sender on every commit). The store task takes every chunk queued
+    // since its last commit into one transaction.
+    let (chunk_tx, mut chunk_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(STORE_QUEUE_CHUNKS);
+    let storer = {
+        let store = store.clone();
+        let scheduler = st.scheduler.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            while let Some(first) = chunk_rx.recv().await {
+                let mut chunks = vec![first];
+                while let Ok(more) = chunk_rx.try_recv() {
+                    chunks.push(more);
                 }
-            })
-            .collect()
+                let wc = wc.clone();
+                let tasks = tokio::task::spawn_blocking(move || {
+                    chunks
+                        .into_iter()
+                        .map(|c| {
+                            let (input, cost) = wordcount::task_for_chunk(&wc, c);
+                            NewTask {
+                                input: input.encode(),
+                                cost,
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .map_err(|e| crate::store::StoreError::Worker(e.to_string()))?;
+                store.add_tasks(&id, tasks).await?;
+                scheduler.signal_work();
+            }
+            Ok::<(), crate::store::StoreError>(())
+        })
     };
-    while let Some(frame) = stream.next().await {
-        let data = frame
-            .map_err(|e| ApiError::bad_request("bad_body", format!("the upload broke off: {e}")))?;
-        received += data.len() as u64;
-        if received > st.max_upload {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!(
-                    "the text is larger than this coordinator's limit of {} MiB (serve --max-upload)",
-                    st.max_upload >> 20
-                ),
-            ));
-        }
-        let chunks = chunker.push(&data).map_err(job_error)?;
-        if !chunks.is_empty() {
-            store.add_tasks(&id, to_tasks(chunks)).await?;
-            st.scheduler.signal_work();
-        }
-    }
-    if let Some(last) = chunker.finish().map_err(job_error)? {
-        store.add_tasks(&id, to_tasks(vec![last])).await?;
-    }
+    let received = receive_text(&st, body, chunker_options, chunk_tx).await;
+    let stored = storer
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    // A storage failure explains a receive that stopped early; report it first.
+    stored?;
+    let received = received?;
     if received == 0 {
         return Err(job_error(JobError::Invalid("text is empty".into())));
     }

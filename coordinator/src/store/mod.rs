@@ -4,6 +4,7 @@
 //! (lease, complete) take whole batches, so a store pays one round trip or
 //! one commit per batch, never one per task.
 
+pub mod blobs;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
@@ -24,6 +25,9 @@ pub enum StoreError {
     /// Stored bytes no longer decode: a bug or a damaged data directory.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A task input file could not be written or read.
+    #[error("task input file: {0}")]
+    Io(#[from] std::io::Error),
     /// The blocking worker that runs database calls died.
     #[error("store worker failed: {0}")]
     Worker(String),

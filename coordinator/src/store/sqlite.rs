@@ -19,6 +19,7 @@ use musketeer_tasks::protocol::{HeartbeatAck, LeasedTask, TaskOutcome, TaskRef, 
 use musketeer_tasks::Cost;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
+use super::blobs::{Blobs, INLINE_MAX};
 use super::*;
 
 const SCHEMA: &str = r#"
@@ -64,10 +65,12 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE INDEX IF NOT EXISTS tasks_pending ON tasks(queue, priority DESC, job_seq, idx) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS tasks_leased ON tasks(deadline_ms) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS tasks_by_agent ON tasks(agent) WHERE state = 1;
+-- external: the input is a file in the blob folder (see blobs.rs), not `data`.
 CREATE TABLE IF NOT EXISTS task_inputs (
     job_seq INTEGER NOT NULL,
     idx INTEGER NOT NULL,
     data BLOB NOT NULL,
+    external INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (job_seq, idx)
 );
 CREATE TABLE IF NOT EXISTS task_outputs (
@@ -118,6 +121,8 @@ pub struct SqliteStore {
     /// Lease ids: seeded from the clock so they keep growing across restarts,
     /// which is what makes a stale lease's result recognisable.
     next_lease: Arc<AtomicU64>,
+    /// Large inputs, as files beside the database.
+    blobs: Blobs,
 }
 
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
@@ -140,6 +145,7 @@ impl SqliteStore {
             writer: Arc::new(Mutex::new(writer)),
             reader: Arc::new(Mutex::new(reader)),
             next_lease: Arc::new(AtomicU64::new(now << 12)),
+            blobs: Blobs::new(path.with_extension("blobs")),
         })
     }
 
@@ -232,18 +238,30 @@ fn fail_job(tx: &Transaction<'_>, seq: i64, reason: &str, now: u64) -> rusqlite:
     Ok(())
 }
 
-/// A task's attempt ended without a result (failure or lost lease): retry it
-/// after a backoff, or fail its job once attempts run out.
-fn retry_or_fail(
-    tx: &Transaction<'_>,
+/// One task's attempt that ended without a result.
+struct EndedAttempt<'a> {
     seq: i64,
     idx: i64,
+    /// Attempts made so far, this one included.
     attempts: u32,
     max_attempts: u32,
-    reason: &str,
+    reason: &'a str,
+    /// Whether to wait before the next attempt: yes after a failure (it may
+    /// fail the same way at once), no after a lost agent.
     backoff: bool,
-    now: u64,
-) -> rusqlite::Result<bool> {
+}
+
+/// Retries the task of an ended attempt after its backoff, or fails its
+/// job once attempts run out; true if the task was queued again.
+fn retry_or_fail(tx: &Transaction<'_>, a: EndedAttempt<'_>, now: u64) -> rusqlite::Result<bool> {
+    let EndedAttempt {
+        seq,
+        idx,
+        attempts,
+        max_attempts,
+        reason,
+        backoff,
+    } = a;
     if attempts >= max_attempts {
         tx.execute(
             "UPDATE tasks SET state = ?3, last_error = ?4, lease_id = NULL, agent = NULL, deadline_ms = NULL
@@ -467,22 +485,55 @@ impl Store for SqliteStore {
     }
 
     async fn add_tasks(&self, job_id: &str, tasks: Vec<NewTask>) -> StoreResult<()> {
-        let job_id = job_id.to_string();
+        let id = job_id.to_string();
+        let (seq, total): (i64, i64) = self
+            .read(move |c| {
+                Ok(c.query_row(
+                    "SELECT seq, total FROM jobs WHERE id = ?1 AND sealed = 0",
+                    [id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?)
+            })
+            .await?;
+        // Large inputs are written before taking the writer, so leases and
+        // results never wait behind an upload's disk writes.
+        let blobs = self.blobs.clone();
+        let tasks = tokio::task::spawn_blocking(move || -> StoreResult<Vec<(NewTask, bool)>> {
+            tasks
+                .into_iter()
+                .enumerate()
+                .map(|(i, mut task)| {
+                    if task.input.len() <= INLINE_MAX {
+                        return Ok((task, false));
+                    }
+                    blobs.write(seq, total + i as i64, &task.input)?;
+                    task.input = Vec::new();
+                    Ok((task, true))
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| StoreError::Worker(e.to_string()))??;
         self.write(move |tx| {
-            let (seq, queue, priority, total): (i64, String, i64, i64) = tx.query_row(
-                "SELECT seq, queue, priority, total FROM jobs WHERE id = ?1 AND sealed = 0",
-                [&job_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            let (queue, priority, now_total): (String, i64, i64) = tx.query_row(
+                "SELECT queue, priority, total FROM jobs WHERE seq = ?1 AND sealed = 0",
+                [seq],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )?;
+            if now_total != total {
+                return Err(StoreError::Corrupt(format!(
+                    "tasks were added to job {seq} concurrently"
+                )));
+            }
             let mut task_row = tx.prepare_cached(
                 "INSERT INTO tasks (job_seq, idx, state, queue, priority, work, mem)
                  VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6)",
             )?;
             let mut input_row = tx.prepare_cached(
-                "INSERT INTO task_inputs (job_seq, idx, data) VALUES (?1, ?2, ?3)",
+                "INSERT INTO task_inputs (job_seq, idx, data, external) VALUES (?1, ?2, ?3, ?4)",
             )?;
             let n = tasks.len() as i64;
-            for (i, task) in tasks.into_iter().enumerate() {
+            for (i, (task, external)) in tasks.into_iter().enumerate() {
                 let idx = total + i as i64;
                 task_row.execute(params![
                     seq,
@@ -492,7 +543,7 @@ impl Store for SqliteStore {
                     task.cost.work as i64,
                     task.cost.mem_bytes as i64
                 ])?;
-                input_row.execute(params![seq, idx, task.input])?;
+                input_row.execute(params![seq, idx, task.input, external as i64])?;
             }
             tx.execute(
                 "UPDATE jobs SET total = total + ?2 WHERE seq = ?1",
@@ -504,6 +555,15 @@ impl Store for SqliteStore {
     }
 
     async fn seal_job(&self, job_id: &str) -> StoreResult<(u64, bool)> {
+        let id = job_id.to_string();
+        let seq = self.read(move |c| Ok(job_seq(c, &id)?)).await?;
+        if let Some(seq) = seq {
+            // Durable before the submitter is told "created".
+            let blobs = self.blobs.clone();
+            tokio::task::spawn_blocking(move || blobs.sync_job(seq))
+                .await
+                .map_err(|e| StoreError::Worker(e.to_string()))??;
+        }
         let job_id = job_id.to_string();
         self.write(move |tx| {
             tx.execute("UPDATE jobs SET sealed = 1 WHERE id = ?1", [&job_id])?;
@@ -519,27 +579,46 @@ impl Store for SqliteStore {
 
     async fn abort_job(&self, job_id: &str) -> StoreResult<()> {
         let job_id = job_id.to_string();
-        self.write(move |tx| {
-            if let Some(seq) = job_seq(tx, &job_id)? {
-                delete_job(tx, seq)?;
-            }
-            Ok(())
-        })
-        .await
+        let seq = self
+            .write(move |tx| {
+                let seq = job_seq(tx, &job_id)?;
+                if let Some(seq) = seq {
+                    delete_job(tx, seq)?;
+                }
+                Ok(seq)
+            })
+            .await?;
+        if let Some(seq) = seq {
+            self.blobs.remove_job(seq);
+        }
+        Ok(())
     }
 
     async fn abort_unsealed_jobs(&self) -> StoreResult<u64> {
-        self.write(|tx| {
-            let seqs: Vec<i64> = tx
-                .prepare("SELECT seq FROM jobs WHERE sealed = 0")?
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            for &seq in &seqs {
-                delete_job(tx, seq)?;
+        let (dropped, known) = self
+            .write(|tx| {
+                let seqs: Vec<i64> = tx
+                    .prepare("SELECT seq FROM jobs WHERE sealed = 0")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                for &seq in &seqs {
+                    delete_job(tx, seq)?;
+                }
+                let known: HashSet<i64> = tx
+                    .prepare("SELECT DISTINCT job_seq FROM task_inputs WHERE external = 1")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                Ok((seqs.len() as u64, known))
+            })
+            .await?;
+        // Files no row points to: uploads cut off, or jobs whose removal
+        // was interrupted after their rows went.
+        for seq in self.blobs.jobs()? {
+            if !known.contains(&seq) {
+                self.blobs.remove_job(seq);
             }
-            Ok(seqs.len() as u64)
-        })
-        .await
+        }
+        Ok(dropped)
     }
 
     async fn job(&self, id: &str) -> StoreResult<Option<JobStatus>> {
@@ -626,30 +705,37 @@ impl Store for SqliteStore {
         now_ms: u64,
     ) -> StoreResult<()> {
         let id = id.to_string();
-        self.write(move |tx| {
-            match result {
-                Ok(bytes) => {
-                    tx.execute(
-                        "UPDATE jobs SET state = 'succeeded', result = ?2, finished_ms = ?3
+        let cleared = self
+            .write(move |tx| {
+                match result {
+                    Ok(bytes) => {
+                        tx.execute(
+                            "UPDATE jobs SET state = 'succeeded', result = ?2, finished_ms = ?3
                          WHERE id = ?1 AND state IN ('queued', 'running')",
-                        params![id, bytes, now_ms as i64],
-                    )?;
-                    // The result holds everything now; the per-task outputs
-                    // would only double the disk the job takes.
-                    if let Some(seq) = job_seq(tx, &id)? {
-                        tx.execute("DELETE FROM task_outputs WHERE job_seq = ?1", [seq])?;
-                        tx.execute("DELETE FROM task_inputs WHERE job_seq = ?1", [seq])?;
+                            params![id, bytes, now_ms as i64],
+                        )?;
+                        // The result holds everything now; the per-task outputs
+                        // would only double the disk the job takes.
+                        let seq = job_seq(tx, &id)?;
+                        if let Some(seq) = seq {
+                            tx.execute("DELETE FROM task_outputs WHERE job_seq = ?1", [seq])?;
+                            tx.execute("DELETE FROM task_inputs WHERE job_seq = ?1", [seq])?;
+                        }
+                        Ok(seq)
+                    }
+                    Err(reason) => {
+                        if let Some(seq) = job_seq(tx, &id)? {
+                            fail_job(tx, seq, &reason, now_ms)?;
+                        }
+                        Ok(None)
                     }
                 }
-                Err(reason) => {
-                    if let Some(seq) = job_seq(tx, &id)? {
-                        fail_job(tx, seq, &reason, now_ms)?;
-                    }
-                }
-            }
-            Ok(())
-        })
-        .await
+            })
+            .await?;
+        if let Some(seq) = cleared {
+            self.blobs.remove_job(seq);
+        }
+        Ok(())
     }
 
     async fn job_result(&self, id: &str) -> StoreResult<Option<Vec<u8>>> {
@@ -679,6 +765,7 @@ impl Store for SqliteStore {
 
     async fn lease(&self, q: LeaseQuery) -> StoreResult<Vec<LeasedTask>> {
         let next_lease = self.next_lease.clone();
+        let blobs = self.blobs.clone();
         self.write(move |tx| {
             let queues: Vec<&str> = if q.queues.is_empty() {
                 vec![musketeer_tasks::job::DEFAULT_QUEUE]
@@ -722,8 +809,9 @@ impl Store for SqliteStore {
                      deadline_ms = ?5
                  WHERE job_seq = ?1 AND idx = ?2",
             )?;
-            let mut input =
-                tx.prepare_cached("SELECT data FROM task_inputs WHERE job_seq = ?1 AND idx = ?2")?;
+            let mut input = tx.prepare_cached(
+                "SELECT data, external FROM task_inputs WHERE job_seq = ?1 AND idx = ?2",
+            )?;
             for c in candidates {
                 if granted.len() as u32 >= q.max_tasks
                     || (work >= q.max_work && !granted.is_empty())
@@ -740,7 +828,11 @@ impl Store for SqliteStore {
                 }
                 let lease = next_lease.fetch_add(1, Ordering::Relaxed);
                 take.execute(params![c.seq, c.idx, lease as i64, q.agent_id, deadline])?;
-                let data: Vec<u8> = input.query_row(params![c.seq, c.idx], |r| r.get(0))?;
+                let (mut data, external): (Vec<u8>, i64) =
+                    input.query_row(params![c.seq, c.idx], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                if external != 0 {
+                    data = blobs.read(c.seq, c.idx)?;
+                }
                 work += c.work;
                 jobs_started.insert(c.seq);
                 granted.push(LeasedTask {
@@ -835,7 +927,7 @@ impl Store for SqliteStore {
                         let valid = output_kernel(&bytes) == Some(kernel.as_str());
                         if !valid {
                             let reason = format!("agent {agent_id} returned an invalid {kernel} output");
-                            if retry_or_fail(tx, seq, idx, attempts, max_attempts, &reason, true, now_ms)? {
+                            if retry_or_fail(tx, EndedAttempt { seq, idx, attempts, max_attempts, reason: &reason, backoff: true }, now_ms)? {
                                 out.requeued += 1;
                             }
                             out.accepted += 1;
@@ -856,7 +948,7 @@ impl Store for SqliteStore {
                         touched.insert(seq);
                     }
                     TaskOutcome::Failed(reason) => {
-                        if retry_or_fail(tx, seq, idx, attempts, max_attempts, &reason, true, now_ms)? {
+                        if retry_or_fail(tx, EndedAttempt { seq, idx, attempts, max_attempts, reason: &reason, backoff: true }, now_ms)? {
                             out.requeued += 1;
                         }
                     }
@@ -964,12 +1056,14 @@ impl Store for SqliteStore {
                 );
                 retry_or_fail(
                     tx,
-                    *seq,
-                    *idx,
-                    *attempts as u32,
-                    *max_attempts as u32,
-                    &reason,
-                    false,
+                    EndedAttempt {
+                        seq: *seq,
+                        idx: *idx,
+                        attempts: *attempts as u32,
+                        max_attempts: *max_attempts as u32,
+                        reason: &reason,
+                        backoff: false,
+                    },
                     now_ms,
                 )?;
             }

@@ -57,7 +57,7 @@ fn generate_text(bytes: usize) -> Vec<u8> {
         // Squaring a uniform number skews towards small ranks: frequent words.
         let u = (state >> 11) as f64 / (1u64 << 53) as f64;
         let word = &vocab[((u * u * u) * vocab.len() as f64) as usize];
-        if state % 13 == 0 {
+        if state.is_multiple_of(13) {
             let mut cs = word.chars();
             if let Some(f) = cs.next() {
                 out.extend(f.to_uppercase().to_string().bytes());
