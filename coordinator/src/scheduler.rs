@@ -171,6 +171,7 @@ impl Scheduler {
             query.now_ms = now_ms();
             let granted = self.store.lease(query.clone()).await?;
             if !granted.is_empty() || Instant::now() >= deadline {
+                tracing::debug!(agent = %query.agent_id, tasks = granted.len(), "lease granted");
                 self.counters
                     .tasks_leased
                     .fetch_add(granted.len() as u64, Ordering::Relaxed);
@@ -203,6 +204,7 @@ impl Scheduler {
         .await
         .map_err(|e| crate::store::StoreError::Worker(e.to_string()))?;
         let outcome = self.store.complete(agent_id, reports, now_ms()).await?;
+        tracing::debug!(agent = %agent_id, accepted = outcome.accepted, stale = outcome.stale, ready = outcome.ready.len(), "results recorded");
         let c = &self.counters;
         c.results_accepted
             .fetch_add(outcome.accepted as u64, Ordering::Relaxed);

@@ -26,6 +26,13 @@ use crate::store::{EnrolRefusal, LeaseQuery, NewAgent};
 /// transaction behind it.
 const MAX_TASKS_PER_LEASE: u32 = 1024;
 
+/// Most input bytes in one lease response. An agent cannot start a batch
+/// before the whole response has arrived, so a batch sized by work alone
+/// (a 200 MiB text is "1.5 s of work") made one agent download everything
+/// while the other idled; a few chunks per call lets batches stream in
+/// behind the work in progress and spreads a job over the agents.
+const MAX_LEASE_BYTES: u64 = 16 << 20;
+
 async fn json_body<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
     let bytes = read_body(body, MAX_CONTROL_BODY, "control messages are small").await?;
     serde_json::from_slice(&bytes).map_err(|e| {
@@ -120,6 +127,7 @@ pub async fn lease(
             mem_bytes: req.capacity.memory_bytes,
             max_work: req.max_work.max(1),
             max_tasks: req.max_tasks.clamp(1, MAX_TASKS_PER_LEASE),
+            max_bytes: MAX_LEASE_BYTES,
             now_ms: now_ms(),
             ttl_ms: st.scheduler.lease_ttl.as_millis() as u64,
             capacity: req.capacity,

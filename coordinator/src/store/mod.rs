@@ -260,6 +260,8 @@ pub struct LeaseQuery {
     pub max_work: u64,
     /// Tasks wanted at most.
     pub max_tasks: u32,
+    /// Input bytes in one batch at most (the first task is always granted).
+    pub max_bytes: u64,
     /// Now (ms since the Unix epoch).
     pub now_ms: u64,
     /// How long the leases last unless renewed.

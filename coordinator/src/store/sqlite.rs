@@ -110,11 +110,17 @@ const CANCELLED: i64 = 4;
 /// without a second query.
 const CANDIDATES_PER_TASK: u32 = 4;
 
+/// The writing connection and its current `synchronous` mode.
+struct Writer {
+    conn: Connection,
+    durable: bool,
+}
+
 /// The embedded store, in one SQLite file under the data directory.
 pub struct SqliteStore {
     /// The one connection that writes; SQLite allows one writer anyway, and
     /// a mutex in front of it queues writers without busy-retry loops.
-    writer: Arc<Mutex<Connection>>,
+    writer: Arc<Mutex<Writer>>,
     /// A separate connection for long reads (a job's outputs), which WAL
     /// lets run beside the writer.
     reader: Arc<Mutex<Connection>>,
@@ -142,23 +148,57 @@ impl SqliteStore {
         let reader = open_connection(path)?;
         let now = now_ms();
         Ok(SqliteStore {
-            writer: Arc::new(Mutex::new(writer)),
+            writer: Arc::new(Mutex::new(Writer {
+                conn: writer,
+                durable: true,
+            })),
             reader: Arc::new(Mutex::new(reader)),
             next_lease: Arc::new(AtomicU64::new(now << 12)),
             blobs: Blobs::new(path.with_extension("blobs")),
         })
     }
 
-    /// Runs `f` in one immediate write transaction on a blocking thread.
+    /// Runs `f` in one write transaction that is on disk when this returns
+    /// (`synchronous=FULL`): for what a user was told happened (a job
+    /// accepted, a token revoked, a job cancelled or finished).
     async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
+    {
+        self.write_with(true, f).await
+    }
+
+    /// Runs `f` in one write transaction that survives the coordinator's
+    /// crash but not the machine's (`synchronous=NORMAL`: no fsync of its
+    /// own). For the work traffic (leases, results, heartbeats): losing one
+    /// to a power cut only makes a task run again, which lease ids make
+    /// harmless, and the next durable commit carries it to disk anyway.
+    async fn write_relaxed<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
+    {
+        self.write_with(false, f).await
+    }
+
+    async fn write_with<T, F>(&self, durable: bool, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
     {
         let conn = self.writer.clone();
         tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            let writer = &mut *guard;
+            if writer.durable != durable {
+                let mode = if durable { "FULL" } else { "NORMAL" };
+                writer.conn.pragma_update(None, "synchronous", mode)?;
+                writer.durable = durable;
+            }
+            let tx = writer
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
             let out = f(&tx)?;
             tx.commit()?;
             Ok(out)
@@ -459,7 +499,7 @@ impl Store for SqliteStore {
     }
 
     async fn begin_job(&self, job: NewJob) -> StoreResult<()> {
-        self.write(move |tx| {
+        self.write_relaxed(move |tx| {
             let labels = serde_json::to_string(&job.options.labels)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             tx.execute(
@@ -514,7 +554,7 @@ impl Store for SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Worker(e.to_string()))??;
-        self.write(move |tx| {
+        self.write_relaxed(move |tx| {
             let (queue, priority, now_total): (String, i64, i64) = tx.query_row(
                 "SELECT queue, priority, total FROM jobs WHERE seq = ?1 AND sealed = 0",
                 [seq],
@@ -580,7 +620,7 @@ impl Store for SqliteStore {
     async fn abort_job(&self, job_id: &str) -> StoreResult<()> {
         let job_id = job_id.to_string();
         let seq = self
-            .write(move |tx| {
+            .write_relaxed(move |tx| {
                 let seq = job_seq(tx, &job_id)?;
                 if let Some(seq) = seq {
                     delete_job(tx, seq)?;
@@ -596,7 +636,7 @@ impl Store for SqliteStore {
 
     async fn abort_unsealed_jobs(&self) -> StoreResult<u64> {
         let (dropped, known) = self
-            .write(|tx| {
+            .write_relaxed(|tx| {
                 let seqs: Vec<i64> = tx
                     .prepare("SELECT seq FROM jobs WHERE sealed = 0")?
                     .query_map([], |r| r.get(0))?
@@ -766,7 +806,7 @@ impl Store for SqliteStore {
     async fn lease(&self, q: LeaseQuery) -> StoreResult<Vec<LeasedTask>> {
         let next_lease = self.next_lease.clone();
         let blobs = self.blobs.clone();
-        self.write(move |tx| {
+        self.write_relaxed(move |tx| {
             let queues: Vec<&str> = if q.queues.is_empty() {
                 vec![musketeer_tasks::job::DEFAULT_QUEUE]
             } else {
@@ -803,6 +843,7 @@ impl Store for SqliteStore {
             let deadline = (q.now_ms + q.ttl_ms) as i64;
             let mut granted = Vec::new();
             let mut work = 0u64;
+            let mut bytes = 0u64;
             let mut jobs_started = HashSet::new();
             let mut take = tx.prepare_cached(
                 "UPDATE tasks SET state = 1, attempts = attempts + 1, lease_id = ?3, agent = ?4,
@@ -814,7 +855,7 @@ impl Store for SqliteStore {
             )?;
             for c in candidates {
                 if granted.len() as u32 >= q.max_tasks
-                    || (work >= q.max_work && !granted.is_empty())
+                    || (!granted.is_empty() && (work >= q.max_work || bytes >= q.max_bytes))
                 {
                     break;
                 }
@@ -834,6 +875,7 @@ impl Store for SqliteStore {
                     data = blobs.read(c.seq, c.idx)?;
                 }
                 work += c.work;
+                bytes += data.len() as u64;
                 jobs_started.insert(c.seq);
                 granted.push(LeasedTask {
                     task: TaskRef {
@@ -874,7 +916,7 @@ impl Store for SqliteStore {
         now_ms: u64,
     ) -> StoreResult<CompleteOutcome> {
         let agent_id = agent_id.to_string();
-        self.write(move |tx| {
+        self.write_relaxed(move |tx| {
             let mut out = CompleteOutcome::default();
             let mut seqs: HashMap<String, Option<(i64, String, u32)>> = HashMap::new();
             let mut touched = HashSet::new();
@@ -984,7 +1026,7 @@ impl Store for SqliteStore {
         ttl_ms: u64,
     ) -> StoreResult<HeartbeatAck> {
         let agent_id = agent_id.to_string();
-        self.write(move |tx| {
+        self.write_relaxed(move |tx| {
             let mut ack = HeartbeatAck::default();
             let mut renew = tx.prepare_cached(
                 "UPDATE tasks SET deadline_ms = ?5
@@ -1020,7 +1062,7 @@ impl Store for SqliteStore {
 
     async fn release(&self, agent_id: &str, tasks: Vec<TaskRef>) -> StoreResult<u32> {
         let agent_id = agent_id.to_string();
-        self.write(move |tx| {
+        self.write_relaxed(move |tx| {
             let mut st = tx.prepare_cached(
                 "UPDATE tasks SET state = 0, attempts = MAX(attempts - 1, 0),
                      lease_id = NULL, agent = NULL, deadline_ms = NULL
@@ -1038,7 +1080,7 @@ impl Store for SqliteStore {
     }
 
     async fn expire_leases(&self, now_ms: u64) -> StoreResult<u32> {
-        self.write(move |tx| {
+        self.write_relaxed(move |tx| {
             let expired: Vec<(i64, i64, i64, i64, Option<String>)> = tx
                 .prepare_cached(
                     "SELECT t.job_seq, t.idx, t.attempts, j.max_attempts, t.agent
