@@ -54,20 +54,25 @@ async fn leased_by(cluster: &Cluster, id: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Submits a slow job and returns once `agent` holds some of its tasks.
+async fn submit_and_wait_for_lease(cluster: &Cluster, agent: &str) -> (String, Vec<u64>) {
+    let (body, ns) = slow_job(40_000);
+    let id = cluster.coordinator.submit(&body).await.unwrap();
+    let end = Instant::now() + Duration::from_secs(60);
+    while leased_by(cluster, agent).await == 0 {
+        assert!(Instant::now() < end, "agent {agent} never leased a task");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (id, ns)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_sigkilled_mid_job_and_the_job_still_completes() {
     let mut cluster = Cluster::start(2, CoordinatorOptions::default(), &["--cpus", "1"])
         .await
         .unwrap();
     let victim = agent_id(&cluster.agents[0]).await;
-    let (body, ns) = slow_job(40_000);
-    let id = cluster.coordinator.submit(&body).await.unwrap();
-
-    let end = Instant::now() + Duration::from_secs(60);
-    while leased_by(&cluster, &victim).await == 0 {
-        assert!(Instant::now() < end, "the victim never leased a task");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (id, ns) = submit_and_wait_for_lease(&cluster, &victim).await;
     cluster.agents[0].kill();
     let status = cluster
         .coordinator
@@ -126,13 +131,7 @@ async fn agent_sigterm_hands_its_leases_back() {
     };
     let mut cluster = Cluster::start(1, options, &["--cpus", "1"]).await.unwrap();
     let victim = agent_id(&cluster.agents[0]).await;
-    let (body, ns) = slow_job(40_000);
-    let id = cluster.coordinator.submit(&body).await.unwrap();
-    let end = Instant::now() + Duration::from_secs(60);
-    while leased_by(&cluster, &victim).await == 0 {
-        assert!(Instant::now() < end, "the agent never leased a task");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (id, ns) = submit_and_wait_for_lease(&cluster, &victim).await;
     terminate(&cluster.agents[0].child);
     let status = wait_exit(&mut cluster.agents[0].child, Duration::from_secs(30));
     assert!(

@@ -28,6 +28,20 @@ async fn status_and_code(
     )
 }
 
+/// The status of an empty heartbeat sent with `token`.
+async fn heartbeat_status(c: &Coordinator, token: &str) -> StatusCode {
+    let body = json!({"running": []});
+    status_and_code(
+        c,
+        Method::POST,
+        "/v1/agent/heartbeat",
+        Some(token),
+        Some(body),
+    )
+    .await
+    .0
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_refuses_a_coordinator_whose_ca_does_not_match_the_token() {
     let coordinator = Coordinator::start(CoordinatorOptions::default()).unwrap();
@@ -130,23 +144,9 @@ async fn each_credential_opens_only_its_own_endpoints() {
         assert!(s.is_success(), "{method} {path} with the admin token: {s}");
     }
     // The admin token is no agent credential.
-    let (s, _) = status_and_code(
-        c,
-        Method::POST,
-        "/v1/agent/heartbeat",
-        Some(&c.admin_token),
-        Some(json!({"running": []})),
-    )
-    .await;
+    let s = heartbeat_status(c, &c.admin_token).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
-    let (s, _) = status_and_code(
-        c,
-        Method::POST,
-        "/v1/agent/heartbeat",
-        Some(&agent_cred),
-        Some(json!({"running": []})),
-    )
-    .await;
+    let s = heartbeat_status(c, &agent_cred).await;
     assert_eq!(s, StatusCode::OK);
     // A removed agent's credential stops working at once.
     let agent_id = enrol["agent_id"].as_str().unwrap();
@@ -154,13 +154,6 @@ async fn each_credential_opens_only_its_own_endpoints() {
         .send(client.request(Method::DELETE, &format!("/v1/agents/{agent_id}")))
         .await
         .unwrap();
-    let (s, _) = status_and_code(
-        c,
-        Method::POST,
-        "/v1/agent/heartbeat",
-        Some(&agent_cred),
-        Some(json!({"running": []})),
-    )
-    .await;
+    let s = heartbeat_status(c, &agent_cred).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 }
