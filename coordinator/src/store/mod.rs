@@ -5,6 +5,8 @@
 //! one commit per batch, never one per task.
 
 pub mod blobs;
+#[cfg(test)]
+pub mod conformance;
 pub mod sqlite;
 
 use std::collections::BTreeMap;

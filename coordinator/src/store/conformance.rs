@@ -1,0 +1,424 @@
+//! What every [`Store`] must do, as tests over `&dyn Store`: the embedded
+//! store runs them here, and any other implementation runs the same ones.
+
+use std::collections::BTreeMap;
+
+use musketeer_tasks::protocol::{Capacity, TaskOutcome, TaskRef, TaskReport};
+use musketeer_tasks::{Cost, JobOptions};
+
+use super::*;
+
+const T0: u64 = 1_000_000;
+const TTL: u64 = 5_000;
+
+fn capacity() -> Capacity {
+    Capacity {
+        cpus: 2,
+        memory_bytes: 1 << 30,
+        arch: "x86_64".into(),
+        os: "linux".into(),
+        ..Capacity::default()
+    }
+}
+
+fn query(agent: &str, now_ms: u64, max_tasks: u32) -> LeaseQuery {
+    LeaseQuery {
+        agent_id: agent.into(),
+        queues: Vec::new(),
+        labels: BTreeMap::new(),
+        mem_bytes: 1 << 30,
+        max_work: u64::MAX,
+        max_tasks,
+        max_bytes: u64::MAX,
+        now_ms,
+        ttl_ms: TTL,
+        capacity: capacity(),
+    }
+}
+
+/// An encoded Fibonacci output: the store only checks the kernel tag.
+fn fib_output() -> Vec<u8> {
+    musketeer_tasks::TaskOutput::Fibonacci(musketeer_tasks::fibonacci::FibonacciOutput {
+        digits: "55".into(),
+        ends: vec![2],
+    })
+    .encode()
+}
+
+fn done(task: &TaskRef) -> TaskReport {
+    TaskReport {
+        task: task.clone(),
+        cpu_ms: 3,
+        outcome: TaskOutcome::Done(fib_output()),
+    }
+}
+
+fn failed(task: &TaskRef, why: &str) -> TaskReport {
+    TaskReport {
+        task: task.clone(),
+        cpu_ms: 1,
+        outcome: TaskOutcome::Failed(why.into()),
+    }
+}
+
+async fn enrol(store: &dyn Store, agent: &str) {
+    let token_hash = musketeer_tasks::token::secret_hash("tok");
+    let _ = store.create_token("t", token_hash, T0).await;
+    store
+        .enrol_agent(
+            token_hash,
+            NewAgent {
+                id: agent.into(),
+                secret_hash: [1; 32],
+                capacity: capacity(),
+                now_ms: T0,
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+async fn job(store: &dyn Store, id: &str, tasks: usize, options: JobOptions) {
+    store
+        .begin_job(NewJob {
+            id: id.into(),
+            kernel: "fibonacci".into(),
+            options,
+            reduce_plan: vec![0],
+            created_ms: T0,
+        })
+        .await
+        .unwrap();
+    let tasks = (0..tasks)
+        .map(|i| NewTask {
+            input: vec![i as u8; 8],
+            cost: Cost {
+                work: 10,
+                mem_bytes: 100,
+            },
+        })
+        .collect();
+    store.add_tasks(id, tasks).await.unwrap();
+    store.seal_job(id).await.unwrap();
+}
+
+/// Leases go out once, results are accepted once and only from the
+/// holder, and the last one makes the job ready to reduce.
+pub async fn lease_and_complete_once(store: &dyn Store) {
+    enrol(store, "a").await;
+    enrol(store, "b").await;
+    job(store, "j", 3, JobOptions::default()).await;
+
+    let first = store.lease(query("a", T0, 2)).await.unwrap();
+    assert_eq!(first.len(), 2);
+    assert_eq!(first[0].input, vec![0u8; 8]);
+    let second = store.lease(query("b", T0, 10)).await.unwrap();
+    assert_eq!(second.len(), 1, "a task must not be leased twice");
+    assert_eq!(
+        store.job("j").await.unwrap().unwrap().state,
+        JobState::Running
+    );
+
+    // b may not report a's task; a reports its own once.
+    let out = store
+        .complete("b", vec![done(&first[0].task)], T0)
+        .await
+        .unwrap();
+    assert_eq!((out.accepted, out.stale), (0, 1));
+    let out = store
+        .complete("a", vec![done(&first[0].task), done(&first[1].task)], T0)
+        .await
+        .unwrap();
+    assert_eq!((out.accepted, out.stale), (2, 0));
+    let out = store
+        .complete("a", vec![done(&first[0].task)], T0)
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.accepted, out.stale),
+        (0, 1),
+        "a result is accepted once"
+    );
+    assert!(out.ready.is_empty());
+
+    let out = store
+        .complete("b", vec![done(&second[0].task)], T0)
+        .await
+        .unwrap();
+    assert_eq!(out.ready, vec!["j".to_string()]);
+    let (_, outputs) = store.job_outputs("j").await.unwrap();
+    assert_eq!(outputs.len(), 3);
+    store.finish_job("j", Ok(vec![9]), T0).await.unwrap();
+    assert_eq!(
+        store.job("j").await.unwrap().unwrap().state,
+        JobState::Succeeded
+    );
+    assert_eq!(store.job_result("j").await.unwrap(), Some(vec![9]));
+    let agents = store.list_agents().await.unwrap();
+    let a = agents.iter().find(|x| x.id == "a").unwrap();
+    assert_eq!(
+        (a.tasks_done, a.cpu_ms),
+        (2, 6),
+        "credit for accepted results only"
+    );
+}
+
+/// An expired lease goes back to the queue, and its late result is stale.
+pub async fn expired_leases_return(store: &dyn Store) {
+    enrol(store, "a").await;
+    enrol(store, "b").await;
+    job(store, "j", 1, JobOptions::default()).await;
+    let lost = store.lease(query("a", T0, 1)).await.unwrap();
+    assert_eq!(store.expire_leases(T0 + TTL - 1).await.unwrap(), 0);
+    let ack = store
+        .heartbeat("a", vec![lost[0].task.clone()], T0 + 1_000, TTL)
+        .await
+        .unwrap();
+    assert!(ack.lost.is_empty(), "a heartbeat renews the lease");
+    assert_eq!(
+        store.expire_leases(T0 + TTL + 500).await.unwrap(),
+        0,
+        "renewed"
+    );
+    assert_eq!(store.expire_leases(T0 + 1_000 + TTL + 1).await.unwrap(), 1);
+
+    let again = store.lease(query("b", T0 + 7_000, 1)).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_ne!(again[0].task.lease, lost[0].task.lease);
+    let out = store
+        .complete("a", vec![done(&lost[0].task)], T0 + 7_000)
+        .await
+        .unwrap();
+    assert_eq!(out.stale, 1, "the expired lease's result must not count");
+    let ack = store
+        .heartbeat("a", vec![lost[0].task.clone()], T0 + 7_000, TTL)
+        .await
+        .unwrap();
+    assert_eq!(ack.lost, vec![lost[0].task.clone()]);
+    let out = store
+        .complete("b", vec![done(&again[0].task)], T0 + 7_000)
+        .await
+        .unwrap();
+    assert_eq!(out.ready.len(), 1);
+}
+
+/// A failed task waits out its backoff, is retried, and fails the job with
+/// the last reason once attempts run out.
+pub async fn retries_then_fails(store: &dyn Store) {
+    enrol(store, "a").await;
+    let options = JobOptions {
+        max_attempts: 2,
+        ..JobOptions::default()
+    };
+    job(store, "j", 2, options).await;
+    let leased = store.lease(query("a", T0, 1)).await.unwrap();
+    let out = store
+        .complete("a", vec![failed(&leased[0].task, "out of memory")], T0)
+        .await
+        .unwrap();
+    assert_eq!(out.requeued, 1);
+    // The other task is next; the failed one waits for its backoff.
+    let next = store.lease(query("a", T0, 5)).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_ne!(next[0].task.index, leased[0].task.index);
+    let later = T0 + retry_backoff_ms(1);
+    let retry = store.lease(query("a", later, 5)).await.unwrap();
+    assert_eq!(retry.len(), 1);
+    assert_eq!(retry[0].task.index, leased[0].task.index);
+    let out = store
+        .complete(
+            "a",
+            vec![failed(&retry[0].task, "out of memory again")],
+            later,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.requeued, 0);
+    let status = store.job("j").await.unwrap().unwrap();
+    assert_eq!(status.state, JobState::Failed);
+    assert!(status.error.unwrap().contains("out of memory again"));
+    assert_eq!(status.progress.failed, 1);
+    // What was left of the job is cancelled: the other lease is stale now.
+    let ack = store
+        .heartbeat("a", vec![next[0].task.clone()], later, TTL)
+        .await
+        .unwrap();
+    assert_eq!(ack.lost.len(), 1);
+}
+
+/// Matching: queues, labels and memory decide who may take a task, and
+/// higher priorities go first.
+pub async fn matching_and_priority(store: &dyn Store) {
+    enrol(store, "a").await;
+    let labelled = JobOptions {
+        labels: BTreeMap::from([("gpu".to_string(), "yes".to_string())]),
+        ..JobOptions::default()
+    };
+    job(store, "labelled", 1, labelled).await;
+    let other_queue = JobOptions {
+        queue: "video".into(),
+        ..JobOptions::default()
+    };
+    job(store, "video", 1, other_queue).await;
+    let low = JobOptions {
+        priority: 1,
+        ..JobOptions::default()
+    };
+    job(store, "low", 1, low).await;
+    let high = JobOptions {
+        priority: 9,
+        ..JobOptions::default()
+    };
+    job(store, "high", 1, high).await;
+
+    let got = store.lease(query("a", T0, 10)).await.unwrap();
+    let jobs: Vec<&str> = got.iter().map(|t| t.task.job.as_str()).collect();
+    assert_eq!(
+        jobs,
+        vec!["high", "low"],
+        "priority first; no label, no other queue"
+    );
+
+    let mut q = query("a", T0, 10);
+    q.queues = vec!["video".into()];
+    q.labels = BTreeMap::from([("gpu".to_string(), "yes".to_string())]);
+    q.mem_bytes = 50;
+    assert!(
+        store.lease(q.clone()).await.unwrap().is_empty(),
+        "too little memory"
+    );
+    q.mem_bytes = 1 << 20;
+    let got = store.lease(q).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].task.job, "video");
+}
+
+/// Cancelling stops a job's tasks; releasing gives a task back without
+/// using up an attempt; removing an agent frees its leases.
+pub async fn cancel_release_remove(store: &dyn Store) {
+    enrol(store, "a").await;
+    job(store, "c", 2, JobOptions::default()).await;
+    let leased = store.lease(query("a", T0, 1)).await.unwrap();
+    let status = store.cancel_job("c", T0).await.unwrap().unwrap();
+    assert_eq!(status.state, JobState::Cancelled);
+    assert!(store.lease(query("a", T0, 5)).await.unwrap().is_empty());
+    let out = store
+        .complete("a", vec![done(&leased[0].task)], T0)
+        .await
+        .unwrap();
+    assert_eq!(out.stale, 1);
+
+    let once = JobOptions {
+        max_attempts: 1,
+        ..JobOptions::default()
+    };
+    job(store, "r", 1, once).await;
+    let leased = store.lease(query("a", T0, 1)).await.unwrap();
+    assert_eq!(
+        store
+            .release("a", vec![leased[0].task.clone()])
+            .await
+            .unwrap(),
+        1
+    );
+    let again = store.lease(query("a", T0, 1)).await.unwrap();
+    assert_eq!(again.len(), 1, "released work is offered again");
+    assert!(store.remove_agent("a", T0).await.unwrap());
+    assert_eq!(
+        store.agent_auth("a").await.unwrap().unwrap().state,
+        AgentState::Removed
+    );
+    enrol(store, "b").await;
+    let taken = store.lease(query("b", T0, 1)).await.unwrap();
+    assert_eq!(taken.len(), 1, "a removed agent's lease goes back at once");
+    // With max_attempts 1, neither the release nor the removal used it up.
+    let out = store
+        .complete("b", vec![done(&taken[0].task)], T0)
+        .await
+        .unwrap();
+    assert_eq!(out.ready, vec!["r".to_string()]);
+}
+
+/// Unsealed jobs (uploads cut off) are invisible and dropped on recovery.
+pub async fn unsealed_jobs_are_dropped(store: &dyn Store) {
+    store
+        .begin_job(NewJob {
+            id: "u".into(),
+            kernel: "wordcount".into(),
+            options: JobOptions::default(),
+            reduce_plan: vec![],
+            created_ms: T0,
+        })
+        .await
+        .unwrap();
+    store
+        .add_tasks(
+            "u",
+            vec![NewTask {
+                input: vec![7; 1 << 20],
+                cost: Cost::default(),
+            }],
+        )
+        .await
+        .unwrap();
+    assert!(store.job("u").await.unwrap().is_none());
+    assert!(store.list_jobs(10).await.unwrap().is_empty());
+    assert_eq!(store.abort_unsealed_jobs().await.unwrap(), 1);
+    assert!(store.lease(query("x", T0, 5)).await.unwrap().is_empty());
+}
+
+/// Tokens: enrolment needs a known, unrevoked token.
+pub async fn tokens(store: &dyn Store) {
+    let hash = musketeer_tasks::token::secret_hash("s");
+    store.create_token("t1", hash, T0).await.unwrap();
+    let agent = |id: &str| NewAgent {
+        id: id.into(),
+        secret_hash: [2; 32],
+        capacity: capacity(),
+        now_ms: T0,
+    };
+    assert_eq!(store.enrol_agent(hash, agent("a")).await.unwrap(), Ok(()));
+    assert_eq!(
+        store.enrol_agent([0; 32], agent("b")).await.unwrap(),
+        Err(EnrolRefusal::UnknownToken)
+    );
+    assert!(store.revoke_token("t1").await.unwrap());
+    assert_eq!(
+        store.enrol_agent(hash, agent("c")).await.unwrap(),
+        Err(EnrolRefusal::RevokedToken)
+    );
+    let listed = store.list_tokens().await.unwrap();
+    assert_eq!((listed[0].uses, listed[0].revoked), (1, true));
+}
+
+#[cfg(test)]
+mod sqlite {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).unwrap();
+        (dir, store)
+    }
+
+    macro_rules! conformance {
+        ($($name:ident),*) => {$(
+            #[tokio::test]
+            async fn $name() {
+                let (_dir, s) = store();
+                super::$name(&s).await;
+            }
+        )*};
+    }
+
+    conformance!(
+        lease_and_complete_once,
+        expired_leases_return,
+        retries_then_fails,
+        matching_and_priority,
+        cancel_release_remove,
+        unsealed_jobs_are_dropped,
+        tokens
+    );
+}
