@@ -268,3 +268,98 @@ async fn results_too_early_and_cancel() {
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["state"], "cancelled");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_off_and_oversized_uploads_leave_no_job_behind() {
+    let options = CoordinatorOptions {
+        // Above one 4 MiB chunk, so uploads store tasks before they fail.
+        extra: vec!["--max-upload-mib".into(), "9".into()],
+        ..Default::default()
+    };
+    // No agent yet: tasks an aborted upload left behind would stay pending.
+    let mut cluster = Cluster::start(0, options, &[]).await.unwrap();
+    let client = cluster.coordinator.client();
+
+    // Over the coordinator's streamed-upload limit.
+    let (s, v) = post(&client, "/v1/jobs/wordcount", b"word ".repeat(12 << 18)).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--max-upload-mib"),
+        "{v}"
+    );
+
+    // A client that breaks off in the middle of its upload.
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> = vec![
+        Ok(b"some words and more words ".repeat(400_000)),
+        Err(std::io::Error::other("the client died")),
+    ];
+    let body = reqwest::Body::wrap_stream(futures::stream::iter(pieces));
+    let sent = client
+        .request(Method::POST, "/v1/jobs/wordcount")
+        .body(body)
+        .send()
+        .await;
+    assert!(sent.is_err() || !sent.unwrap().status().is_success());
+
+    // Neither left a job or a task, and the coordinator still takes good work.
+    let metrics = || async {
+        let c = cluster.coordinator.client();
+        c.send(c.request(Method::GET, "/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !metrics()
+        .await
+        .contains("musketeer_tasks{state=\"pending\"} 0")
+    {
+        assert!(
+            std::time::Instant::now() < end,
+            "tasks of aborted uploads remain:\n{}",
+            metrics().await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let jobs = client.get_json("/v1/jobs").await.unwrap();
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 0, "{jobs}");
+    let c = &cluster.coordinator;
+    cluster
+        .agents
+        .push(musketeer_tests::Agent::join(&c.url, &c.join_token, &[]).unwrap());
+    let c = &cluster.coordinator;
+    let (s, v) = post(&client, "/v1/jobs/wordcount?top=1", b"ok ok fine".to_vec()).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let got = c
+        .result(v["id"].as_str().unwrap(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(got["top"], serde_json::json!([["ok", 2]]));
+    let metrics = client
+        .send(client.request(Method::GET, "/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("musketeer_jobs{state=\"succeeded\"} 1"),
+        "{metrics}"
+    );
+    let page = client
+        .send(client.request(Method::GET, "/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("1 active agents") && page.contains("wordcount"),
+        "{page}"
+    );
+}
