@@ -194,7 +194,7 @@ impl AgentApi for Client {
     }
 
     async fn results(&self, batch: &ResultBatch) -> Result<ResultAck, ClientError> {
-        let body = postcard::to_stdvec(batch)
+        let body = musketeer_tasks::protocol::encode(batch)
             .map_err(|e| ClientError::Protocol(format!("cannot encode results: {e}")))?;
         let req = self
             .post("/v1/agent/results")

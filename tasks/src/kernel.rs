@@ -105,7 +105,7 @@ impl TaskInput {
 
     /// The compact encoding stored by the coordinator and sent to agents.
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).expect("task inputs always encode")
+        crate::protocol::encode(self).expect("task inputs always encode")
     }
 
     /// Decodes [`TaskInput::encode`]'s bytes.
@@ -117,7 +117,7 @@ impl TaskInput {
 impl TaskOutput {
     /// The compact encoding agents upload and the coordinator stores.
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).expect("task outputs always encode")
+        crate::protocol::encode(self).expect("task outputs always encode")
     }
 
     /// Decodes [`TaskOutput::encode`]'s bytes.

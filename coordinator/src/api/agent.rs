@@ -140,7 +140,7 @@ pub async fn lease(
         tasks,
         lease_ttl_ms: st.scheduler.lease_ttl.as_millis() as u64,
     };
-    let bytes = postcard::to_stdvec(&response)
+    let bytes = musketeer_tasks::protocol::encode(&response)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     Ok(([(header::CONTENT_TYPE, POSTCARD_CONTENT_TYPE)], bytes).into_response())
 }
