@@ -24,6 +24,9 @@ pub const MAX_LEASE_WAIT: Duration = Duration::from_secs(25);
 /// retries whose backoff ran out are not signalled.
 const REPOLL: Duration = Duration::from_secs(1);
 
+/// How often jobs that are done but unreduced are looked for again.
+const REDUCE_SWEEP: Duration = Duration::from_secs(10);
+
 /// Counters for `/metrics`; monotonic since start.
 #[derive(Default)]
 pub struct Counters {
@@ -41,6 +44,42 @@ pub struct Counters {
     pub leases_expired: AtomicU64,
     /// Jobs reduced.
     pub jobs_reduced: AtomicU64,
+}
+
+/// Forgets a job that was begun but not sealed, unless disarmed: an upload
+/// that failed, or whose handler was dropped because the client hung up,
+/// must leave neither a job nor tasks that agents would run.
+pub struct UnsealedJob {
+    store: Arc<dyn Store>,
+    id: Option<String>,
+}
+
+impl UnsealedJob {
+    /// Guards job `id`.
+    pub fn new(store: Arc<dyn Store>, id: &str) -> UnsealedJob {
+        UnsealedJob {
+            store,
+            id: Some(id.to_string()),
+        }
+    }
+
+    /// The job was sealed: keep it.
+    pub fn disarm(mut self) {
+        self.id = None;
+    }
+}
+
+impl Drop for UnsealedJob {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.abort_job(&id).await {
+                    tracing::error!(job = %id, "cannot drop an unfinished job: {e}");
+                }
+            });
+        }
+    }
 }
 
 /// See the module documentation.
@@ -80,6 +119,14 @@ impl Scheduler {
                 "dropped uploads that were cut off by the last shutdown"
             );
         }
+        let ttl = self.lease_ttl.as_millis() as u64;
+        let renewed = self.store.renew_all_leases(now_ms(), ttl).await?;
+        if renewed > 0 {
+            tracing::info!(
+                renewed,
+                "leases from before the restart renewed while agents reconnect"
+            );
+        }
         for id in self.store.jobs_to_reduce().await? {
             self.spawn_reduce(id);
         }
@@ -90,8 +137,18 @@ impl Scheduler {
             let period =
                 (me.lease_ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
             let mut tick = tokio::time::interval(period);
+            let mut last_sweep = Instant::now();
             loop {
                 tick.tick().await;
+                // A reduce that failed in the store (disk full, say) is tried
+                // again here rather than leaving its job running forever.
+                if last_sweep.elapsed() >= REDUCE_SWEEP {
+                    last_sweep = Instant::now();
+                    match me.store.jobs_to_reduce().await {
+                        Ok(ids) => ids.into_iter().for_each(|id| me.spawn_reduce(id)),
+                        Err(e) => tracing::error!("cannot list jobs to reduce: {e}"),
+                    }
+                }
                 match me.store.expire_leases(now_ms()).await {
                     Ok(0) => {}
                     Ok(n) => {
@@ -117,6 +174,8 @@ impl Scheduler {
     pub async fn submit(self: &Arc<Self>, job: NewJob, tasks: Vec<NewTask>) -> StoreResult<u64> {
         let id = job.id.clone();
         self.store.begin_job(job).await?;
+        // Also when this future is dropped mid-way (the client hung up).
+        let guard = UnsealedJob::new(self.store.clone(), &id);
         let result = async {
             let mut batch = Vec::new();
             let mut bytes = 0;
@@ -138,8 +197,8 @@ impl Scheduler {
             self.seal(&id).await
         }
         .await;
-        if result.is_err() {
-            let _ = self.store.abort_job(&id).await;
+        if result.is_ok() {
+            guard.disarm();
         }
         result
     }

@@ -26,6 +26,9 @@ use crate::store::{EnrolRefusal, LeaseQuery, NewAgent};
 /// transaction behind it.
 const MAX_TASKS_PER_LEASE: u32 = 1024;
 
+/// Most results in one upload: four full leases' worth.
+const MAX_REPORTS_PER_BATCH: usize = 4 * MAX_TASKS_PER_LEASE as usize;
+
 /// Most input bytes in one lease response. An agent cannot start a batch
 /// before the whole response has arrived, so a batch sized by work alone
 /// (a 200 MiB text is "1.5 s of work") made one agent download everything
@@ -159,6 +162,15 @@ pub async fn results(
         )
     })?;
     drop(bytes);
+    // No agent holds more than a few leases' worth of tasks; a larger batch
+    // would only hold the store's writer for longer.
+    if batch.results.len() > MAX_REPORTS_PER_BATCH {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_results",
+            format!("at most {MAX_REPORTS_PER_BATCH} results per batch: upload in smaller batches"),
+        ));
+    }
     let outcome = st.scheduler.complete(&agent.id, batch.results).await?;
     Ok(Json(ResultAck {
         accepted: outcome.accepted,

@@ -18,8 +18,9 @@ use serde_json::json;
 use super::auth::Admin;
 use super::error::read_body;
 use super::{ApiError, AppState, MAX_JOB_BODY};
+use crate::scheduler::UnsealedJob;
 use crate::store::sqlite::now_ms;
-use crate::store::{JobState, JobStatus, NewJob, NewTask, Store};
+use crate::store::{JobState, JobStatus, NewJob, NewTask};
 
 /// Streamed text is cut into chunks of about this size: a few milliseconds
 /// of counting each, so many fit in an agent's batch and the last one ends
@@ -164,26 +165,6 @@ pub struct StreamParams {
     redundancy: Option<u32>,
 }
 
-/// Forgets a streamed job whose upload did not finish, even when the
-/// handler is dropped because the client hung up.
-struct UploadGuard {
-    store: Arc<dyn Store>,
-    id: Option<String>,
-}
-
-impl Drop for UploadGuard {
-    fn drop(&mut self) {
-        if let Some(id) = self.id.take() {
-            let store = self.store.clone();
-            tokio::spawn(async move {
-                if let Err(e) = store.abort_job(&id).await {
-                    tracing::error!(job = %id, "cannot drop an unfinished upload: {e}");
-                }
-            });
-        }
-    }
-}
-
 /// `POST /v1/jobs/wordcount`: the raw text as the body, options as query
 /// parameters. The text is cut into tasks as it arrives, and agents start
 /// counting the first chunks while the rest is still uploading.
@@ -218,10 +199,7 @@ pub async fn submit_wordcount_stream(
     let id = job.id.clone();
     let store = st.scheduler.store.clone();
     store.begin_job(job).await?;
-    let mut guard = UploadGuard {
-        store: store.clone(),
-        id: Some(id.clone()),
-    };
+    let guard = UnsealedJob::new(store.clone(), &id);
 
     // Receiving and storing run side by side: while chunks are written and
     // committed, the socket keeps being read (a sequential loop stalled the
@@ -270,7 +248,7 @@ pub async fn submit_wordcount_stream(
         return Err(job_error(JobError::Invalid("text is empty".into())));
     }
     let total = st.scheduler.seal(&id).await?;
-    guard.id = None;
+    guard.disarm();
     tracing::info!(job = %id, bytes = received, tasks = total, "word count upload accepted");
     Ok(created(&id, total))
 }

@@ -392,6 +392,125 @@ pub async fn tokens(store: &dyn Store) {
     assert_eq!((listed[0].uses, listed[0].revoked), (1, true));
 }
 
+/// Tasks an agent cannot take (labels it lacks, more memory than it has)
+/// must not hide the work behind them in the queue.
+pub async fn unmatchable_tasks_do_not_block_the_queue(store: &dyn Store) {
+    enrol(store, "a").await;
+    let gpu = JobOptions {
+        labels: BTreeMap::from([("gpu".to_string(), "yes".to_string())]),
+        priority: 9,
+        ..JobOptions::default()
+    };
+    job(store, "gpu", 50, gpu).await;
+    job(store, "plain", 3, JobOptions::default()).await;
+    let mut q = query("a", T0, 1);
+    q.labels = BTreeMap::from([("arch".to_string(), "arm".to_string())]);
+    let got = store.lease(q).await.unwrap();
+    assert_eq!(
+        got.len(),
+        1,
+        "labelled tasks ahead must not starve an agent"
+    );
+    assert_eq!(got[0].task.job, "plain");
+    let got = store.lease(query("a", T0, 1)).await.unwrap();
+    assert_eq!(got[0].task.job, "plain", "also for an agent with no labels");
+    let mut small = query("a", T0, 1);
+    small.mem_bytes = 10;
+    assert!(
+        store.lease(small).await.unwrap().is_empty(),
+        "every task needs 100 bytes"
+    );
+}
+
+/// Leases that expire together: once one fails the job, the others stay
+/// cancelled (the job must not come back to life).
+pub async fn expiries_do_not_revive_a_failed_job(store: &dyn Store) {
+    enrol(store, "a").await;
+    enrol(store, "b").await;
+    let once = JobOptions {
+        max_attempts: 1,
+        ..JobOptions::default()
+    };
+    job(store, "j", 3, once).await;
+    assert_eq!(store.lease(query("a", T0, 3)).await.unwrap().len(), 3);
+    store.expire_leases(T0 + TTL + 1).await.unwrap();
+    let status = store.job("j").await.unwrap().unwrap();
+    assert_eq!(status.state, JobState::Failed);
+    assert_eq!(
+        status.progress.failed, 1,
+        "one task failed; the rest were cancelled"
+    );
+    assert!(store
+        .lease(query("b", T0 + TTL + 2, 10))
+        .await
+        .unwrap()
+        .is_empty());
+    // And tasks still arriving for a failed streamed job never run.
+    store
+        .begin_job(NewJob {
+            id: "s".into(),
+            kernel: "wordcount".into(),
+            options: JobOptions {
+                max_attempts: 1,
+                ..JobOptions::default()
+            },
+            reduce_plan: vec![],
+            created_ms: T0,
+        })
+        .await
+        .unwrap();
+    let one = |i: u8| NewTask {
+        input: vec![i],
+        cost: Cost::default(),
+    };
+    store.add_tasks("s", vec![one(0)]).await.unwrap();
+    let leased = store.lease(query("b", T0, 1)).await.unwrap();
+    store
+        .complete("b", vec![failed(&leased[0].task, "bad chunk")], T0)
+        .await
+        .unwrap();
+    store.add_tasks("s", vec![one(1), one(2)]).await.unwrap();
+    assert!(store.lease(query("b", T0, 10)).await.unwrap().is_empty());
+}
+
+/// A removed or draining agent is handed nothing, even by a lease call
+/// already in flight; a restart renews leases instead of expiring them.
+pub async fn only_active_agents_lease_and_restarts_renew(store: &dyn Store) {
+    enrol(store, "a").await;
+    enrol(store, "b").await;
+    job(store, "j", 2, JobOptions::default()).await;
+    assert!(store.drain_agent("b").await.unwrap());
+    assert!(store.lease(query("b", T0, 5)).await.unwrap().is_empty());
+    assert!(store.remove_agent("b", T0).await.unwrap());
+    assert!(store.lease(query("b", T0, 5)).await.unwrap().is_empty());
+    let held = store.lease(query("a", T0, 1)).await.unwrap();
+    assert_eq!(store.renew_all_leases(T0 + 60_000, TTL).await.unwrap(), 1);
+    assert_eq!(store.expire_leases(T0 + 60_000 + TTL - 1).await.unwrap(), 0);
+    let out = store
+        .complete("a", vec![done(&held[0].task)], T0 + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(out.accepted, 1);
+}
+
+/// An agent's absurd CPU figure neither overflows nor breaks the listing.
+pub async fn absurd_cpu_reports_are_clamped(store: &dyn Store) {
+    enrol(store, "a").await;
+    job(store, "j", 2, JobOptions::default()).await;
+    let leased = store.lease(query("a", T0, 2)).await.unwrap();
+    let mut reports: Vec<TaskReport> = leased.iter().map(|t| done(&t.task)).collect();
+    for r in &mut reports {
+        r.cpu_ms = u64::MAX;
+    }
+    store.complete("a", reports, T0).await.unwrap();
+    let agents = store.list_agents().await.unwrap();
+    assert!(
+        agents[0].cpu_ms <= 2 * 7 * 24 * 3600 * 1000,
+        "{}",
+        agents[0].cpu_ms
+    );
+}
+
 #[cfg(test)]
 mod sqlite {
     use super::*;
@@ -419,6 +538,40 @@ mod sqlite {
         matching_and_priority,
         cancel_release_remove,
         unsealed_jobs_are_dropped,
-        tokens
+        tokens,
+        unmatchable_tasks_do_not_block_the_queue,
+        expiries_do_not_revive_a_failed_job,
+        only_active_agents_lease_and_restarts_renew,
+        absurd_cpu_reports_are_clamped
     );
+
+    /// A task whose input file is gone fails its own job, not every lease.
+    #[tokio::test]
+    async fn a_missing_input_file_fails_only_its_job() {
+        let (dir, s) = store();
+        enrol(&s, "a").await;
+        s.begin_job(NewJob {
+            id: "big".into(),
+            kernel: "wordcount".into(),
+            options: JobOptions::default(),
+            reduce_plan: vec![],
+            created_ms: T0,
+        })
+        .await
+        .unwrap();
+        let big = NewTask {
+            input: vec![1; super::super::blobs::INLINE_MAX + 1],
+            cost: Cost::default(),
+        };
+        s.add_tasks("big", vec![big]).await.unwrap();
+        s.seal_job("big").await.unwrap();
+        job(&s, "small", 1, JobOptions::default()).await;
+        std::fs::remove_dir_all(dir.path().join("db.blobs")).unwrap();
+        let got = s.lease(query("a", T0, 5)).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].task.job, "small");
+        let status = s.job("big").await.unwrap().unwrap();
+        assert_eq!(status.state, JobState::Failed);
+        assert!(status.error.unwrap().contains("input file"));
+    }
 }

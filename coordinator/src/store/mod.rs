@@ -383,6 +383,11 @@ pub trait Store: Send + Sync + 'static {
     async fn release(&self, agent_id: &str, tasks: Vec<TaskRef>) -> StoreResult<u32>;
     /// Returns expired leases to the queue; returns how many.
     async fn expire_leases(&self, now_ms: u64) -> StoreResult<u32>;
+    /// Gives every lease at least `ttl_ms` from now: after a restart, so
+    /// that the coordinator's own downtime costs no task an attempt while
+    /// the agents reconnect and renew.
+    async fn renew_all_leases(&self, now_ms: u64, ttl_ms: u64) -> StoreResult<u64>;
+
     /// Counts for metrics and the dashboard.
     async fn stats(&self) -> StoreResult<Stats>;
 }

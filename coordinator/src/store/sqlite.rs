@@ -24,7 +24,9 @@ use super::*;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY,
+    -- AUTOINCREMENT: a job's number names its input folder, so an aborted
+    -- upload's number must never be handed to the next job.
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
     kernel TEXT NOT NULL,
     queue TEXT NOT NULL,
@@ -106,9 +108,52 @@ const FAILED: i64 = 3;
 const CANCELLED: i64 = 4;
 
 /// How many candidate rows one lease query reads per task wanted: the
-/// slack lets matching skip tasks this agent cannot take (labels, memory)
-/// without a second query.
+/// slack lets matching skip tasks this agent cannot take (labels) without a
+/// second query.
 const CANDIDATES_PER_TASK: u32 = 4;
+
+/// Most CPU time credited for one task (a week): the figure comes from the
+/// agent, and an absurd one must neither inflate credit nor overflow it.
+const MAX_REPORTED_CPU_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// Most candidate rows one lease looks at before giving up: bounds the
+/// time the writer is held when a queue is full of work this agent cannot
+/// take (labels it lacks); the long-poll looks again a second later.
+const MAX_LEASE_SCAN: usize = 16_384;
+
+/// A task's input, or `None` when its file is gone (a damaged data
+/// directory): that job is failed with the reason instead of every lease
+/// in the queue failing on it.
+fn read_input(
+    tx: &Transaction<'_>,
+    blobs: &Blobs,
+    c: &Candidate,
+    now: u64,
+) -> StoreResult<Option<Vec<u8>>> {
+    let (data, external): (Vec<u8>, i64) = tx
+        .prepare_cached("SELECT data, external FROM task_inputs WHERE job_seq = ?1 AND idx = ?2")?
+        .query_row(params![c.seq, c.idx], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if external == 0 {
+        return Ok(Some(data));
+    }
+    match blobs.read(c.seq, c.idx) {
+        Ok(data) => Ok(Some(data)),
+        Err(e) => {
+            let why = format!("task {}'s input file cannot be read: {e}", c.idx);
+            tracing::error!(job = %c.job_id, "{why}");
+            tx.execute(
+                "UPDATE tasks SET state = ?3, last_error = ?4 WHERE job_seq = ?1 AND idx = ?2",
+                params![c.seq, c.idx, FAILED, why],
+            )?;
+            tx.execute(
+                "UPDATE jobs SET failed = failed + 1 WHERE seq = ?1",
+                [c.seq],
+            )?;
+            fail_job(tx, c.seq, &why, now)?;
+            Ok(None)
+        }
+    }
+}
 
 /// The writing connection and its current `synchronous` mode.
 struct Writer {
@@ -302,12 +347,17 @@ fn retry_or_fail(tx: &Transaction<'_>, a: EndedAttempt<'_>, now: u64) -> rusqlit
         reason,
         backoff,
     } = a;
+    // Only a task still leased: an earlier step of the same transaction may
+    // have failed its job and cancelled it already.
     if attempts >= max_attempts {
-        tx.execute(
+        let changed = tx.execute(
             "UPDATE tasks SET state = ?3, last_error = ?4, lease_id = NULL, agent = NULL, deadline_ms = NULL
-             WHERE job_seq = ?1 AND idx = ?2",
-            params![seq, idx, FAILED, reason],
+             WHERE job_seq = ?1 AND idx = ?2 AND state = ?5",
+            params![seq, idx, FAILED, reason, LEASED],
         )?;
+        if changed == 0 {
+            return Ok(false);
+        }
         tx.execute("UPDATE jobs SET failed = failed + 1 WHERE seq = ?1", [seq])?;
         let why = format!("task {idx} failed after {attempts} attempt(s): {reason}");
         fail_job(tx, seq, &why, now)?;
@@ -318,13 +368,13 @@ fn retry_or_fail(tx: &Transaction<'_>, a: EndedAttempt<'_>, now: u64) -> rusqlit
         } else {
             now
         };
-        tx.execute(
+        let changed = tx.execute(
             "UPDATE tasks SET state = ?3, last_error = ?4, not_before_ms = ?5,
                  lease_id = NULL, agent = NULL, deadline_ms = NULL
-             WHERE job_seq = ?1 AND idx = ?2",
-            params![seq, idx, PENDING, reason, not_before as i64],
+             WHERE job_seq = ?1 AND idx = ?2 AND state = ?6",
+            params![seq, idx, PENDING, reason, not_before as i64, LEASED],
         )?;
-        Ok(true)
+        Ok(changed > 0)
     }
 }
 
@@ -526,6 +576,7 @@ impl Store for SqliteStore {
 
     async fn add_tasks(&self, job_id: &str, tasks: Vec<NewTask>) -> StoreResult<()> {
         let id = job_id.to_string();
+        let job_id = job_id.to_string();
         let (seq, total): (i64, i64) = self
             .read(move |c| {
                 Ok(c.query_row(
@@ -555,11 +606,17 @@ impl Store for SqliteStore {
         .await
         .map_err(|e| StoreError::Worker(e.to_string()))??;
         self.write_relaxed(move |tx| {
-            let (queue, priority, now_total): (String, i64, i64) = tx.query_row(
-                "SELECT queue, priority, total FROM jobs WHERE seq = ?1 AND sealed = 0",
-                [seq],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            let (queue, priority, now_total, state): (String, i64, i64, String) = tx.query_row(
+                "SELECT queue, priority, total, state FROM jobs WHERE seq = ?1 AND id = ?2 AND sealed = 0",
+                params![seq, job_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )?;
+            // A streamed job can fail (a chunk out of attempts) while its
+            // upload goes on: the rest of its tasks must not run.
+            let initial = match JobState::parse(&state) {
+                Some(JobState::Queued | JobState::Running) => PENDING,
+                _ => CANCELLED,
+            };
             if now_total != total {
                 return Err(StoreError::Corrupt(format!(
                     "tasks were added to job {seq} concurrently"
@@ -567,7 +624,7 @@ impl Store for SqliteStore {
             }
             let mut task_row = tx.prepare_cached(
                 "INSERT INTO tasks (job_seq, idx, state, queue, priority, work, mem)
-                 VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6)",
+                 VALUES (?1, ?2, ?7, ?3, ?4, ?5, ?6)",
             )?;
             let mut input_row = tx.prepare_cached(
                 "INSERT INTO task_inputs (job_seq, idx, data, external) VALUES (?1, ?2, ?3, ?4)",
@@ -581,7 +638,8 @@ impl Store for SqliteStore {
                     queue,
                     priority,
                     task.cost.work as i64,
-                    task.cost.mem_bytes as i64
+                    task.cost.mem_bytes as i64,
+                    initial
                 ])?;
                 input_row.execute(params![seq, idx, task.input, external as i64])?;
             }
@@ -621,7 +679,14 @@ impl Store for SqliteStore {
         let job_id = job_id.to_string();
         let seq = self
             .write_relaxed(move |tx| {
-                let seq = job_seq(tx, &job_id)?;
+                // Only an unsealed job: a sealed one was accepted.
+                let seq: Option<i64> = tx
+                    .query_row(
+                        "SELECT seq FROM jobs WHERE id = ?1 AND sealed = 0",
+                        [&job_id],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
                 if let Some(seq) = seq {
                     delete_job(tx, seq)?;
                 }
@@ -807,89 +872,115 @@ impl Store for SqliteStore {
         let next_lease = self.next_lease.clone();
         let blobs = self.blobs.clone();
         self.write_relaxed(move |tx| {
+            // Checked here, not only when the call came in: a long-poll can
+            // outlast the agent's removal or drain.
+            let state: Option<String> = tx
+                .query_row("SELECT state FROM agents WHERE id = ?1", [&q.agent_id], |r| r.get(0))
+                .optional()?;
+            if state.as_deref() != Some("active") {
+                return Ok(Vec::new());
+            }
             let queues: Vec<&str> = if q.queues.is_empty() {
                 vec![musketeer_tasks::job::DEFAULT_QUEUE]
             } else {
                 q.queues.iter().map(String::as_str).collect()
             };
             let placeholders = vec!["?"; queues.len()].join(",");
+            // Memory, and labels for an agent that carries none, filter in
+            // SQL; other label checks happen below, page by page, so tasks
+            // this agent cannot take never hide those behind them.
+            let labels_clause = if q.labels.is_empty() { " AND j.labels = '{}'" } else { "" };
             let sql = format!(
-                "SELECT t.job_seq, t.idx, t.work, t.mem, j.id, j.labels, j.timeout_s
+                "SELECT t.job_seq, t.idx, t.work, t.mem, j.id, j.labels, j.timeout_s, t.priority
                  FROM tasks t JOIN jobs j ON j.seq = t.job_seq
                  WHERE t.state = 0 AND t.queue IN ({placeholders}) AND t.not_before_ms <= ?
+                   AND t.mem <= ?{labels_clause}
+                   AND (t.priority < ? OR (t.priority = ? AND (t.job_seq > ? OR (t.job_seq = ? AND t.idx > ?))))
                  ORDER BY t.priority DESC, t.job_seq, t.idx
                  LIMIT ?"
             );
-            let mut st = tx.prepare_cached(&sql)?;
-            let mut args: Vec<rusqlite::types::Value> =
-                queues.iter().map(|q| (*q).to_string().into()).collect();
-            args.push((q.now_ms as i64).into());
-            args.push(((q.max_tasks.max(1) * CANDIDATES_PER_TASK) as i64).into());
-            let candidates: Vec<Candidate> = st
-                .query_map(rusqlite::params_from_iter(args), |r| {
-                    Ok(Candidate {
-                        seq: r.get(0)?,
-                        idx: r.get(1)?,
-                        work: r.get::<_, i64>(2)? as u64,
-                        mem: r.get::<_, i64>(3)? as u64,
-                        job_id: r.get(4)?,
-                        labels: r.get(5)?,
-                        timeout_s: r.get(6)?,
-                    })
-                })?
-                .collect::<Result<_, _>>()?;
-            drop(st);
-
+            let page_size = (q.max_tasks.max(1) * CANDIDATES_PER_TASK) as i64;
             let deadline = (q.now_ms + q.ttl_ms) as i64;
             let mut granted = Vec::new();
             let mut work = 0u64;
             let mut bytes = 0u64;
+            let mut scanned = 0usize;
             let mut jobs_started = HashSet::new();
-            let mut take = tx.prepare_cached(
-                "UPDATE tasks SET state = 1, attempts = attempts + 1, lease_id = ?3, agent = ?4,
-                     deadline_ms = ?5
-                 WHERE job_seq = ?1 AND idx = ?2",
-            )?;
-            let mut input = tx.prepare_cached(
-                "SELECT data, external FROM task_inputs WHERE job_seq = ?1 AND idx = ?2",
-            )?;
-            for c in candidates {
-                if granted.len() as u32 >= q.max_tasks
-                    || (!granted.is_empty() && (work >= q.max_work || bytes >= q.max_bytes))
-                {
+            // Keyset cursor: (priority, job, index) of the last row seen.
+            let mut cursor = (10i64, 0i64, -1i64);
+            'pages: loop {
+                let mut st = tx.prepare_cached(&sql)?;
+                let mut args: Vec<rusqlite::types::Value> =
+                    queues.iter().map(|q| (*q).to_string().into()).collect();
+                args.push((q.now_ms as i64).into());
+                args.push((q.mem_bytes.min(i64::MAX as u64) as i64).into());
+                args.extend([cursor.0, cursor.0, cursor.1, cursor.1, cursor.2, page_size].map(Into::into));
+                let page: Vec<(Candidate, i64)> = st
+                    .query_map(rusqlite::params_from_iter(args), |r| {
+                        Ok((
+                            Candidate {
+                                seq: r.get(0)?,
+                                idx: r.get(1)?,
+                                work: r.get::<_, i64>(2)? as u64,
+                                mem: r.get::<_, i64>(3)? as u64,
+                                job_id: r.get(4)?,
+                                labels: r.get(5)?,
+                                timeout_s: r.get(6)?,
+                            },
+                            r.get(7)?,
+                        ))
+                    })?
+                    .collect::<Result<_, _>>()?;
+                drop(st);
+                if page.is_empty() {
                     break;
                 }
-                if c.mem > q.mem_bytes || !labels_match(&c.labels, &q.labels) {
-                    continue;
+                for (c, priority) in page {
+                    cursor = (priority, c.seq, c.idx);
+                    scanned += 1;
+                    if granted.len() as u32 >= q.max_tasks
+                        || (!granted.is_empty() && (work >= q.max_work || bytes >= q.max_bytes))
+                    {
+                        break 'pages;
+                    }
+                    if !labels_match(&c.labels, &q.labels) {
+                        continue;
+                    }
+                    // Always grant at least one task, even one larger than the
+                    // agent asked for: otherwise big tasks would never run.
+                    if !granted.is_empty() && work + c.work > q.max_work.saturating_mul(3) / 2 {
+                        continue;
+                    }
+                    let Some(data) = read_input(tx, &blobs, &c, q.now_ms)? else {
+                        continue;
+                    };
+                    let lease = next_lease.fetch_add(1, Ordering::Relaxed);
+                    tx.prepare_cached(
+                        "UPDATE tasks SET state = 1, attempts = attempts + 1, lease_id = ?3, agent = ?4,
+                             deadline_ms = ?5
+                         WHERE job_seq = ?1 AND idx = ?2",
+                    )?
+                    .execute(params![c.seq, c.idx, lease as i64, q.agent_id, deadline])?;
+                    work += c.work;
+                    bytes += data.len() as u64;
+                    jobs_started.insert(c.seq);
+                    granted.push(LeasedTask {
+                        task: TaskRef {
+                            job: c.job_id,
+                            index: c.idx as u32,
+                            lease,
+                        },
+                        cost: Cost {
+                            work: c.work,
+                            mem_bytes: c.mem,
+                        },
+                        timeout_ms: c.timeout_s.map(|s| s as u64 * 1000),
+                        input: data,
+                    });
                 }
-                // Always grant at least one task, even one larger than the
-                // agent asked for: otherwise big tasks would never run.
-                if !granted.is_empty() && work + c.work > q.max_work.saturating_mul(3) / 2 {
-                    continue;
+                if scanned >= MAX_LEASE_SCAN {
+                    break;
                 }
-                let lease = next_lease.fetch_add(1, Ordering::Relaxed);
-                take.execute(params![c.seq, c.idx, lease as i64, q.agent_id, deadline])?;
-                let (mut data, external): (Vec<u8>, i64) =
-                    input.query_row(params![c.seq, c.idx], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                if external != 0 {
-                    data = blobs.read(c.seq, c.idx)?;
-                }
-                work += c.work;
-                bytes += data.len() as u64;
-                jobs_started.insert(c.seq);
-                granted.push(LeasedTask {
-                    task: TaskRef {
-                        job: c.job_id,
-                        index: c.idx as u32,
-                        lease,
-                    },
-                    cost: Cost {
-                        work: c.work,
-                        mem_bytes: c.mem,
-                    },
-                    timeout_ms: c.timeout_s.map(|s| s as u64 * 1000),
-                    input: data,
-                });
             }
             for seq in jobs_started {
                 tx.execute(
@@ -986,7 +1077,7 @@ impl Store for SqliteStore {
                         )?;
                         tx.execute("UPDATE jobs SET done = done + 1 WHERE seq = ?1", [seq])?;
                         credit_tasks += 1;
-                        credit_cpu += report.cpu_ms as i64;
+                        credit_cpu += report.cpu_ms.min(MAX_REPORTED_CPU_MS) as i64;
                         touched.insert(seq);
                     }
                     TaskOutcome::Failed(reason) => {
@@ -1009,7 +1100,8 @@ impl Store for SqliteStore {
                 out.ready.extend(ready);
             }
             tx.execute(
-                "UPDATE agents SET tasks_done = tasks_done + ?2, cpu_ms = cpu_ms + ?3, last_seen_ms = ?4
+                "UPDATE agents SET tasks_done = tasks_done + ?2, last_seen_ms = ?4,
+                     cpu_ms = CASE WHEN cpu_ms > 4611686018427387904 THEN cpu_ms ELSE cpu_ms + ?3 END
                  WHERE id = ?1",
                 params![agent_id, credit_tasks, credit_cpu, now_ms as i64],
             )?;
@@ -1110,6 +1202,16 @@ impl Store for SqliteStore {
                 )?;
             }
             Ok(expired.len() as u32)
+        })
+        .await
+    }
+
+    async fn renew_all_leases(&self, now_ms: u64, ttl_ms: u64) -> StoreResult<u64> {
+        self.write_relaxed(move |tx| {
+            Ok(tx.execute(
+                "UPDATE tasks SET deadline_ms = MAX(deadline_ms, ?1) WHERE state = 1",
+                [(now_ms + ttl_ms) as i64],
+            )? as u64)
         })
         .await
     }
