@@ -121,6 +121,7 @@ impl Scheduler {
         }
         let ttl = self.lease_ttl.as_millis() as u64;
         let renewed = self.store.renew_all_leases(now_ms(), ttl).await?;
+        self.store.purge_finished_inputs().await?;
         if renewed > 0 {
             tracing::info!(
                 renewed,
@@ -147,6 +148,9 @@ impl Scheduler {
                     match me.store.jobs_to_reduce().await {
                         Ok(ids) => ids.into_iter().for_each(|id| me.spawn_reduce(id)),
                         Err(e) => tracing::error!("cannot list jobs to reduce: {e}"),
+                    }
+                    if let Err(e) = me.store.purge_finished_inputs().await {
+                        tracing::error!("cannot purge the inputs of finished jobs: {e}");
                     }
                 }
                 match me.store.expire_leases(now_ms()).await {

@@ -546,6 +546,37 @@ mod sqlite {
     );
 
     /// A task whose input file is gone fails its own job, not every lease.
+    /// A cancelled job's input files and rows are purged.
+    #[tokio::test]
+    async fn cancelled_jobs_give_their_disk_back() {
+        let (dir, s) = store();
+        s.begin_job(NewJob {
+            id: "big".into(),
+            kernel: "wordcount".into(),
+            options: JobOptions::default(),
+            reduce_plan: vec![],
+            created_ms: T0,
+        })
+        .await
+        .unwrap();
+        let big = NewTask {
+            input: vec![1; super::super::blobs::INLINE_MAX + 1],
+            cost: Cost::default(),
+        };
+        s.add_tasks("big", vec![big]).await.unwrap();
+        s.seal_job("big").await.unwrap();
+        let files = || {
+            std::fs::read_dir(dir.path().join("db.blobs"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        };
+        assert_eq!(files(), 1);
+        s.cancel_job("big", T0).await.unwrap();
+        assert_eq!(s.purge_finished_inputs().await.unwrap(), 1);
+        assert_eq!(files(), 0);
+        assert_eq!(s.purge_finished_inputs().await.unwrap(), 0);
+    }
+
     #[tokio::test]
     async fn a_missing_input_file_fails_only_its_job() {
         let (dir, s) = store();

@@ -383,6 +383,10 @@ pub trait Store: Send + Sync + 'static {
     async fn release(&self, agent_id: &str, tasks: Vec<TaskRef>) -> StoreResult<u32>;
     /// Returns expired leases to the queue; returns how many.
     async fn expire_leases(&self, now_ms: u64) -> StoreResult<u32>;
+    /// Deletes the inputs of failed and cancelled jobs (a cancelled 1 GiB
+    /// upload must not hold the disk forever); returns how many jobs.
+    async fn purge_finished_inputs(&self) -> StoreResult<u64>;
+
     /// Gives every lease at least `ttl_ms` from now: after a restart, so
     /// that the coordinator's own downtime costs no task an attempt while
     /// the agents reconnect and renew.

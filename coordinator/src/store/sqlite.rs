@@ -1206,6 +1206,29 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn purge_finished_inputs(&self) -> StoreResult<u64> {
+        let seqs = self
+            .write_relaxed(|tx| {
+                let seqs: Vec<i64> = tx
+                    .prepare(
+                        "SELECT seq FROM jobs WHERE state IN ('failed', 'cancelled')
+                         AND EXISTS (SELECT 1 FROM task_inputs i WHERE i.job_seq = jobs.seq)",
+                    )?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                for &seq in &seqs {
+                    tx.execute("DELETE FROM task_inputs WHERE job_seq = ?1", [seq])?;
+                    tx.execute("DELETE FROM task_outputs WHERE job_seq = ?1", [seq])?;
+                }
+                Ok(seqs)
+            })
+            .await?;
+        for &seq in &seqs {
+            self.blobs.remove_job(seq);
+        }
+        Ok(seqs.len() as u64)
+    }
+
     async fn renew_all_leases(&self, now_ms: u64, ttl_ms: u64) -> StoreResult<u64> {
         self.write_relaxed(move |tx| {
             Ok(tx.execute(
