@@ -54,6 +54,16 @@ async fn leased_by(cluster: &Cluster, id: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A job's status, as `GET /v1/jobs/{id}` shows it.
+async fn job_status(cluster: &Cluster, id: &str) -> Value {
+    cluster
+        .coordinator
+        .client()
+        .get_json(&format!("/v1/jobs/{id}"))
+        .await
+        .unwrap()
+}
+
 /// Submits a slow job and returns once `agent` holds some of its tasks.
 async fn submit_and_wait_for_lease(cluster: &Cluster, agent: &str) -> (String, Vec<u64>) {
     let (body, ns) = slow_job(40_000);
@@ -74,12 +84,7 @@ async fn agent_sigkilled_mid_job_and_the_job_still_completes() {
     let victim = agent_id(&cluster.agents[0]).await;
     let (id, ns) = submit_and_wait_for_lease(&cluster, &victim).await;
     cluster.agents[0].kill();
-    let status = cluster
-        .coordinator
-        .client()
-        .get_json(&format!("/v1/jobs/{id}"))
-        .await
-        .unwrap();
+    let status = job_status(&cluster, &id).await;
     assert_ne!(
         status["state"], "succeeded",
         "the job must still be running when its agent dies"
@@ -87,12 +92,7 @@ async fn agent_sigkilled_mid_job_and_the_job_still_completes() {
 
     let got = cluster.coordinator.result(&id, JOB_TIMEOUT).await.unwrap();
     assert_eq!(values(&got), reference::fibonacci(&ns));
-    let status = cluster
-        .coordinator
-        .client()
-        .get_json(&format!("/v1/jobs/{id}"))
-        .await
-        .unwrap();
+    let status = job_status(&cluster, &id).await;
     assert_eq!(status["progress"]["done"], status["progress"]["total"]);
     assert_eq!(status["progress"]["failed"], 0);
     // The dead agent's leases ran out and their tasks went to the survivor.
@@ -180,12 +180,7 @@ async fn coordinator_sigkilled_and_restarted_loses_no_accepted_job() {
     // And again in the middle of the work: agents must ride it out.
     let end = Instant::now() + Duration::from_secs(60);
     loop {
-        let s = cluster
-            .coordinator
-            .client()
-            .get_json(&format!("/v1/jobs/{running}"))
-            .await
-            .unwrap();
+        let s = job_status(&cluster, &running).await;
         if s["progress"]["done"].as_u64().unwrap_or(0) > 0 || s["state"] == "succeeded" {
             break;
         }
@@ -199,11 +194,7 @@ async fn coordinator_sigkilled_and_restarted_loses_no_accepted_job() {
     assert_eq!(got["value"].as_str().unwrap(), reference::factorial(3000));
     let got = c.result(&running, JOB_TIMEOUT).await.unwrap();
     assert_eq!(values(&got), reference::fibonacci(&ns));
-    let status = c
-        .client()
-        .get_json(&format!("/v1/jobs/{running}"))
-        .await
-        .unwrap();
+    let status = job_status(&cluster, &running).await;
     assert_eq!(
         status["progress"]["done"], status["progress"]["total"],
         "{status}"

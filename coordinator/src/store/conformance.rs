@@ -546,12 +546,10 @@ mod sqlite {
     );
 
     /// A task whose input file is gone fails its own job, not every lease.
-    /// A cancelled job's input files and rows are purged.
-    #[tokio::test]
-    async fn cancelled_jobs_give_their_disk_back() {
-        let (dir, s) = store();
+    /// A sealed job whose one input is large enough to live in a file.
+    async fn big_job(s: &SqliteStore, id: &str) {
         s.begin_job(NewJob {
-            id: "big".into(),
+            id: id.into(),
             kernel: "wordcount".into(),
             options: JobOptions::default(),
             reduce_plan: vec![],
@@ -563,8 +561,15 @@ mod sqlite {
             input: vec![1; super::super::blobs::INLINE_MAX + 1],
             cost: Cost::default(),
         };
-        s.add_tasks("big", vec![big]).await.unwrap();
-        s.seal_job("big").await.unwrap();
+        s.add_tasks(id, vec![big]).await.unwrap();
+        s.seal_job(id).await.unwrap();
+    }
+
+    /// A cancelled job's input files and rows are purged.
+    #[tokio::test]
+    async fn cancelled_jobs_give_their_disk_back() {
+        let (dir, s) = store();
+        big_job(&s, "big").await;
         let files = || {
             std::fs::read_dir(dir.path().join("db.blobs"))
                 .map(|d| d.count())
@@ -581,21 +586,7 @@ mod sqlite {
     async fn a_missing_input_file_fails_only_its_job() {
         let (dir, s) = store();
         enrol(&s, "a").await;
-        s.begin_job(NewJob {
-            id: "big".into(),
-            kernel: "wordcount".into(),
-            options: JobOptions::default(),
-            reduce_plan: vec![],
-            created_ms: T0,
-        })
-        .await
-        .unwrap();
-        let big = NewTask {
-            input: vec![1; super::super::blobs::INLINE_MAX + 1],
-            cost: Cost::default(),
-        };
-        s.add_tasks("big", vec![big]).await.unwrap();
-        s.seal_job("big").await.unwrap();
+        big_job(&s, "big").await;
         job(&s, "small", 1, JobOptions::default()).await;
         std::fs::remove_dir_all(dir.path().join("db.blobs")).unwrap();
         let got = s.lease(query("a", T0, 5)).await.unwrap();
