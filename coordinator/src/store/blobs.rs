@@ -40,6 +40,11 @@ impl Blobs {
         f.sync_data()
     }
 
+    /// The size of one task's input file (an error if it is gone).
+    pub fn size(&self, seq: i64, idx: i64) -> io::Result<u64> {
+        Ok(fs::metadata(self.job_dir(seq).join(idx.to_string()))?.len())
+    }
+
     /// Reads one task's input.
     pub fn read(&self, seq: i64, idx: i64) -> io::Result<Vec<u8>> {
         fs::read(self.job_dir(seq).join(idx.to_string()))

@@ -121,38 +121,56 @@ const MAX_REPORTED_CPU_MS: u64 = 7 * 24 * 3600 * 1000;
 /// take (labels it lacks); the long-poll looks again a second later.
 const MAX_LEASE_SCAN: usize = 16_384;
 
+/// Where a leased task's input is.
+enum Input {
+    /// In its row, read already.
+    Inline(Vec<u8>),
+    /// In a file of this size, read after the lease commits so the writer
+    /// is not held for the disk.
+    File(u64),
+}
+
 /// A task's input, or `None` when its file is gone (a damaged data
 /// directory): that job is failed with the reason instead of every lease
 /// in the queue failing on it.
-fn read_input(
+fn locate_input(
     tx: &Transaction<'_>,
     blobs: &Blobs,
     c: &Candidate,
     now: u64,
-) -> StoreResult<Option<Vec<u8>>> {
+) -> StoreResult<Option<Input>> {
     let (data, external): (Vec<u8>, i64) = tx
         .prepare_cached("SELECT data, external FROM task_inputs WHERE job_seq = ?1 AND idx = ?2")?
         .query_row(params![c.seq, c.idx], |r| Ok((r.get(0)?, r.get(1)?)))?;
     if external == 0 {
-        return Ok(Some(data));
+        return Ok(Some(Input::Inline(data)));
     }
-    match blobs.read(c.seq, c.idx) {
-        Ok(data) => Ok(Some(data)),
+    match blobs.size(c.seq, c.idx) {
+        Ok(size) => Ok(Some(Input::File(size))),
         Err(e) => {
-            let why = format!("task {}'s input file cannot be read: {e}", c.idx);
-            tracing::error!(job = %c.job_id, "{why}");
-            tx.execute(
-                "UPDATE tasks SET state = ?3, last_error = ?4 WHERE job_seq = ?1 AND idx = ?2",
-                params![c.seq, c.idx, FAILED, why],
-            )?;
-            tx.execute(
-                "UPDATE jobs SET failed = failed + 1 WHERE seq = ?1",
-                [c.seq],
-            )?;
-            fail_job(tx, c.seq, &why, now)?;
+            fail_for_missing_input(tx, c.seq, c.idx, &c.job_id, &e, now)?;
             Ok(None)
         }
     }
+}
+
+/// Fails a job whose task input file cannot be read.
+fn fail_for_missing_input(
+    tx: &Transaction<'_>,
+    seq: i64,
+    idx: i64,
+    job_id: &str,
+    e: &std::io::Error,
+    now: u64,
+) -> rusqlite::Result<()> {
+    let why = format!("task {idx}'s input file cannot be read: {e}");
+    tracing::error!(job = %job_id, "{why}");
+    tx.execute(
+        "UPDATE tasks SET state = ?3, last_error = ?4 WHERE job_seq = ?1 AND idx = ?2",
+        params![seq, idx, FAILED, why],
+    )?;
+    tx.execute("UPDATE jobs SET failed = failed + 1 WHERE seq = ?1", [seq])?;
+    fail_job(tx, seq, &why, now)
 }
 
 /// The writing connection and its current `synchronous` mode.
@@ -871,14 +889,15 @@ impl Store for SqliteStore {
     async fn lease(&self, q: LeaseQuery) -> StoreResult<Vec<LeasedTask>> {
         let next_lease = self.next_lease.clone();
         let blobs = self.blobs.clone();
-        self.write_relaxed(move |tx| {
+        let now = q.now_ms;
+        let (mut granted, files) = self.write_relaxed(move |tx| {
             // Checked here, not only when the call came in: a long-poll can
             // outlast the agent's removal or drain.
             let state: Option<String> = tx
                 .query_row("SELECT state FROM agents WHERE id = ?1", [&q.agent_id], |r| r.get(0))
                 .optional()?;
             if state.as_deref() != Some("active") {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), Vec::new()));
             }
             let queues: Vec<&str> = if q.queues.is_empty() {
                 vec![musketeer_tasks::job::DEFAULT_QUEUE]
@@ -906,6 +925,8 @@ impl Store for SqliteStore {
             let mut bytes = 0u64;
             let mut scanned = 0usize;
             let mut jobs_started = HashSet::new();
+            // (position in `granted`, job, task) of inputs still in files.
+            let mut files: Vec<(usize, i64, i64)> = Vec::new();
             // Keyset cursor: (priority, job, index) of the last row seen.
             let mut cursor = (10i64, 0i64, -1i64);
             'pages: loop {
@@ -951,8 +972,18 @@ impl Store for SqliteStore {
                     if !granted.is_empty() && work + c.work > q.max_work.saturating_mul(3) / 2 {
                         continue;
                     }
-                    let Some(data) = read_input(tx, &blobs, &c, q.now_ms)? else {
+                    let Some(input) = locate_input(tx, &blobs, &c, q.now_ms)? else {
                         continue;
+                    };
+                    let (data, size) = match input {
+                        Input::Inline(data) => {
+                            let size = data.len() as u64;
+                            (data, size)
+                        }
+                        Input::File(size) => {
+                            files.push((granted.len(), c.seq, c.idx));
+                            (Vec::new(), size)
+                        }
                     };
                     let lease = next_lease.fetch_add(1, Ordering::Relaxed);
                     tx.prepare_cached(
@@ -962,7 +993,7 @@ impl Store for SqliteStore {
                     )?
                     .execute(params![c.seq, c.idx, lease as i64, q.agent_id, deadline])?;
                     work += c.work;
-                    bytes += data.len() as u64;
+                    bytes += size;
                     jobs_started.insert(c.seq);
                     granted.push(LeasedTask {
                         task: TaskRef {
@@ -995,9 +1026,59 @@ impl Store for SqliteStore {
                 "UPDATE agents SET last_seen_ms = ?2, capacity = ?3 WHERE id = ?1",
                 params![q.agent_id, q.now_ms as i64, capacity],
             )?;
-            Ok(granted)
+            Ok((granted, files))
+        })
+        .await?;
+        if files.is_empty() {
+            return Ok(granted);
+        }
+        let blobs = self.blobs.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            files
+                .into_iter()
+                .map(|(pos, seq, idx)| (pos, seq, idx, blobs.read(seq, idx)))
+                .collect::<Vec<_>>()
         })
         .await
+        .map_err(|e| StoreError::Worker(e.to_string()))?;
+        let mut lost = Vec::new();
+        for (pos, seq, idx, data) in read {
+            match data {
+                Ok(data) => granted[pos].input = data,
+                Err(e) => lost.push((pos, seq, idx, e)),
+            }
+        }
+        if !lost.is_empty() {
+            // Deleted between the lease and the read: fail those jobs too.
+            let failures: Vec<(i64, i64, String, String)> = lost
+                .iter()
+                .map(|(pos, seq, idx, e)| {
+                    (*seq, *idx, granted[*pos].task.job.clone(), e.to_string())
+                })
+                .collect();
+            self.write(move |tx| {
+                for (seq, idx, job, e) in &failures {
+                    fail_for_missing_input(
+                        tx,
+                        *seq,
+                        *idx,
+                        job,
+                        &std::io::Error::other(e.clone()),
+                        now,
+                    )?;
+                }
+                Ok(())
+            })
+            .await?;
+            let positions: HashSet<usize> = lost.iter().map(|l| l.0).collect();
+            granted = granted
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| !positions.contains(i))
+                .map(|(_, t)| t)
+                .collect();
+        }
+        Ok(granted)
     }
 
     async fn complete(
