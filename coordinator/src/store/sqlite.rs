@@ -107,6 +107,9 @@ const DONE: i64 = 2;
 const FAILED: i64 = 3;
 const CANCELLED: i64 = 4;
 
+/// Reader connections: a few, as reads are short except a job's outputs.
+const READERS: usize = 4;
+
 /// How many candidate rows one lease query reads per task wanted: the
 /// slack lets matching skip tasks this agent cannot take (labels) without a
 /// second query.
@@ -184,9 +187,12 @@ pub struct SqliteStore {
     /// The one connection that writes; SQLite allows one writer anyway, and
     /// a mutex in front of it queues writers without busy-retry loops.
     writer: Arc<Mutex<Writer>>,
-    /// A separate connection for long reads (a job's outputs), which WAL
-    /// lets run beside the writer.
-    reader: Arc<Mutex<Connection>>,
+    /// Connections for reads, which WAL lets run beside the writer and
+    /// beside each other: several, so that agents' authentication and job
+    /// status reads do not queue behind one long read (a job's outputs).
+    readers: Arc<[Mutex<Connection>]>,
+    /// Spreads reads over [`SqliteStore::readers`].
+    next_reader: Arc<AtomicU64>,
     /// Lease ids: seeded from the clock so they keep growing across restarts,
     /// which is what makes a stale lease's result recognisable.
     next_lease: Arc<AtomicU64>,
@@ -208,14 +214,17 @@ impl SqliteStore {
     pub fn open(path: &Path) -> StoreResult<SqliteStore> {
         let writer = open_connection(path)?;
         writer.execute_batch(SCHEMA)?;
-        let reader = open_connection(path)?;
+        let readers = (0..READERS)
+            .map(|_| open_connection(path).map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()?;
         let now = now_ms();
         Ok(SqliteStore {
             writer: Arc::new(Mutex::new(Writer {
                 conn: writer,
                 durable: true,
             })),
-            reader: Arc::new(Mutex::new(reader)),
+            readers: readers.into(),
+            next_reader: Arc::new(AtomicU64::new(0)),
             next_lease: Arc::new(AtomicU64::new(now << 12)),
             blobs: Blobs::new(path.with_extension("blobs")),
         })
@@ -270,15 +279,22 @@ impl SqliteStore {
         .map_err(|e| StoreError::Worker(e.to_string()))?
     }
 
-    /// Runs `f` on the reader connection on a blocking thread.
+    /// Runs `f` on a reader connection on a blocking thread: the first
+    /// free one from a rotating start, or the start's if all are busy.
     async fn read<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
-        let conn = self.reader.clone();
+        let readers = self.readers.clone();
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed) as usize;
         tokio::task::spawn_blocking(move || {
-            let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            let n = readers.len();
+            let free = (0..n).find_map(|i| readers[(start + i) % n].try_lock().ok());
+            let conn = match free {
+                Some(conn) => conn,
+                None => readers[start % n].lock().unwrap_or_else(|p| p.into_inner()),
+            };
             f(&conn)
         })
         .await
