@@ -24,47 +24,50 @@ pub async fn metrics(State(st): State<Arc<AppState>>) -> Result<impl IntoRespons
     let stats = st.scheduler.store.stats().await?;
     let c = &st.scheduler.counters;
     let mut out = String::new();
-    let mut counter = |name: &str, help: &str, v: u64| {
+    let counters = [
+        (
+            "musketeer_jobs_submitted_total",
+            "Jobs accepted.",
+            &c.jobs_submitted,
+        ),
+        (
+            "musketeer_tasks_leased_total",
+            "Tasks handed to agents.",
+            &c.tasks_leased,
+        ),
+        (
+            "musketeer_results_accepted_total",
+            "Task results recorded.",
+            &c.results_accepted,
+        ),
+        (
+            "musketeer_results_stale_total",
+            "Results ignored because their lease was gone.",
+            &c.results_stale,
+        ),
+        (
+            "musketeer_tasks_retried_total",
+            "Tasks queued again after a failure.",
+            &c.tasks_retried,
+        ),
+        (
+            "musketeer_leases_expired_total",
+            "Leases that expired before their result came.",
+            &c.leases_expired,
+        ),
+        (
+            "musketeer_jobs_reduced_total",
+            "Jobs whose results were aggregated.",
+            &c.jobs_reduced,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let v = value.load(Ordering::Relaxed);
         let _ = write!(
             out,
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
         );
-    };
-    counter(
-        "musketeer_jobs_submitted_total",
-        "Jobs accepted.",
-        c.jobs_submitted.load(Ordering::Relaxed),
-    );
-    counter(
-        "musketeer_tasks_leased_total",
-        "Tasks handed to agents.",
-        c.tasks_leased.load(Ordering::Relaxed),
-    );
-    counter(
-        "musketeer_results_accepted_total",
-        "Task results recorded.",
-        c.results_accepted.load(Ordering::Relaxed),
-    );
-    counter(
-        "musketeer_results_stale_total",
-        "Results ignored because their lease was gone.",
-        c.results_stale.load(Ordering::Relaxed),
-    );
-    counter(
-        "musketeer_tasks_retried_total",
-        "Tasks queued again after a failure.",
-        c.tasks_retried.load(Ordering::Relaxed),
-    );
-    counter(
-        "musketeer_leases_expired_total",
-        "Leases that expired before their result came.",
-        c.leases_expired.load(Ordering::Relaxed),
-    );
-    counter(
-        "musketeer_jobs_reduced_total",
-        "Jobs whose results were aggregated.",
-        c.jobs_reduced.load(Ordering::Relaxed),
-    );
+    }
     let _ = write!(
         out,
         "# HELP musketeer_jobs Jobs by state.\n# TYPE musketeer_jobs gauge\n"

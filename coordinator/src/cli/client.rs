@@ -1,7 +1,6 @@
 //! A client of the coordinator's API, for the admin CLI and the demo.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use musketeer_tasks::protocol::ErrorBody;
@@ -143,6 +142,3 @@ impl ApiClient {
             .await?)
     }
 }
-
-/// The shared shape of `Arc<ApiClient>` for tasks that outlive a borrow.
-pub type SharedClient = Arc<ApiClient>;
