@@ -102,6 +102,19 @@ pub async fn metrics(State(st): State<Arc<AppState>>) -> Result<impl IntoRespons
 }
 
 /// Escapes text for HTML: agent-supplied names reach this page.
+/// An agent's trust, and how often it was outvoted.
+fn trust_cell(a: &crate::store::AgentRecord) -> String {
+    let level = match a.trust {
+        crate::store::Trust::New => "new",
+        crate::store::Trust::Trusted => "trusted",
+        crate::store::Trust::Suspect => "<b>suspect</b>",
+    };
+    match a.results_invalid {
+        0 => level.to_string(),
+        n => format!("{level} ({n} of {} outvoted)", n + a.results_valid),
+    }
+}
+
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -136,11 +149,11 @@ pub async fn page(State(st): State<Arc<AppState>>) -> Result<Html<String>, ApiEr
         "<p>{active} active agents, {cores} cores &middot; {} tasks waiting, {} running</p>",
         stats.tasks_pending, stats.tasks_leased
     );
-    h.push_str("<h2>Agents</h2><table><tr><th>id</th><th>host</th><th>arch</th><th>cpus</th><th>memory</th><th>state</th><th>last seen</th><th>running</th><th>tasks done</th><th>cpu time</th></tr>");
+    h.push_str("<h2>Agents</h2><table><tr><th>id</th><th>host</th><th>arch</th><th>cpus</th><th>memory</th><th>state</th><th>last seen</th><th>running</th><th>tasks done</th><th>cpu time</th><th>trust</th></tr>");
     for a in &agents {
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} MiB</td><td>{}</td><td>{}s ago</td><td>{}</td><td>{}</td><td>{:.1}s</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} MiB</td><td>{}</td><td>{}s ago</td><td>{}</td><td>{}</td><td>{:.1}s</td><td>{}</td></tr>",
             esc(&a.id),
             esc(&a.capacity.hostname),
             esc(&a.capacity.arch),
@@ -150,7 +163,8 @@ pub async fn page(State(st): State<Arc<AppState>>) -> Result<Html<String>, ApiEr
             now.saturating_sub(a.last_seen_ms) / 1000,
             a.leased,
             a.tasks_done,
-            a.cpu_ms as f64 / 1000.0
+            a.cpu_ms as f64 / 1000.0,
+            trust_cell(a)
         );
     }
     h.push_str("</table><h2>Recent jobs</h2><table><tr><th>id</th><th>kernel</th><th>state</th><th>progress</th><th>tasks</th></tr>");

@@ -36,17 +36,6 @@ fn job_error(e: JobError) -> ApiError {
     ApiError::new(status, e.code(), e.to_string())
 }
 
-fn check_supported(options: &JobOptions) -> Result<(), ApiError> {
-    if options.redundancy > 1 {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unsupported_option",
-            "`redundancy` above 1 is not supported by this coordinator yet: submit with redundancy 1",
-        ));
-    }
-    Ok(())
-}
-
 fn new_job(kernel: &str, options: JobOptions, reduce_plan: Vec<u8>) -> NewJob {
     NewJob {
         id: uuid::Uuid::now_v7().to_string(),
@@ -75,7 +64,6 @@ pub async fn submit(
     .await?;
     let (spec, options) = parse_job(&body).map_err(job_error)?;
     drop(body);
-    check_supported(&options)?;
     let kernel = spec.kernel();
     // Planning and encoding a big job is CPU work: keep it off the I/O threads.
     let (reduce, tasks) = tokio::task::spawn_blocking(move || {
@@ -192,7 +180,6 @@ pub async fn submit_wordcount_stream(
         labels: d.labels,
     };
     options.validate().map_err(job_error)?;
-    check_supported(&options)?;
 
     let chunker_options = wc.clone();
     let job = new_job("wordcount", options, wordcount::reduce_plan(&wc).encode());

@@ -153,7 +153,7 @@ pub async fn agents(c: &ApiClient, cmd: AgentsCommand) -> Result<()> {
             let v = c.get_json("/v1/agents").await?;
             let now = v["now_ms"].as_u64().unwrap_or(0);
             println!(
-                "{:<17} {:<16} {:<8} {:>4} {:>8} {:<9} {:>6} {:>7} {:>10} {:>10}",
+                "{:<17} {:<16} {:<8} {:>4} {:>8} {:<9} {:>6} {:>7} {:>10} {:>10} TRUST",
                 "ID",
                 "HOST",
                 "ARCH",
@@ -168,7 +168,7 @@ pub async fn agents(c: &ApiClient, cmd: AgentsCommand) -> Result<()> {
             for a in v["agents"].as_array().into_iter().flatten() {
                 let cap = &a["capacity"];
                 println!(
-                    "{:<17} {:<16} {:<8} {:>4} {:>7}M {:<9} {:>6} {:>7} {:>10} {:>10.1}",
+                    "{:<17} {:<16} {:<8} {:>4} {:>7}M {:<9} {:>6} {:>7} {:>10} {:>10.1} {}",
                     a["id"].as_str().unwrap_or("?"),
                     cap["hostname"].as_str().unwrap_or("?"),
                     cap["arch"].as_str().unwrap_or("?"),
@@ -178,7 +178,8 @@ pub async fn agents(c: &ApiClient, cmd: AgentsCommand) -> Result<()> {
                     age(now, a["last_seen_ms"].as_u64().unwrap_or(0)),
                     a["leased"],
                     a["tasks_done"],
-                    a["cpu_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+                    a["cpu_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
+                    trust_column(a)
                 );
             }
         }
@@ -339,4 +340,17 @@ pub async fn jobs(c: &ApiClient, cmd: JobsCommand) -> Result<()> {
         )?,
     }
     Ok(())
+}
+
+/// The agents list's trust column: the level, and the outvoted results
+/// that earned a `suspect`.
+fn trust_column(agent: &serde_json::Value) -> String {
+    let trust = agent["trust"].as_str().unwrap_or("?");
+    match agent["results_invalid"].as_u64().unwrap_or(0) {
+        0 => trust.to_string(),
+        n => format!(
+            "{trust} ({n} of {} outvoted)",
+            n + agent["results_valid"].as_u64().unwrap_or(0)
+        ),
+    }
 }

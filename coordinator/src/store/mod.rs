@@ -8,6 +8,7 @@ pub mod blobs;
 #[cfg(test)]
 pub mod conformance;
 pub mod sqlite;
+pub mod validation;
 
 use std::collections::BTreeMap;
 
@@ -17,6 +18,7 @@ use musketeer_tasks::{Cost, JobOptions};
 use serde::{Deserialize, Serialize};
 
 pub use sqlite::SqliteStore;
+pub use validation::Trust;
 
 /// A failure of the store itself (not of the caller's request).
 #[derive(Debug, thiserror::Error)]
@@ -210,10 +212,17 @@ pub struct AgentRecord {
     pub last_seen_ms: u64,
     /// Tasks it holds now.
     pub leased: u64,
-    /// Credit: tasks whose results it returned and that were accepted.
+    /// Credit: tasks whose results it returned and that were accepted (for
+    /// a replicated job, only results that agreed with the majority).
     pub tasks_done: u64,
     /// Credit: CPU time of those tasks.
     pub cpu_ms: u64,
+    /// Replicated results that agreed with the accepted answer.
+    pub results_valid: u64,
+    /// Replicated results the majority outvoted.
+    pub results_invalid: u64,
+    /// What validation makes of the agent (see [`validation`]).
+    pub trust: Trust,
 }
 
 /// What authenticating an agent needs.
@@ -362,9 +371,14 @@ pub trait Store: Send + Sync + 'static {
     /// (the coordinator died while reducing).
     async fn jobs_to_reduce(&self) -> StoreResult<Vec<String>>;
 
-    /// Leases a batch of matching tasks, highest priority first.
+    /// Leases a batch of matching tasks, highest priority first. A job with
+    /// `redundancy` N has N replicas of each task, and no agent ever gets
+    /// two replicas of one task; first replicas go out before second ones.
     async fn lease(&self, query: LeaseQuery) -> StoreResult<Vec<LeasedTask>>;
-    /// Records a batch of results; each is accepted once, from the lease holder.
+    /// Records a batch of results; each is accepted once, from the lease
+    /// holder. For a replicated job a result is a vote, judged by
+    /// [`validation::judge`]: a task is done when a majority agrees (or a
+    /// trusted agent's answer stands alone), and credit and trust follow.
     async fn complete(
         &self,
         agent_id: &str,

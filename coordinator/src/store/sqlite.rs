@@ -47,10 +47,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     reduce_plan BLOB NOT NULL,
     result BLOB
 );
--- state: 0 pending, 1 leased, 2 done, 3 failed, 4 cancelled
+-- state: 0 pending, 1 leased, 2 done, 3 failed, 4 cancelled.
+-- A job with redundancy N has N rows (replicas) per task, more when its
+-- replicas disagree. `agent` stays set on a done row: no agent may vote
+-- twice on one task.
 CREATE TABLE IF NOT EXISTS tasks (
     job_seq INTEGER NOT NULL,
     idx INTEGER NOT NULL,
+    replica INTEGER NOT NULL DEFAULT 0,
     state INTEGER NOT NULL,
     queue TEXT NOT NULL,
     priority INTEGER NOT NULL,
@@ -62,9 +66,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     agent TEXT,
     deadline_ms INTEGER,
     last_error TEXT,
-    PRIMARY KEY (job_seq, idx)
+    PRIMARY KEY (job_seq, idx, replica)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS tasks_pending ON tasks(queue, priority DESC, job_seq, idx) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS tasks_pending ON tasks(queue, priority DESC, job_seq, replica, idx) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS tasks_leased ON tasks(deadline_ms) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS tasks_by_agent ON tasks(agent) WHERE state = 1;
 -- external: the input is a file in the blob folder (see blobs.rs), not `data`.
@@ -81,6 +85,17 @@ CREATE TABLE IF NOT EXISTS task_outputs (
     data BLOB NOT NULL,
     PRIMARY KEY (job_seq, idx)
 );
+-- Returned replicas of tasks not yet decided: the votes.
+CREATE TABLE IF NOT EXISTS replica_outputs (
+    job_seq INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    replica INTEGER NOT NULL,
+    agent TEXT NOT NULL,
+    digest BLOB NOT NULL,
+    cpu_ms INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (job_seq, idx, replica)
+);
 CREATE TABLE IF NOT EXISTS agents (
     id TEXT PRIMARY KEY,
     secret_hash BLOB NOT NULL,
@@ -90,7 +105,10 @@ CREATE TABLE IF NOT EXISTS agents (
     enrolled_ms INTEGER NOT NULL,
     last_seen_ms INTEGER NOT NULL,
     tasks_done INTEGER NOT NULL DEFAULT 0,
-    cpu_ms INTEGER NOT NULL DEFAULT 0
+    cpu_ms INTEGER NOT NULL DEFAULT 0,
+    results_valid INTEGER NOT NULL DEFAULT 0,
+    results_invalid INTEGER NOT NULL DEFAULT 0,
+    valid_streak INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS tokens (
     id TEXT PRIMARY KEY,
@@ -99,6 +117,44 @@ CREATE TABLE IF NOT EXISTS tokens (
     revoked INTEGER NOT NULL DEFAULT 0,
     uses INTEGER NOT NULL DEFAULT 0
 );
+"#;
+
+/// The schema's version, in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 2;
+
+/// Brings a data directory made by an earlier version up to
+/// [`SCHEMA_VERSION`] before [`SCHEMA`] runs: version 1 had one row per
+/// task and no validation counts.
+const MIGRATE_FROM_1: &str = r#"
+DROP INDEX IF EXISTS tasks_pending;
+DROP INDEX IF EXISTS tasks_leased;
+DROP INDEX IF EXISTS tasks_by_agent;
+ALTER TABLE tasks RENAME TO tasks_v1;
+CREATE TABLE tasks (
+    job_seq INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    replica INTEGER NOT NULL DEFAULT 0,
+    state INTEGER NOT NULL,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    work INTEGER NOT NULL,
+    mem INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before_ms INTEGER NOT NULL DEFAULT 0,
+    lease_id INTEGER,
+    agent TEXT,
+    deadline_ms INTEGER,
+    last_error TEXT,
+    PRIMARY KEY (job_seq, idx, replica)
+) WITHOUT ROWID;
+INSERT INTO tasks (job_seq, idx, state, queue, priority, work, mem, attempts, not_before_ms,
+                   lease_id, agent, deadline_ms, last_error)
+    SELECT job_seq, idx, state, queue, priority, work, mem, attempts, not_before_ms,
+           lease_id, agent, deadline_ms, last_error FROM tasks_v1;
+DROP TABLE tasks_v1;
+ALTER TABLE agents ADD COLUMN results_valid INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE agents ADD COLUMN results_invalid INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE agents ADD COLUMN valid_streak INTEGER NOT NULL DEFAULT 0;
 "#;
 
 const PENDING: i64 = 0;
@@ -212,8 +268,8 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
 impl SqliteStore {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path) -> StoreResult<SqliteStore> {
-        let writer = open_connection(path)?;
-        writer.execute_batch(SCHEMA)?;
+        let mut writer = open_connection(path)?;
+        migrate(&mut writer)?;
         let readers = (0..READERS)
             .map(|_| open_connection(path).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
@@ -302,6 +358,32 @@ impl SqliteStore {
     }
 }
 
+/// Creates the schema, or brings an older one up to date, in one
+/// transaction: a crash mid-way leaves the old schema, not half of each.
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "the data directory was written by a newer Musketeer (schema {version}, this one \
+             knows {SCHEMA_VERSION}): upgrade the coordinator"
+        )));
+    }
+    let has_tasks: bool = tx.query_row(
+        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'tasks'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_tasks && version < 2 {
+        tracing::info!("upgrading the store to schema {SCHEMA_VERSION} (replicated tasks)");
+        tx.execute_batch(MIGRATE_FROM_1)?;
+    }
+    tx.execute_batch(SCHEMA)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -361,6 +443,7 @@ fn fail_job(tx: &Transaction<'_>, seq: i64, reason: &str, now: u64) -> rusqlite:
 struct EndedAttempt<'a> {
     seq: i64,
     idx: i64,
+    replica: i64,
     /// Attempts made so far, this one included.
     attempts: u32,
     max_attempts: u32,
@@ -376,6 +459,7 @@ fn retry_or_fail(tx: &Transaction<'_>, a: EndedAttempt<'_>, now: u64) -> rusqlit
     let EndedAttempt {
         seq,
         idx,
+        replica,
         attempts,
         max_attempts,
         reason,
@@ -386,8 +470,8 @@ fn retry_or_fail(tx: &Transaction<'_>, a: EndedAttempt<'_>, now: u64) -> rusqlit
     if attempts >= max_attempts {
         let changed = tx.execute(
             "UPDATE tasks SET state = ?3, last_error = ?4, lease_id = NULL, agent = NULL, deadline_ms = NULL
-             WHERE job_seq = ?1 AND idx = ?2 AND state = ?5",
-            params![seq, idx, FAILED, reason, LEASED],
+             WHERE job_seq = ?1 AND idx = ?2 AND replica = ?6 AND state = ?5",
+            params![seq, idx, FAILED, reason, LEASED, replica],
         )?;
         if changed == 0 {
             return Ok(false);
@@ -405,16 +489,186 @@ fn retry_or_fail(tx: &Transaction<'_>, a: EndedAttempt<'_>, now: u64) -> rusqlit
         let changed = tx.execute(
             "UPDATE tasks SET state = ?3, last_error = ?4, not_before_ms = ?5,
                  lease_id = NULL, agent = NULL, deadline_ms = NULL
-             WHERE job_seq = ?1 AND idx = ?2 AND state = ?6",
-            params![seq, idx, PENDING, reason, not_before as i64, LEASED],
+             WHERE job_seq = ?1 AND idx = ?2 AND replica = ?7 AND state = ?6",
+            params![
+                seq,
+                idx,
+                PENDING,
+                reason,
+                not_before as i64,
+                LEASED,
+                replica
+            ],
         )?;
         Ok(changed > 0)
     }
 }
 
+/// What `complete` needs of a reported task's job.
+#[derive(Clone)]
+struct ReportedJob {
+    seq: i64,
+    kernel: String,
+    max_attempts: u32,
+    redundancy: u32,
+}
+
+/// One replica's result, about to be counted as a vote.
+struct Ballot<'a> {
+    seq: i64,
+    idx: i64,
+    replica: i64,
+    job_id: &'a str,
+    redundancy: u32,
+}
+
+/// Whether a vote decided its task.
+enum VoteOutcome {
+    /// The task has its answer (or its job failed on disagreement).
+    Decided,
+    /// More replicas must come back first.
+    Open,
+}
+
+/// Records a replica's output as a vote and judges its task by
+/// [`validation::judge`]; on a decision, stores the answer, cancels the
+/// replicas still out, and credits or marks down each voter.
+fn count_vote(
+    tx: &Transaction<'_>,
+    b: Ballot<'_>,
+    agent: &str,
+    output: Vec<u8>,
+    cpu_ms: i64,
+    now: u64,
+) -> StoreResult<VoteOutcome> {
+    let digest = validation::digest(&output);
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO replica_outputs (job_seq, idx, replica, agent, digest, cpu_ms, data)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![b.seq, b.idx, b.replica, agent, &digest[..], cpu_ms, output])?;
+    let votes: Vec<(String, [u8; 32], i64)> = tx
+        .prepare_cached(
+            "SELECT agent, digest, cpu_ms FROM replica_outputs WHERE job_seq = ?1 AND idx = ?2
+             ORDER BY rowid",
+        )?
+        .query_map(params![b.seq, b.idx], |r| {
+            Ok((r.get(0)?, r.get::<_, Vec<u8>>(1)?, r.get(2)?))
+        })?
+        .map(|v| {
+            let (a, d, c) = v?;
+            Ok((a, hash_of(d)?, c))
+        })
+        .collect::<StoreResult<_>>()?;
+    let (outstanding, replicas): (i64, i64) = tx
+        .prepare_cached(
+            "SELECT COALESCE(SUM(state IN (0, 1)), 0), COUNT(*) FROM tasks
+             WHERE job_seq = ?1 AND idx = ?2",
+        )?
+        .query_row(params![b.seq, b.idx], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let trusted = agent_trust(tx, agent)?.trust() == Trust::Trusted;
+    let solo = trusted && !validation::is_spot_check(b.job_id, b.idx as u32);
+    let ballots: Vec<validation::Vote<'_>> = votes
+        .iter()
+        .map(|(agent, digest, _)| validation::Vote {
+            agent,
+            digest: *digest,
+        })
+        .collect();
+    let verdict = validation::judge(
+        &ballots,
+        outstanding as usize,
+        replicas as u32,
+        b.redundancy,
+        solo,
+    );
+    match verdict {
+        validation::Verdict::Accept(answer) => {
+            let data: Vec<u8> = tx.query_row(
+                "SELECT data FROM replica_outputs WHERE job_seq = ?1 AND idx = ?2 AND digest = ?3 LIMIT 1",
+                params![b.seq, b.idx, &answer[..]],
+                |r| r.get(0),
+            )?;
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO task_outputs (job_seq, idx, data) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![b.seq, b.idx, data])?;
+            tx.execute("UPDATE jobs SET done = done + 1 WHERE seq = ?1", [b.seq])?;
+            // Replicas still out are no longer needed: their results will
+            // come back stale.
+            tx.prepare_cached(
+                "UPDATE tasks SET state = ?3, lease_id = NULL, agent = NULL, deadline_ms = NULL
+                 WHERE job_seq = ?1 AND idx = ?2 AND state IN (0, 1)",
+            )?
+            .execute(params![b.seq, b.idx, CANCELLED])?;
+            for (voter, digest, cpu) in &votes {
+                if *digest == answer {
+                    tx.prepare_cached(
+                        "UPDATE agents SET results_valid = results_valid + 1,
+                             valid_streak = valid_streak + 1, tasks_done = tasks_done + 1,
+                             cpu_ms = CASE WHEN cpu_ms > 4611686018427387904 THEN cpu_ms ELSE cpu_ms + ?2 END
+                         WHERE id = ?1",
+                    )?
+                    .execute(params![voter, cpu])?;
+                } else {
+                    tracing::warn!(agent = %voter, job = %b.job_id, task = b.idx, "outvoted: its result disagreed with the majority");
+                    tx.prepare_cached(
+                        "UPDATE agents SET results_invalid = results_invalid + 1, valid_streak = 0
+                         WHERE id = ?1",
+                    )?
+                    .execute([voter])?;
+                }
+            }
+            tx.prepare_cached("DELETE FROM replica_outputs WHERE job_seq = ?1 AND idx = ?2")?
+                .execute(params![b.seq, b.idx])?;
+            Ok(VoteOutcome::Decided)
+        }
+        validation::Verdict::Wait => Ok(VoteOutcome::Open),
+        validation::Verdict::AddReplica => {
+            tracing::info!(job = %b.job_id, task = b.idx, "replicas disagree: asking another agent");
+            tx.prepare_cached(
+                "INSERT INTO tasks (job_seq, idx, replica, state, queue, priority, work, mem)
+                 SELECT job_seq, idx,
+                        (SELECT MAX(replica) + 1 FROM tasks WHERE job_seq = ?1 AND idx = ?2),
+                        ?3, queue, priority, work, mem
+                 FROM tasks WHERE job_seq = ?1 AND idx = ?2 AND replica = 0",
+            )?
+            .execute(params![b.seq, b.idx, PENDING])?;
+            Ok(VoteOutcome::Open)
+        }
+        validation::Verdict::GiveUp(why) => {
+            tx.execute(
+                "UPDATE jobs SET failed = failed + 1 WHERE seq = ?1",
+                [b.seq],
+            )?;
+            fail_job(tx, b.seq, &format!("task {}: {why}", b.idx), now)?;
+            Ok(VoteOutcome::Decided)
+        }
+    }
+}
+
+/// An agent's validation record.
+fn agent_trust(tx: &Connection, agent: &str) -> rusqlite::Result<validation::TrustRecord> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT results_valid, results_invalid, valid_streak FROM agents WHERE id = ?1",
+        )?
+        .query_row([agent], |r| {
+            Ok(validation::TrustRecord {
+                valid: r.get::<_, i64>(0)? as u64,
+                invalid: r.get::<_, i64>(1)? as u64,
+                streak: r.get::<_, i64>(2)? as u64,
+            })
+        })
+        .optional()?
+        .unwrap_or_default())
+}
+
 struct Candidate {
     seq: i64,
     idx: i64,
+    replica: i64,
+    redundancy: u32,
     work: u64,
     mem: u64,
     job_id: String,
@@ -528,7 +782,8 @@ impl Store for SqliteStore {
             let mut st = c.prepare(
                 "SELECT a.id, a.capacity, a.state, a.token_id, a.enrolled_ms, a.last_seen_ms,
                         a.tasks_done, a.cpu_ms,
-                        (SELECT COUNT(*) FROM tasks t WHERE t.state = 1 AND t.agent = a.id)
+                        (SELECT COUNT(*) FROM tasks t WHERE t.state = 1 AND t.agent = a.id),
+                        a.results_valid, a.results_invalid, a.valid_streak
                  FROM agents a ORDER BY a.enrolled_ms",
             )?;
             let rows = st.query_map([], |r| {
@@ -544,6 +799,14 @@ impl Store for SqliteStore {
                     tasks_done: r.get::<_, i64>(6)? as u64,
                     cpu_ms: r.get::<_, i64>(7)? as u64,
                     leased: r.get::<_, i64>(8)? as u64,
+                    results_valid: r.get::<_, i64>(9)? as u64,
+                    results_invalid: r.get::<_, i64>(10)? as u64,
+                    trust: validation::TrustRecord {
+                        valid: r.get::<_, i64>(9)? as u64,
+                        invalid: r.get::<_, i64>(10)? as u64,
+                        streak: r.get::<_, i64>(11)? as u64,
+                    }
+                    .trust(),
                 })
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
@@ -577,6 +840,17 @@ impl Store for SqliteStore {
                  WHERE state = ?3 AND agent = ?1",
                 params![id, PENDING, LEASED],
             )?;
+            // Its votes on undecided tasks go too: an operator removes an
+            // agent because its results are not to be believed. Those
+            // replicas run again on other agents.
+            tx.execute(
+                "UPDATE tasks SET state = ?2, agent = NULL
+                 WHERE state = ?3 AND agent = ?1 AND EXISTS (
+                     SELECT 1 FROM replica_outputs r WHERE r.job_seq = tasks.job_seq
+                     AND r.idx = tasks.idx AND r.replica = tasks.replica)",
+                params![id, PENDING, DONE],
+            )?;
+            tx.execute("DELETE FROM replica_outputs WHERE agent = ?1", [&id])?;
             Ok(changed > 0)
         })
         .await
@@ -640,11 +914,13 @@ impl Store for SqliteStore {
         .await
         .map_err(|e| StoreError::Worker(e.to_string()))??;
         self.write_relaxed(move |tx| {
-            let (queue, priority, now_total, state): (String, i64, i64, String) = tx.query_row(
-                "SELECT queue, priority, total, state FROM jobs WHERE seq = ?1 AND id = ?2 AND sealed = 0",
-                params![seq, job_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )?;
+            let (queue, priority, now_total, state, redundancy): (String, i64, i64, String, i64) =
+                tx.query_row(
+                    "SELECT queue, priority, total, state, redundancy FROM jobs
+                     WHERE seq = ?1 AND id = ?2 AND sealed = 0",
+                    params![seq, job_id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )?;
             // A streamed job can fail (a chunk out of attempts) while its
             // upload goes on: the rest of its tasks must not run.
             let initial = match JobState::parse(&state) {
@@ -657,8 +933,8 @@ impl Store for SqliteStore {
                 )));
             }
             let mut task_row = tx.prepare_cached(
-                "INSERT INTO tasks (job_seq, idx, state, queue, priority, work, mem)
-                 VALUES (?1, ?2, ?7, ?3, ?4, ?5, ?6)",
+                "INSERT INTO tasks (job_seq, idx, replica, state, queue, priority, work, mem)
+                 VALUES (?1, ?2, ?8, ?7, ?3, ?4, ?5, ?6)",
             )?;
             let mut input_row = tx.prepare_cached(
                 "INSERT INTO task_inputs (job_seq, idx, data, external) VALUES (?1, ?2, ?3, ?4)",
@@ -666,15 +942,19 @@ impl Store for SqliteStore {
             let n = tasks.len() as i64;
             for (i, (task, external)) in tasks.into_iter().enumerate() {
                 let idx = total + i as i64;
-                task_row.execute(params![
-                    seq,
-                    idx,
-                    queue,
-                    priority,
-                    task.cost.work as i64,
-                    task.cost.mem_bytes as i64,
-                    initial
-                ])?;
+                // One row per replica; all share the one stored input.
+                for replica in 0..redundancy.max(1) {
+                    task_row.execute(params![
+                        seq,
+                        idx,
+                        queue,
+                        priority,
+                        task.cost.work as i64,
+                        task.cost.mem_bytes as i64,
+                        initial,
+                        replica
+                    ])?;
+                }
                 input_row.execute(params![seq, idx, task.input, external as i64])?;
             }
             tx.execute(
@@ -857,8 +1137,12 @@ impl Store for SqliteStore {
                         // would only double the disk the job takes.
                         let seq = job_seq(tx, &id)?;
                         if let Some(seq) = seq {
-                            tx.execute("DELETE FROM task_outputs WHERE job_seq = ?1", [seq])?;
-                            tx.execute("DELETE FROM task_inputs WHERE job_seq = ?1", [seq])?;
+                            for table in ["task_outputs", "task_inputs", "replica_outputs"] {
+                                tx.execute(
+                                    &format!("DELETE FROM {table} WHERE job_seq = ?1"),
+                                    [seq],
+                                )?;
+                            }
                         }
                         Ok(seq)
                     }
@@ -926,12 +1210,14 @@ impl Store for SqliteStore {
             // this agent cannot take never hide those behind them.
             let labels_clause = if q.labels.is_empty() { " AND j.labels = '{}'" } else { "" };
             let sql = format!(
-                "SELECT t.job_seq, t.idx, t.work, t.mem, j.id, j.labels, j.timeout_s, t.priority
+                "SELECT t.job_seq, t.idx, t.work, t.mem, j.id, j.labels, j.timeout_s, t.priority,
+                        t.replica, j.redundancy
                  FROM tasks t JOIN jobs j ON j.seq = t.job_seq
                  WHERE t.state = 0 AND t.queue IN ({placeholders}) AND t.not_before_ms <= ?
                    AND t.mem <= ?{labels_clause}
-                   AND (t.priority < ? OR (t.priority = ? AND (t.job_seq > ? OR (t.job_seq = ? AND t.idx > ?))))
-                 ORDER BY t.priority DESC, t.job_seq, t.idx
+                   AND (t.priority < ? OR (t.priority = ? AND (t.job_seq > ? OR (t.job_seq = ?
+                        AND (t.replica > ? OR (t.replica = ? AND t.idx > ?))))))
+                 ORDER BY t.priority DESC, t.job_seq, t.replica, t.idx
                  LIMIT ?"
             );
             let page_size = (q.max_tasks.max(1) * CANDIDATES_PER_TASK) as i64;
@@ -943,15 +1229,23 @@ impl Store for SqliteStore {
             let mut jobs_started = HashSet::new();
             // (position in `granted`, job, task) of inputs still in files.
             let mut files: Vec<(usize, i64, i64)> = Vec::new();
-            // Keyset cursor: (priority, job, index) of the last row seen.
-            let mut cursor = (10i64, 0i64, -1i64);
+            // Keyset cursor: (priority, job, replica, index) of the last row
+            // seen. Replica before index: every task's first replica goes
+            // out before any second one, so a trusted agent's early answers
+            // can make the later replicas unnecessary before anyone runs them.
+            let mut cursor = (10i64, 0i64, 0i64, -1i64);
+            // Tasks of replicated jobs granted in this batch: one replica each.
+            let mut voting: HashSet<(i64, i64)> = HashSet::new();
             'pages: loop {
                 let mut st = tx.prepare_cached(&sql)?;
                 let mut args: Vec<rusqlite::types::Value> =
                     queues.iter().map(|q| (*q).to_string().into()).collect();
                 args.push((q.now_ms as i64).into());
                 args.push((q.mem_bytes.min(i64::MAX as u64) as i64).into());
-                args.extend([cursor.0, cursor.0, cursor.1, cursor.1, cursor.2, page_size].map(Into::into));
+                args.extend(
+                    [cursor.0, cursor.0, cursor.1, cursor.1, cursor.2, cursor.2, cursor.3, page_size]
+                        .map(Into::into),
+                );
                 let page: Vec<(Candidate, i64)> = st
                     .query_map(rusqlite::params_from_iter(args), |r| {
                         Ok((
@@ -963,6 +1257,8 @@ impl Store for SqliteStore {
                                 job_id: r.get(4)?,
                                 labels: r.get(5)?,
                                 timeout_s: r.get(6)?,
+                                replica: r.get(8)?,
+                                redundancy: r.get::<_, i64>(9)? as u32,
                             },
                             r.get(7)?,
                         ))
@@ -973,7 +1269,7 @@ impl Store for SqliteStore {
                     break;
                 }
                 for (c, priority) in page {
-                    cursor = (priority, c.seq, c.idx);
+                    cursor = (priority, c.seq, c.replica, c.idx);
                     scanned += 1;
                     if granted.len() as u32 >= q.max_tasks
                         || (!granted.is_empty() && (work >= q.max_work || bytes >= q.max_bytes))
@@ -981,6 +1277,17 @@ impl Store for SqliteStore {
                         break 'pages;
                     }
                     if !labels_match(&c.labels, &q.labels) {
+                        continue;
+                    }
+                    // A vote counts only if no agent casts two on one task.
+                    if c.redundancy > 1
+                        && (voting.contains(&(c.seq, c.idx))
+                            || tx
+                                .prepare_cached(
+                                    "SELECT 1 FROM tasks WHERE job_seq = ?1 AND idx = ?2 AND agent = ?3",
+                                )?
+                                .exists(params![c.seq, c.idx, q.agent_id])?)
+                    {
                         continue;
                     }
                     // Always grant at least one task, even one larger than the
@@ -1005,9 +1312,12 @@ impl Store for SqliteStore {
                     tx.prepare_cached(
                         "UPDATE tasks SET state = 1, attempts = attempts + 1, lease_id = ?3, agent = ?4,
                              deadline_ms = ?5
-                         WHERE job_seq = ?1 AND idx = ?2",
+                         WHERE job_seq = ?1 AND idx = ?2 AND replica = ?6",
                     )?
-                    .execute(params![c.seq, c.idx, lease as i64, q.agent_id, deadline])?;
+                    .execute(params![c.seq, c.idx, lease as i64, q.agent_id, deadline, c.replica])?;
+                    if c.redundancy > 1 {
+                        voting.insert((c.seq, c.idx));
+                    }
                     work += c.work;
                     bytes += size;
                     jobs_started.insert(c.seq);
@@ -1106,42 +1416,50 @@ impl Store for SqliteStore {
         let agent_id = agent_id.to_string();
         self.write_relaxed(move |tx| {
             let mut out = CompleteOutcome::default();
-            let mut seqs: HashMap<String, Option<(i64, String, u32)>> = HashMap::new();
+            let mut jobs: HashMap<String, Option<ReportedJob>> = HashMap::new();
             let mut touched = HashSet::new();
             let mut credit_tasks = 0i64;
             let mut credit_cpu = 0i64;
             for report in reports {
-                let job = match seqs.get(&report.task.job) {
+                let job = match jobs.get(&report.task.job) {
                     Some(j) => j.clone(),
                     None => {
                         let j = tx
                             .query_row(
-                                "SELECT seq, kernel, max_attempts FROM jobs WHERE id = ?1",
+                                "SELECT seq, kernel, max_attempts, redundancy FROM jobs WHERE id = ?1",
                                 [&report.task.job],
-                                |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u32)),
+                                |r| {
+                                    Ok(ReportedJob {
+                                        seq: r.get(0)?,
+                                        kernel: r.get(1)?,
+                                        max_attempts: r.get::<_, i64>(2)? as u32,
+                                        redundancy: r.get::<_, i64>(3)? as u32,
+                                    })
+                                },
                             )
                             .optional()?;
-                        seqs.insert(report.task.job.clone(), j.clone());
+                        jobs.insert(report.task.job.clone(), j.clone());
                         j
                     }
                 };
-                let Some((seq, kernel, max_attempts)) = job else {
+                let Some(ReportedJob { seq, kernel, max_attempts, redundancy }) = job else {
                     out.stale += 1;
                     continue;
                 };
                 let idx = report.task.index as i64;
-                let held: Option<(i64, Option<i64>, Option<String>, i64)> = tx
-                    .query_row(
-                        "SELECT state, lease_id, agent, attempts FROM tasks WHERE job_seq = ?1 AND idx = ?2",
-                        params![seq, idx],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                    )
+                // Lease ids are unique, so they also tell the replicas apart.
+                let held: Option<(i64, i64, Option<String>, i64)> = tx
+                    .prepare_cached(
+                        "SELECT state, replica, agent, attempts FROM tasks
+                         WHERE job_seq = ?1 AND idx = ?2 AND lease_id = ?3",
+                    )?
+                    .query_row(params![seq, idx, report.task.lease as i64], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    })
                     .optional()?;
-                let attempts = match held {
-                    Some((LEASED, Some(lease), Some(agent), attempts))
-                        if lease as u64 == report.task.lease && agent == agent_id =>
-                    {
-                        attempts as u32
+                let (replica, attempts) = match held {
+                    Some((LEASED, replica, Some(agent), attempts)) if agent == agent_id => {
+                        (replica, attempts as u32)
                     }
                     _ => {
                         out.stale += 1;
@@ -1157,28 +1475,42 @@ impl Store for SqliteStore {
                         let valid = output_kernel(&bytes) == Some(kernel.as_str());
                         if !valid {
                             let reason = format!("agent {agent_id} returned an invalid {kernel} output");
-                            if retry_or_fail(tx, EndedAttempt { seq, idx, attempts, max_attempts, reason: &reason, backoff: true }, now_ms)? {
+                            let ended = EndedAttempt { seq, idx, replica, attempts, max_attempts, reason: &reason, backoff: true };
+                            if retry_or_fail(tx, ended, now_ms)? {
                                 out.requeued += 1;
                             }
                             out.accepted += 1;
                             continue;
                         }
-                        tx.execute(
-                            "INSERT OR REPLACE INTO task_outputs (job_seq, idx, data) VALUES (?1, ?2, ?3)",
-                            params![seq, idx, bytes],
-                        )?;
-                        tx.execute(
-                            "UPDATE tasks SET state = ?3, lease_id = NULL, agent = NULL, deadline_ms = NULL
-                             WHERE job_seq = ?1 AND idx = ?2",
-                            params![seq, idx, DONE],
-                        )?;
-                        tx.execute("UPDATE jobs SET done = done + 1 WHERE seq = ?1", [seq])?;
-                        credit_tasks += 1;
-                        credit_cpu += report.cpu_ms.min(MAX_REPORTED_CPU_MS) as i64;
-                        touched.insert(seq);
+                        // The row keeps its agent: it has voted on this task.
+                        tx.prepare_cached(
+                            "UPDATE tasks SET state = ?4, lease_id = NULL, deadline_ms = NULL
+                             WHERE job_seq = ?1 AND idx = ?2 AND replica = ?3",
+                        )?
+                        .execute(params![seq, idx, replica, DONE])?;
+                        let cpu_ms = report.cpu_ms.min(MAX_REPORTED_CPU_MS) as i64;
+                        if redundancy <= 1 {
+                            tx.prepare_cached(
+                                "INSERT OR REPLACE INTO task_outputs (job_seq, idx, data) VALUES (?1, ?2, ?3)",
+                            )?
+                            .execute(params![seq, idx, bytes])?;
+                            tx.execute("UPDATE jobs SET done = done + 1 WHERE seq = ?1", [seq])?;
+                            credit_tasks += 1;
+                            credit_cpu += cpu_ms;
+                            touched.insert(seq);
+                        } else {
+                            let vote = Ballot { seq, idx, replica, job_id: &report.task.job, redundancy };
+                            match count_vote(tx, vote, &agent_id, bytes, cpu_ms, now_ms)? {
+                                VoteOutcome::Decided => {
+                                    touched.insert(seq);
+                                }
+                                VoteOutcome::Open => {}
+                            }
+                        }
                     }
                     TaskOutcome::Failed(reason) => {
-                        if retry_or_fail(tx, EndedAttempt { seq, idx, attempts, max_attempts, reason: &reason, backoff: true }, now_ms)? {
+                        let ended = EndedAttempt { seq, idx, replica, attempts, max_attempts, reason: &reason, backoff: true };
+                        if retry_or_fail(tx, ended, now_ms)? {
                             out.requeued += 1;
                         }
                     }
@@ -1270,17 +1602,24 @@ impl Store for SqliteStore {
 
     async fn expire_leases(&self, now_ms: u64) -> StoreResult<u32> {
         self.write_relaxed(move |tx| {
-            let expired: Vec<(i64, i64, i64, i64, Option<String>)> = tx
+            let expired: Vec<(i64, i64, i64, i64, i64, Option<String>)> = tx
                 .prepare_cached(
-                    "SELECT t.job_seq, t.idx, t.attempts, j.max_attempts, t.agent
+                    "SELECT t.job_seq, t.idx, t.replica, t.attempts, j.max_attempts, t.agent
                      FROM tasks t JOIN jobs j ON j.seq = t.job_seq
                      WHERE t.state = 1 AND t.deadline_ms < ?1",
                 )?
                 .query_map([now_ms as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
                 })?
                 .collect::<Result<_, _>>()?;
-            for (seq, idx, attempts, max_attempts, agent) in &expired {
+            for (seq, idx, replica, attempts, max_attempts, agent) in &expired {
                 let reason = format!(
                     "lease expired: agent {} stopped responding",
                     agent.as_deref().unwrap_or("?")
@@ -1290,6 +1629,7 @@ impl Store for SqliteStore {
                     EndedAttempt {
                         seq: *seq,
                         idx: *idx,
+                        replica: *replica,
                         attempts: *attempts as u32,
                         max_attempts: *max_attempts as u32,
                         reason: &reason,
@@ -1314,8 +1654,9 @@ impl Store for SqliteStore {
                     .query_map([], |r| r.get(0))?
                     .collect::<Result<_, _>>()?;
                 for &seq in &seqs {
-                    tx.execute("DELETE FROM task_inputs WHERE job_seq = ?1", [seq])?;
-                    tx.execute("DELETE FROM task_outputs WHERE job_seq = ?1", [seq])?;
+                    for table in ["task_inputs", "task_outputs", "replica_outputs"] {
+                        tx.execute(&format!("DELETE FROM {table} WHERE job_seq = ?1"), [seq])?;
+                    }
                 }
                 Ok(seqs)
             })
@@ -1365,7 +1706,7 @@ impl Store for SqliteStore {
 }
 
 fn delete_job(tx: &Transaction<'_>, seq: i64) -> rusqlite::Result<()> {
-    for table in ["task_inputs", "task_outputs", "tasks"] {
+    for table in ["task_inputs", "task_outputs", "replica_outputs", "tasks"] {
         tx.execute(&format!("DELETE FROM {table} WHERE job_seq = ?1"), [seq])?;
     }
     tx.execute("DELETE FROM jobs WHERE seq = ?1", [seq])?;
