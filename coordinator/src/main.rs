@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use musketeer_coordinator::api::rate_limit::{
+    RateLimit, RateLimits, DEFAULT_ADDRESS_LIMIT, DEFAULT_AGENT_LIMIT,
+};
 use musketeer_coordinator::cli::{self, ApiClient, Connection};
 use musketeer_coordinator::{demo, pki, server};
 
@@ -44,6 +47,33 @@ struct ServeArgs {
     /// Largest streamed word-count upload, in MiB.
     #[arg(long, env = "MUSKETEER_MAX_UPLOAD_MIB", default_value_t = 4096)]
     max_upload_mib: u64,
+    /// Requests per second each agent may make on average; 0 turns the limit off.
+    #[arg(long, env = "MUSKETEER_AGENT_REQUESTS_PER_S", default_value_t = DEFAULT_AGENT_LIMIT.per_s)]
+    agent_requests_per_s: f64,
+    /// Requests an agent may make at once after a quiet spell.
+    #[arg(long, env = "MUSKETEER_AGENT_BURST", default_value_t = DEFAULT_AGENT_LIMIT.burst)]
+    agent_burst: f64,
+    /// Unauthenticated requests (enrolment, failed logins, public pages) per
+    /// second from one client address; 0 turns the limit off.
+    #[arg(long, env = "MUSKETEER_ADDRESS_REQUESTS_PER_S", default_value_t = DEFAULT_ADDRESS_LIMIT.per_s)]
+    address_requests_per_s: f64,
+    /// Unauthenticated requests one address may make at once.
+    #[arg(long, env = "MUSKETEER_ADDRESS_BURST", default_value_t = DEFAULT_ADDRESS_LIMIT.burst)]
+    address_burst: f64,
+}
+
+/// A rate limit from its flags, checked.
+fn rate_limit(per_s: f64, burst: f64, flag: &str) -> Result<RateLimit> {
+    if !per_s.is_finite() || per_s < 0.0 {
+        anyhow::bail!("--{flag}-requests-per-s is {per_s}: use 0 (no limit) or more");
+    }
+    if per_s == 0.0 {
+        return Ok(RateLimit::OFF);
+    }
+    if !burst.is_finite() || burst < 1.0 {
+        anyhow::bail!("--{flag}-burst is {burst}: use 1 or more");
+    }
+    Ok(RateLimit { per_s, burst })
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,6 +120,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tls_key: args.tls_key,
         lease_ttl: Duration::from_secs_f64(args.lease_ttl),
         max_upload: args.max_upload_mib << 20,
+        rate_limits: RateLimits {
+            per_agent: rate_limit(args.agent_requests_per_s, args.agent_burst, "agent")?,
+            per_address: rate_limit(args.address_requests_per_s, args.address_burst, "address")?,
+        },
     };
     let data_dir = cfg.data_dir.clone();
     let running = server::start(cfg).await?;

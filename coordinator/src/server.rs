@@ -38,6 +38,8 @@ pub struct ServeConfig {
     pub lease_ttl: Duration,
     /// Largest streamed word-count upload, in bytes.
     pub max_upload: u64,
+    /// Request-rate limits per agent and per client address.
+    pub rate_limits: api::rate_limit::RateLimits,
 }
 
 /// A running coordinator.
@@ -127,6 +129,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
         pin: pki.pin,
         ca_pem: pki.ca_pem.clone(),
         max_upload: cfg.max_upload,
+        limits: api::rate_limit::RateLimiters::new(cfg.rate_limits),
     });
 
     // The join token a fresh coordinator prints; kept (0600) so a restart
@@ -153,7 +156,8 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
     let tls = axum_server::tls_rustls::RustlsConfig::from_config(pki.server_config.clone());
     let server = axum_server::from_tcp_rustls(listener, tls)
         .handle(handle.clone())
-        .serve(app.into_make_service());
+        // The peer's address feeds the per-address rate limit.
+        .serve(app.into_make_service_with_connect_info::<SocketAddr>());
     let server = tokio::spawn(server);
     Ok(Running {
         url,

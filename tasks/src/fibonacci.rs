@@ -205,6 +205,21 @@ fn too_many_digits(digits: f64) -> JobError {
 impl FibonacciJob {
     /// Validates the body and splits it into tasks of about [`TARGET_TASK_WORK`].
     pub fn plan(&self) -> Result<JobPlan, JobError> {
+        self.plan_in_chunks(None)
+    }
+
+    /// How many indices the body asks for (0 when it gives neither form).
+    pub fn item_count(&self) -> u64 {
+        match (&self.n, &self.range) {
+            (Some(ns), _) => ns.len() as u64,
+            (None, Some(r)) => r.end.saturating_sub(r.start),
+            (None, None) => 0,
+        }
+    }
+
+    /// [`FibonacciJob::plan`], but with exactly `items_per_task` indices per
+    /// task (the last one takes the rest) when given.
+    pub fn plan_in_chunks(&self, items_per_task: Option<u64>) -> Result<JobPlan, JobError> {
         let target = TARGET_TASK_WORK as f64;
         let (tasks, count) = match (&self.n, &self.range) {
             (Some(_), Some(_)) | (None, None) => return Err(JobError::Invalid(
@@ -233,6 +248,11 @@ impl FibonacciJob {
                     return Err(too_many_digits(digits));
                 }
                 let mut tasks = Vec::new();
+                if let Some(k) = items_per_task {
+                    let k = usize::try_from(k).unwrap_or(usize::MAX).max(1);
+                    tasks.extend(ns.chunks(k).map(|c| FibonacciTask::List(c.to_vec())));
+                    return Ok(plan_of(tasks, ns.len() as u64));
+                }
                 let mut from = 0;
                 let mut acc = 0.0;
                 for (i, &n) in ns.iter().enumerate() {
@@ -273,6 +293,11 @@ impl FibonacciJob {
                 }
                 let mut tasks = Vec::new();
                 let mut start = r.start;
+                while let Some(k) = items_per_task.filter(|_| start < r.end) {
+                    let end = start.saturating_add(k.max(1)).min(r.end);
+                    tasks.push(FibonacciTask::Range(IndexRange { start, end }));
+                    start = end;
+                }
                 while start < r.end {
                     // The largest end whose work stays within the target, by
                     // bisection on the closed-form estimate; at least one index.
@@ -291,16 +316,21 @@ impl FibonacciJob {
                 (tasks, r.end - r.start)
             }
         };
-        Ok(JobPlan {
-            tasks: tasks
-                .into_iter()
-                .map(|t| {
-                    let cost = t.cost();
-                    (TaskInput::Fibonacci(t), cost)
-                })
-                .collect(),
-            reduce: ReducePlan::Fibonacci(FibonacciReduce { count }),
-        })
+        Ok(plan_of(tasks, count))
+    }
+}
+
+/// The plan of these tasks, `count` values in all.
+fn plan_of(tasks: Vec<FibonacciTask>, count: u64) -> JobPlan {
+    JobPlan {
+        tasks: tasks
+            .into_iter()
+            .map(|t| {
+                let cost = t.cost();
+                (TaskInput::Fibonacci(t), cost)
+            })
+            .collect(),
+        reduce: ReducePlan::Fibonacci(FibonacciReduce { count }),
     }
 }
 

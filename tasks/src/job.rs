@@ -20,6 +20,17 @@ pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
 pub const MAX_REDUNDANCY: u32 = 16;
 /// A day: a longer per-task timeout is almost surely a unit mistake.
 pub const MAX_TIMEOUT_S: u64 = 86_400;
+/// Label keys under this prefix are the coordinator's own: it sets them on
+/// every agent (from its id and architecture), so no agent can claim them.
+pub const RESERVED_LABEL_PREFIX: &str = "musketeer.";
+/// The label every agent carries with its id, which `agent` targets.
+pub const AGENT_LABEL: &str = "musketeer.agent";
+/// The label every agent carries with its architecture, which `arch` targets.
+pub const ARCH_LABEL: &str = "musketeer.arch";
+/// Most tasks one job may be planned into, whatever `items_per_task` asks:
+/// each task is a row in the store and a lease, so a million is already a
+/// long job of tiny tasks.
+pub const MAX_TASKS_PER_JOB: u64 = 1_000_000;
 
 /// What is wrong with a job body; every message says what to change.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -66,6 +77,15 @@ pub struct JobOptions {
     pub redundancy: u32,
     /// An agent must carry every one of these labels to lease the job's tasks.
     pub labels: BTreeMap<String, String>,
+    /// Only the agent with this id (as `agents list` shows it) leases the
+    /// job's tasks, as Celery routes a task to one named worker.
+    pub agent: Option<String>,
+    /// Only agents of this CPU architecture (as Rust names it: `x86_64`,
+    /// `aarch64`, `arm`, ...) lease the job's tasks.
+    pub arch: Option<String>,
+    /// Fibonacci only: exactly this many indices per task instead of about
+    /// 50 ms of work each, the way Celery's `chunks` splits a list.
+    pub items_per_task: Option<u64>,
 }
 
 impl Default for JobOptions {
@@ -77,19 +97,33 @@ impl Default for JobOptions {
             timeout_s: None,
             redundancy: 1,
             labels: BTreeMap::new(),
+            agent: None,
+            arch: None,
+            items_per_task: None,
         }
     }
 }
 
 /// The option keys, so they can be told apart from a kernel's own fields.
-const OPTION_KEYS: [&str; 6] = [
+const OPTION_KEYS: [&str; 9] = [
     "queue",
     "priority",
     "max_attempts",
     "timeout_s",
     "redundancy",
     "labels",
+    "agent",
+    "arch",
+    "items_per_task",
 ];
+
+/// An agent id or architecture name: short, and plain enough to be a label value.
+fn is_plain_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
 
 impl JobOptions {
     /// Checks ranges that serde's types cannot express.
@@ -118,7 +152,49 @@ impl JobOptions {
                 self.redundancy
             ));
         }
+        if let Some(key) = self
+            .labels
+            .keys()
+            .find(|k| k.starts_with(RESERVED_LABEL_PREFIX))
+        {
+            return bad(format!(
+                "label {key:?} is reserved for the coordinator: use the `agent` or `arch` option to target an agent"
+            ));
+        }
+        if let Some(a) = &self.agent {
+            if !is_plain_name(a) {
+                return bad(format!(
+                    "`agent` is {a:?}: give an agent id as `musketeer-coordinator agents list` shows it"
+                ));
+            }
+        }
+        if let Some(a) = &self.arch {
+            if !is_plain_name(a) {
+                return bad(format!(
+                    "`arch` is {a:?}: give an architecture as Rust names it, such as x86_64 or aarch64"
+                ));
+            }
+        }
+        if self.items_per_task == Some(0) {
+            return bad(
+                "`items_per_task` is 0: use 1 or more, or leave it out to size tasks by work"
+                    .into(),
+            );
+        }
         Ok(())
+    }
+
+    /// Every label an agent must carry: the job's own, plus the reserved
+    /// ones that `agent` and `arch` stand for.
+    pub fn required_labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.labels.clone();
+        if let Some(a) = &self.agent {
+            labels.insert(AGENT_LABEL.to_string(), a.clone());
+        }
+        if let Some(a) = &self.arch {
+            labels.insert(ARCH_LABEL.to_string(), a.clone());
+        }
+        labels
     }
 }
 
@@ -181,7 +257,32 @@ pub fn parse_job(body: &[u8]) -> Result<(JobSpec, JobOptions), JobError> {
     options.validate()?;
     let spec: JobSpec = serde_json::from_value(Value::Object(fields))
         .map_err(|e| JobError::Invalid(format!("{kernel}: {e}")))?;
+    if options.items_per_task.is_some() && !matches!(spec, JobSpec::Fibonacci(_)) {
+        return Err(JobError::Invalid(format!(
+            "`items_per_task` applies to fibonacci jobs only; {kernel} sizes its tasks by work: leave it out"
+        )));
+    }
     Ok((spec, options))
+}
+
+impl JobSpec {
+    /// Plans the job as [`JobSpec::plan`] does, honouring the options that
+    /// shape tasks (`items_per_task`), within [`MAX_TASKS_PER_JOB`].
+    pub fn plan_with(&self, options: &JobOptions) -> Result<crate::kernel::JobPlan, JobError> {
+        match (self, options.items_per_task) {
+            (JobSpec::Fibonacci(j), Some(k)) => {
+                let items = j.item_count();
+                let tasks = items.div_ceil(k);
+                if tasks > MAX_TASKS_PER_JOB {
+                    return Err(JobError::TooLarge(format!(
+                        "{items} indices at {k} per task make {tasks} tasks; the limit is {MAX_TASKS_PER_JOB}: raise `items_per_task`"
+                    )));
+                }
+                j.plan_in_chunks(Some(k))
+            }
+            _ => self.plan(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -211,5 +312,55 @@ mod tests {
         assert!(e.to_string().contains("priority"), "{e}");
         let e = parse_job(br#"{"n":10}"#).unwrap_err();
         assert!(e.to_string().contains("kernel"), "{e}");
+    }
+
+    #[test]
+    fn agent_and_arch_become_reserved_labels() {
+        let (_, opts) = parse_job(
+            br#"{"kernel":"factorial","n":10,"agent":"a1b2","arch":"aarch64","labels":{"gpu":"yes"}}"#,
+        )
+        .unwrap();
+        let labels = opts.required_labels();
+        assert_eq!(labels[AGENT_LABEL], "a1b2");
+        assert_eq!(labels[ARCH_LABEL], "aarch64");
+        assert_eq!(labels["gpu"], "yes");
+        let e = parse_job(br#"{"kernel":"factorial","n":10,"labels":{"musketeer.agent":"x"}}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("reserved"), "{e}");
+        let e = parse_job(br#"{"kernel":"factorial","n":10,"agent":"a b"}"#).unwrap_err();
+        assert!(e.to_string().contains("agents list"), "{e}");
+        let e = parse_job(br#"{"kernel":"factorial","n":10,"arch":""}"#).unwrap_err();
+        assert!(e.to_string().contains("x86_64"), "{e}");
+    }
+
+    #[test]
+    fn items_per_task_splits_fibonacci_exactly() {
+        let (spec, opts) = parse_job(
+            br#"{"kernel":"fibonacci","range":{"start":0,"end":1000},"items_per_task":7}"#,
+        )
+        .unwrap();
+        let plan = spec.plan_with(&opts).unwrap();
+        assert_eq!(plan.tasks.len(), 143);
+        let (spec, opts) =
+            parse_job(br#"{"kernel":"fibonacci","n":[1,2,3,4,5],"items_per_task":2}"#).unwrap();
+        assert_eq!(spec.plan_with(&opts).unwrap().tasks.len(), 3);
+        // Without the option, the same job is one task of a few nanoseconds.
+        let (spec, opts) = parse_job(br#"{"kernel":"fibonacci","n":[1,2,3,4,5]}"#).unwrap();
+        assert_eq!(spec.plan_with(&opts).unwrap().tasks.len(), 1);
+    }
+
+    #[test]
+    fn items_per_task_is_checked() {
+        let e = parse_job(br#"{"kernel":"factorial","n":10,"items_per_task":2}"#).unwrap_err();
+        assert!(e.to_string().contains("fibonacci jobs only"), "{e}");
+        let e = parse_job(br#"{"kernel":"fibonacci","n":[1],"items_per_task":0}"#).unwrap_err();
+        assert!(e.to_string().contains("items_per_task"), "{e}");
+        let (spec, opts) = parse_job(
+            br#"{"kernel":"fibonacci","range":{"start":0,"end":2000000},"items_per_task":1}"#,
+        )
+        .unwrap();
+        let e = spec.plan_with(&opts).unwrap_err();
+        assert!(matches!(e, JobError::TooLarge(_)), "{e}");
+        assert!(e.to_string().contains("raise `items_per_task`"), "{e}");
     }
 }

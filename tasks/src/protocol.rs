@@ -202,3 +202,146 @@ pub struct ErrorDetail {
     /// For a person: what went wrong and what to do.
     pub message: String,
 }
+
+/// Longest failure reason kept from an agent: enough for any real error
+/// message; the rest of a longer one is cut, so an agent cannot fill the
+/// store with one report.
+pub const MAX_REASON_BYTES: usize = 4096;
+
+/// Longest job id a report may name (ids are UUIDs, 36 characters).
+const MAX_JOB_ID_BYTES: usize = 64;
+
+/// Why an uploaded result batch is refused whole.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UploadError {
+    /// Not a postcard [`ResultBatch`], or bytes left over after one.
+    #[error("the result batch does not decode: {0}")]
+    Malformed(String),
+    /// More reports than one call may carry.
+    #[error("{got} results in one batch; at most {max} per batch: upload in smaller batches")]
+    TooMany {
+        /// Reports in the batch.
+        got: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A report names a task no coordinator could have leased.
+    #[error("a report names job {0:?}, which is no job id")]
+    BadTaskRef(String),
+}
+
+impl ResultBatch {
+    /// Decodes and checks an uploaded batch as the coordinator does before
+    /// recording anything: exactly one batch, at most `max_reports`
+    /// reports, plausible task names, failure reasons cut to
+    /// [`MAX_REASON_BYTES`]. Outputs stay opaque here; they are decoded
+    /// (and a report whose output does not decode counts as failed) when
+    /// the results are recorded.
+    pub fn decode_upload(bytes: &[u8], max_reports: usize) -> Result<ResultBatch, UploadError> {
+        let (mut batch, rest): (ResultBatch, _) =
+            postcard::take_from_bytes(bytes).map_err(|e| UploadError::Malformed(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(UploadError::Malformed(format!(
+                "{} bytes follow the batch",
+                rest.len()
+            )));
+        }
+        if batch.results.len() > max_reports {
+            return Err(UploadError::TooMany {
+                got: batch.results.len(),
+                max: max_reports,
+            });
+        }
+        for r in &mut batch.results {
+            if r.task.job.is_empty() || r.task.job.len() > MAX_JOB_ID_BYTES {
+                let mut job = r.task.job.clone();
+                truncate_at_char(&mut job, MAX_JOB_ID_BYTES);
+                return Err(UploadError::BadTaskRef(job));
+            }
+            if let TaskOutcome::Failed(reason) = &mut r.outcome {
+                truncate_at_char(reason, MAX_REASON_BYTES);
+            }
+        }
+        Ok(batch)
+    }
+}
+
+/// Cuts `s` to at most `max` bytes, on a character boundary.
+fn truncate_at_char(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
+#[cfg(test)]
+mod upload_tests {
+    use super::*;
+
+    fn report(job: &str, outcome: TaskOutcome) -> TaskReport {
+        TaskReport {
+            task: TaskRef {
+                job: job.into(),
+                index: 0,
+                lease: 1,
+            },
+            cpu_ms: 1,
+            outcome,
+        }
+    }
+
+    #[test]
+    fn a_good_batch_decodes_as_sent() {
+        let batch = ResultBatch {
+            results: vec![
+                report("j", TaskOutcome::Done(vec![1, 2, 3])),
+                report("j", TaskOutcome::Failed("out of memory".into())),
+            ],
+        };
+        let bytes = encode(&batch).unwrap();
+        assert_eq!(ResultBatch::decode_upload(&bytes, 2).unwrap(), batch);
+    }
+
+    #[test]
+    fn bad_batches_are_refused_whole() {
+        let one = ResultBatch {
+            results: vec![report("j", TaskOutcome::Done(vec![]))],
+        };
+        let mut bytes = encode(&one).unwrap();
+        assert!(matches!(
+            ResultBatch::decode_upload(&bytes, 0),
+            Err(UploadError::TooMany { got: 1, max: 0 })
+        ));
+        assert!(matches!(
+            ResultBatch::decode_upload(&bytes[..bytes.len() - 1], 4),
+            Err(UploadError::Malformed(_))
+        ));
+        bytes.push(0);
+        let e = ResultBatch::decode_upload(&bytes, 4).unwrap_err();
+        assert!(e.to_string().contains("1 bytes follow"), "{e}");
+        let nameless = ResultBatch {
+            results: vec![report("", TaskOutcome::Done(vec![]))],
+        };
+        assert!(matches!(
+            ResultBatch::decode_upload(&encode(&nameless).unwrap(), 4),
+            Err(UploadError::BadTaskRef(_))
+        ));
+    }
+
+    #[test]
+    fn long_reasons_are_cut_on_a_character() {
+        let reason = "é".repeat(MAX_REASON_BYTES);
+        let batch = ResultBatch {
+            results: vec![report("j", TaskOutcome::Failed(reason))],
+        };
+        let got = ResultBatch::decode_upload(&encode(&batch).unwrap(), 1).unwrap();
+        let TaskOutcome::Failed(cut) = &got.results[0].outcome else {
+            panic!("a failure stays a failure")
+        };
+        assert_eq!(cut.len(), MAX_REASON_BYTES);
+        assert!(cut.chars().all(|c| c == 'é'));
+    }
+}

@@ -353,3 +353,111 @@ impl Cluster {
         }
     }
 }
+
+/// An agent enrolled by hand, speaking the protocol from the test itself:
+/// for tests that must forge, hammer or misuse agent calls.
+#[derive(Clone, Debug)]
+pub struct ManualAgent {
+    /// Its id.
+    pub id: String,
+    /// Its bearer credential.
+    pub credential: String,
+}
+
+/// A capacity as an agent advertises it, with these labels and this architecture.
+pub fn capacity(arch: &str, labels: &[(&str, &str)]) -> Value {
+    let labels: serde_json::Map<String, Value> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::from(*v)))
+        .collect();
+    serde_json::json!({
+        "cpus": 1, "memory_bytes": 1u64 << 30, "arch": arch, "os": "linux",
+        "hostname": "test", "version": "0", "queues": [], "labels": labels
+    })
+}
+
+impl Coordinator {
+    /// Enrols an agent by hand with the join token; returns its credential.
+    pub async fn enrol_manual(&self) -> Result<ManualAgent> {
+        let client = self.client_with_token("");
+        let body = serde_json::json!({
+            "token": self.join_token,
+            "capacity": capacity(std::env::consts::ARCH, &[]),
+        });
+        let v: Value = client
+            .send(
+                client
+                    .request(reqwest::Method::POST, "/v1/agent/enrol")
+                    .json(&body),
+            )
+            .await?
+            .json()
+            .await?;
+        Ok(ManualAgent {
+            id: v["agent_id"].as_str().context("no agent_id")?.to_string(),
+            credential: v["credential"]
+                .as_str()
+                .context("no credential")?
+                .to_string(),
+        })
+    }
+
+    /// `POST /v1/agent/lease` as `agent`, decoded; `wait_ms` 0 answers at once.
+    pub async fn lease_manual(
+        &self,
+        agent: &ManualAgent,
+        capacity: Value,
+        max_tasks: u32,
+    ) -> Result<musketeer_tasks::protocol::LeaseResponse> {
+        let client = self.client_with_token(&agent.credential);
+        let body = serde_json::json!({
+            "max_work": u64::MAX / 4, "max_tasks": max_tasks, "wait_ms": 0, "capacity": capacity,
+        });
+        let bytes = client
+            .send(
+                client
+                    .request(reqwest::Method::POST, "/v1/agent/lease")
+                    .json(&body),
+            )
+            .await?
+            .bytes()
+            .await?;
+        Ok(postcard::from_bytes(&bytes)?)
+    }
+
+    /// Runs the leased tasks here and uploads their results as `agent`.
+    pub async fn complete_manual(
+        &self,
+        agent: &ManualAgent,
+        leased: &musketeer_tasks::protocol::LeaseResponse,
+    ) -> Result<Value> {
+        use musketeer_tasks::protocol::{ResultBatch, TaskOutcome, TaskReport};
+        let results = leased
+            .tasks
+            .iter()
+            .map(|t| {
+                let input = musketeer_tasks::TaskInput::decode(&t.input)?;
+                Ok(TaskReport {
+                    task: t.task.clone(),
+                    cpu_ms: 1,
+                    outcome: TaskOutcome::Done(input.run()?.encode()),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let body = musketeer_tasks::protocol::encode(&ResultBatch { results })?;
+        let client = self.client_with_token(&agent.credential);
+        Ok(client
+            .send(
+                client
+                    .request(reqwest::Method::POST, "/v1/agent/results")
+                    .header(
+                        "content-type",
+                        musketeer_tasks::protocol::POSTCARD_CONTENT_TYPE,
+                    )
+                    .body(body),
+            )
+            .await?
+            .json()
+            .await?)
+    }
+}

@@ -157,3 +157,248 @@ async fn each_credential_opens_only_its_own_endpoints() {
     let s = heartbeat_status(c, &agent_cred).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 }
+
+/// The status, `Retry-After` and error code of a lease call by `agent`.
+async fn lease_call(
+    c: &Coordinator,
+    agent: &musketeer_tests::ManualAgent,
+) -> (StatusCode, Option<String>, String) {
+    let client = c.client_with_token(&agent.credential);
+    let body = json!({"max_work": 1000, "max_tasks": 1, "wait_ms": 0,
+                      "capacity": musketeer_tests::capacity("x86_64", &[])});
+    let resp = client
+        .request(Method::POST, "/v1/agent/lease")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    let code = if status.is_success() {
+        String::new()
+    } else {
+        let v: Value = resp.json().await.unwrap();
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("Retry-After"),
+            "{v}"
+        );
+        v["error"]["code"].as_str().unwrap().to_string()
+    };
+    (status, retry, code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hammering_agent_is_slowed_and_a_legitimate_one_is_not() {
+    let options = CoordinatorOptions {
+        extra: ["--agent-requests-per-s", "5", "--agent-burst", "10"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    };
+    let cluster = Cluster::start(1, options, &["--cpus", "1"]).await.unwrap();
+    let c = &cluster.coordinator;
+    let hammer = c.enrol_manual().await.unwrap();
+    let mut limited = 0;
+    for _ in 0..60 {
+        let (status, retry, code) = lease_call(c, &hammer).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            limited += 1;
+            assert_eq!(code, "rate_limited");
+            assert_eq!(
+                retry.as_deref(),
+                Some("1"),
+                "5 a second: back within a second"
+            );
+        } else {
+            assert_eq!(status, StatusCode::OK);
+        }
+    }
+    // A burst of 10 and 5 a second: most of 60 quick calls are refused.
+    assert!(limited >= 30, "only {limited} of 60 calls were limited");
+    // The real agent, on the same coordinator and the same address, works on.
+    let ns: Vec<u64> = (0..2000).map(|i| 1000 + i % 50).collect();
+    let id = c
+        .submit(&json!({"kernel": "fibonacci", "n": ns, "items_per_task": 100}))
+        .await
+        .unwrap();
+    let got = c.result(&id, Duration::from_secs(120)).await.unwrap();
+    let values: Vec<String> = got["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(values, musketeer_tests::reference::fibonacci(&ns));
+    // And the hammering agent is let back in once it waits.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(lease_call(c, &hammer).await.0, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_tokens_from_one_address_is_slowed_to_a_crawl() {
+    let options = CoordinatorOptions {
+        extra: ["--address-requests-per-s", "1", "--address-burst", "20"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    };
+    let cluster = Cluster::start(1, options, &["--cpus", "1"]).await.unwrap();
+    let c = &cluster.coordinator;
+    let mut statuses = Vec::new();
+    for i in 0..40 {
+        let (s, code) = status_and_code(
+            c,
+            Method::GET,
+            "/v1/jobs",
+            Some(&format!("guess-{i}")),
+            None,
+        )
+        .await;
+        statuses.push((s, code));
+    }
+    let limited = statuses
+        .iter()
+        .filter(|(s, code)| *s == StatusCode::TOO_MANY_REQUESTS && code == "rate_limited")
+        .count();
+    let refused = statuses
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::UNAUTHORIZED)
+        .count();
+    assert_eq!(limited + refused, 40, "{statuses:?}");
+    assert!(limited >= 15, "{statuses:?}");
+    // The operator and the enrolled agent are not charged for the guesser.
+    let id = c
+        .submit(&json!({"kernel": "factorial", "n": 500}))
+        .await
+        .unwrap();
+    let got = c.result(&id, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(
+        got["value"].as_str().unwrap(),
+        musketeer_tests::reference::factorial(500)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_stored_only_as_hashes() {
+    use sha2::Digest;
+    let cluster = Cluster::start(0, CoordinatorOptions::default(), &[])
+        .await
+        .unwrap();
+    let c = &cluster.coordinator;
+    let agent = c.enrol_manual().await.unwrap();
+    let made: Value = c
+        .client()
+        .send(c.client().request(Method::POST, "/v1/tokens"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let join_secret = c.join_token.rsplit_once('-').unwrap().1.to_string();
+    let new_secret = made["token"]
+        .as_str()
+        .unwrap()
+        .rsplit_once('-')
+        .unwrap()
+        .1
+        .to_string();
+    let cred_secret = agent.credential.rsplit_once('-').unwrap().1.to_string();
+    // Everything the store wrote: the database and its write-ahead log.
+    let mut stored = Vec::new();
+    for entry in std::fs::read_dir(c.dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with("musketeer.db") {
+            stored.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    let contains = |needle: &[u8]| stored.windows(needle.len()).any(|w| w == needle);
+    for (what, secret) in [
+        ("join token", &join_secret),
+        ("new join token", &new_secret),
+        ("agent credential", &cred_secret),
+        ("admin token", &c.admin_token),
+    ] {
+        assert!(
+            !contains(secret.as_bytes()),
+            "the {what}'s secret is stored in clear"
+        );
+    }
+    // And the hashes are there: the scan looked at the right bytes.
+    for secret in [&join_secret, &new_secret, &cred_secret] {
+        let hash: [u8; 32] = sha2::Sha256::digest(secret.as_bytes()).into();
+        assert!(contains(&hash), "no hash of a secret in the store");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_target_one_named_agent_or_one_architecture() {
+    use musketeer_tests::capacity;
+    let cluster = Cluster::start(0, CoordinatorOptions::default(), &[])
+        .await
+        .unwrap();
+    let c = &cluster.coordinator;
+    let a = c.enrol_manual().await.unwrap();
+    let b = c.enrol_manual().await.unwrap();
+    let x86 = capacity("x86_64", &[]);
+    let riscv = capacity("riscv64", &[]);
+
+    let for_a = c
+        .submit(
+            &json!({"kernel": "fibonacci", "n": [1, 2, 3, 4], "items_per_task": 1, "agent": a.id}),
+        )
+        .await
+        .unwrap();
+    // B cannot take A's tasks, not even by claiming A's id as a label.
+    let forged = capacity("x86_64", &[("musketeer.agent", &a.id)]);
+    assert!(c
+        .lease_manual(&b, forged, 64)
+        .await
+        .unwrap()
+        .tasks
+        .is_empty());
+    assert!(c
+        .lease_manual(&b, x86.clone(), 64)
+        .await
+        .unwrap()
+        .tasks
+        .is_empty());
+    let leased = c.lease_manual(&a, x86.clone(), 64).await.unwrap();
+    assert_eq!(leased.tasks.len(), 4);
+    assert!(leased.tasks.iter().all(|t| t.task.job == for_a));
+    c.complete_manual(&a, &leased).await.unwrap();
+    let got = c.result(&for_a, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(got["values"], json!(["1", "1", "2", "3"]));
+
+    // By architecture: only an agent advertising riscv64 takes these.
+    let for_riscv = c
+        .submit(&json!({"kernel": "factorial", "n": 50, "arch": "riscv64"}))
+        .await
+        .unwrap();
+    assert!(c
+        .lease_manual(&a, x86.clone(), 64)
+        .await
+        .unwrap()
+        .tasks
+        .is_empty());
+    let leased = c.lease_manual(&b, riscv, 64).await.unwrap();
+    assert!(!leased.tasks.is_empty());
+    c.complete_manual(&b, &leased).await.unwrap();
+    let got = c.result(&for_riscv, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(
+        got["value"].as_str().unwrap(),
+        musketeer_tests::reference::factorial(50)
+    );
+    // Targeting a job at an agent by a reserved label directly is refused.
+    let err = c
+        .submit(&json!({"kernel": "factorial", "n": 5, "labels": {"musketeer.arch": "x86_64"}}))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("reserved"), "{err}");
+}

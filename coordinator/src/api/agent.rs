@@ -1,5 +1,6 @@
 //! The agent protocol's endpoints (see `musketeer_tasks::protocol`).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,14 +9,15 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use musketeer_tasks::job::{AGENT_LABEL, ARCH_LABEL, RESERVED_LABEL_PREFIX};
 use musketeer_tasks::protocol::{
     Capacity, EnrolRequest, EnrolResponse, Heartbeat, HeartbeatAck, LeaseRequest, LeaseResponse,
-    Release, ReleaseAck, ResultAck, ResultBatch, POSTCARD_CONTENT_TYPE,
+    Release, ReleaseAck, ResultAck, ResultBatch, UploadError, POSTCARD_CONTENT_TYPE,
 };
 use musketeer_tasks::token::{secret_hash, AgentCredential, JoinToken};
 use serde::de::DeserializeOwned;
 
-use super::auth::Agent;
+use super::auth::{Agent, Anonymous};
 use super::error::read_body;
 use super::{ApiError, AppState, MAX_CONTROL_BODY, MAX_RESULT_BODY};
 use crate::pki::random_secret;
@@ -26,7 +28,8 @@ use crate::store::{EnrolRefusal, LeaseQuery, NewAgent};
 /// transaction behind it.
 const MAX_TASKS_PER_LEASE: u32 = 1024;
 
-/// Most results in one upload: four full leases' worth.
+/// Most results in one upload: four full leases' worth. No agent holds
+/// more; a larger batch would only hold the store's writer for longer.
 const MAX_REPORTS_PER_BATCH: usize = 4 * MAX_TASKS_PER_LEASE as usize;
 
 /// Most input bytes in one lease response. An agent cannot start a batch
@@ -65,9 +68,26 @@ fn check_capacity(c: &Capacity) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The labels an agent carries when it leases: its own, less any it
+/// claims under the reserved prefix, plus the reserved ones the
+/// coordinator vouches for (its authenticated id, its architecture), which
+/// jobs target with `agent` and `arch`.
+fn labels_of(agent_id: &str, c: &Capacity) -> BTreeMap<String, String> {
+    let mut labels: BTreeMap<String, String> = c
+        .labels
+        .iter()
+        .filter(|(k, _)| !k.starts_with(RESERVED_LABEL_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    labels.insert(AGENT_LABEL.to_string(), agent_id.to_string());
+    labels.insert(ARCH_LABEL.to_string(), c.arch.clone());
+    labels
+}
+
 /// `POST /v1/agent/enrol`.
 pub async fn enrol(
     State(st): State<Arc<AppState>>,
+    _: Anonymous,
     body: Body,
 ) -> Result<Json<EnrolResponse>, ApiError> {
     let req: EnrolRequest = json_body(body).await?;
@@ -124,9 +144,9 @@ pub async fn lease(
         Vec::new()
     } else {
         let query = LeaseQuery {
+            labels: labels_of(&agent.id, &req.capacity),
             agent_id: agent.id,
             queues: req.capacity.queues.clone(),
-            labels: req.capacity.labels.clone(),
             mem_bytes: req.capacity.memory_bytes,
             max_work: req.max_work.max(1),
             max_tasks: req.max_tasks.clamp(1, MAX_TASKS_PER_LEASE),
@@ -155,22 +175,15 @@ pub async fn results(
     body: Body,
 ) -> Result<Json<ResultAck>, ApiError> {
     let bytes = read_body(body, MAX_RESULT_BODY, "upload results in smaller batches").await?;
-    let batch: ResultBatch = postcard::from_bytes(&bytes).map_err(|e| {
-        ApiError::bad_request(
-            "malformed_results",
-            format!("the result batch does not decode: {e}"),
-        )
+    let batch = ResultBatch::decode_upload(&bytes, MAX_REPORTS_PER_BATCH).map_err(|e| {
+        let (status, code) = match e {
+            UploadError::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed_results"),
+            UploadError::TooMany { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_results"),
+            UploadError::BadTaskRef(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_results"),
+        };
+        ApiError::new(status, code, e.to_string())
     })?;
     drop(bytes);
-    // No agent holds more than a few leases' worth of tasks; a larger batch
-    // would only hold the store's writer for longer.
-    if batch.results.len() > MAX_REPORTS_PER_BATCH {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_many_results",
-            format!("at most {MAX_REPORTS_PER_BATCH} results per batch: upload in smaller batches"),
-        ));
-    }
     let outcome = st.scheduler.complete(&agent.id, batch.results).await?;
     Ok(Json(ResultAck {
         accepted: outcome.accepted,

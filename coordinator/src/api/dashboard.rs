@@ -10,17 +10,24 @@ use axum::response::{Html, IntoResponse};
 use axum::Json;
 use serde_json::json;
 
+use super::auth::Anonymous;
 use super::{ApiError, AppState};
 use crate::store::sqlite::now_ms;
 
 /// `GET /healthz`: the coordinator answers and its store does too.
-pub async fn healthz(State(st): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn healthz(
+    State(st): State<Arc<AppState>>,
+    _: Anonymous,
+) -> Result<Json<serde_json::Value>, ApiError> {
     st.scheduler.store.stats().await?;
     Ok(Json(json!({"status": "ok"})))
 }
 
 /// `GET /metrics`: Prometheus text format.
-pub async fn metrics(State(st): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
+pub async fn metrics(
+    State(st): State<Arc<AppState>>,
+    _: Anonymous,
+) -> Result<impl IntoResponse, ApiError> {
     let stats = st.scheduler.store.stats().await?;
     let c = &st.scheduler.counters;
     let mut out = String::new();
@@ -125,7 +132,7 @@ fn esc(s: &str) -> String {
 
 /// `GET /`: the cluster at a glance, refreshed every two seconds. Read-only
 /// and without secrets, like the public status pages of volunteer projects.
-pub async fn page(State(st): State<Arc<AppState>>) -> Result<Html<String>, ApiError> {
+pub async fn page(State(st): State<Arc<AppState>>, _: Anonymous) -> Result<Html<String>, ApiError> {
     let store = &st.scheduler.store;
     let stats = store.stats().await?;
     let agents = store.list_agents().await?;

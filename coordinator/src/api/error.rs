@@ -18,6 +18,8 @@ pub struct ApiError {
     pub message: String,
     /// The job's state, on a result asked for too early.
     pub state: Option<JobState>,
+    /// Seconds to wait before trying again, sent as `Retry-After` (429).
+    pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
@@ -28,6 +30,7 @@ impl ApiError {
             code,
             message: message.into(),
             state: None,
+            retry_after_s: None,
         }
     }
 
@@ -63,12 +66,18 @@ impl IntoResponse for ApiError {
         if let Some(state) = self.state {
             body["state"] = json!(state);
         }
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after_s {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        response
     }
 }
 
-/// Unknown paths.
-pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+/// Unknown paths (charged to the caller's address, as a scan of the API would be).
+pub async fn not_found(_: super::auth::Anonymous, uri: axum::http::Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
@@ -80,7 +89,11 @@ pub async fn not_found(uri: axum::http::Uri) -> ApiError {
 }
 
 /// Known paths, wrong method.
-pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+pub async fn method_not_allowed(
+    _: super::auth::Anonymous,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",

@@ -36,7 +36,10 @@ fn job_error(e: JobError) -> ApiError {
     ApiError::new(status, e.code(), e.to_string())
 }
 
-fn new_job(kernel: &str, options: JobOptions, reduce_plan: Vec<u8>) -> NewJob {
+fn new_job(kernel: &str, mut options: JobOptions, reduce_plan: Vec<u8>) -> NewJob {
+    // `agent` and `arch` are matched as the reserved labels every agent
+    // carries (see `agent::lease`), so the store needs no rule of its own.
+    options.labels = options.required_labels();
     NewJob {
         id: uuid::Uuid::now_v7().to_string(),
         kernel: kernel.to_string(),
@@ -66,8 +69,9 @@ pub async fn submit(
     drop(body);
     let kernel = spec.kernel();
     // Planning and encoding a big job is CPU work: keep it off the I/O threads.
+    let plan_options = options.clone();
     let (reduce, tasks) = tokio::task::spawn_blocking(move || {
-        spec.plan().map(|plan| {
+        spec.plan_with(&plan_options).map(|plan| {
             let tasks: Vec<NewTask> = plan
                 .tasks
                 .into_iter()
@@ -151,6 +155,8 @@ pub struct StreamParams {
     max_attempts: Option<u32>,
     timeout_s: Option<u64>,
     redundancy: Option<u32>,
+    agent: Option<String>,
+    arch: Option<String>,
 }
 
 /// `POST /v1/jobs/wordcount`: the raw text as the body, options as query
@@ -177,7 +183,9 @@ pub async fn submit_wordcount_stream(
         max_attempts: p.max_attempts.unwrap_or(d.max_attempts),
         timeout_s: p.timeout_s.or(d.timeout_s),
         redundancy: p.redundancy.unwrap_or(d.redundancy),
-        labels: d.labels,
+        agent: p.agent,
+        arch: p.arch,
+        ..d
     };
     options.validate().map_err(job_error)?;
 

@@ -9,6 +9,7 @@ mod auth;
 mod dashboard;
 mod error;
 mod jobs;
+pub mod rate_limit;
 
 use std::sync::Arc;
 
@@ -42,37 +43,109 @@ pub struct AppState {
     pub ca_pem: String,
     /// Largest streamed word-count upload.
     pub max_upload: u64,
+    /// Request-rate buckets per agent and per client address.
+    pub limits: rate_limit::RateLimiters,
+}
+
+/// Who may call a route: the authorisation matrix test checks each route
+/// against every kind of caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone; charged to the caller's address by the rate limit.
+    Public,
+    /// Anyone holding a join token, which travels in the body.
+    JoinToken,
+    /// An enrolled agent's credential.
+    Agent,
+    /// The admin token.
+    Admin,
+}
+
+/// One route of the API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// `GET`, `POST` or `DELETE`.
+    pub method: &'static str,
+    /// The path, with `{id}` for a parameter.
+    pub path: &'static str,
+    /// Who may call it.
+    pub access: Access,
+}
+
+type Handler = axum::routing::MethodRouter<Arc<AppState>>;
+
+/// Every route with its handler: the router is built from this table and
+/// nothing else, so [`routes`] lists exactly what is served.
+fn table() -> Vec<(Route, Handler)> {
+    use axum::routing::delete;
+    use Access::*;
+    let r = |method, path, access, handler| {
+        (
+            Route {
+                method,
+                path,
+                access,
+            },
+            handler,
+        )
+    };
+    vec![
+        r("GET", "/", Public, get(dashboard::page)),
+        r("GET", "/healthz", Public, get(dashboard::healthz)),
+        r("GET", "/metrics", Public, get(dashboard::metrics)),
+        r("POST", "/v1/jobs", Admin, post(jobs::submit)),
+        r("GET", "/v1/jobs", Admin, get(jobs::list)),
+        r(
+            "POST",
+            "/v1/jobs/wordcount",
+            Admin,
+            post(jobs::submit_wordcount_stream),
+        ),
+        r("GET", "/v1/jobs/{id}", Admin, get(jobs::status)),
+        r("DELETE", "/v1/jobs/{id}", Admin, delete(jobs::cancel)),
+        r("GET", "/v1/jobs/{id}/result", Admin, get(jobs::result)),
+        r("POST", "/v1/tokens", Admin, post(admin::create_token)),
+        r("GET", "/v1/tokens", Admin, get(admin::list_tokens)),
+        r(
+            "DELETE",
+            "/v1/tokens/{id}",
+            Admin,
+            delete(admin::revoke_token),
+        ),
+        r("GET", "/v1/agents", Admin, get(admin::list_agents)),
+        r(
+            "DELETE",
+            "/v1/agents/{id}",
+            Admin,
+            delete(admin::remove_agent),
+        ),
+        r(
+            "POST",
+            "/v1/agents/{id}/drain",
+            Admin,
+            post(admin::drain_agent),
+        ),
+        r("POST", "/v1/agent/enrol", JoinToken, post(agent::enrol)),
+        r("POST", "/v1/agent/lease", Agent, post(agent::lease)),
+        r("POST", "/v1/agent/results", Agent, post(agent::results)),
+        r("POST", "/v1/agent/heartbeat", Agent, post(agent::heartbeat)),
+        r("POST", "/v1/agent/release", Agent, post(agent::release)),
+    ]
+}
+
+/// Every route the API serves, with who may call it.
+pub fn routes() -> Vec<Route> {
+    table().into_iter().map(|(route, _)| route).collect()
 }
 
 /// The whole API.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/", get(dashboard::page))
-        .route("/healthz", get(dashboard::healthz))
-        .route("/metrics", get(dashboard::metrics))
-        .route("/v1/jobs", post(jobs::submit).get(jobs::list))
-        .route("/v1/jobs/wordcount", post(jobs::submit_wordcount_stream))
-        .route("/v1/jobs/{id}", get(jobs::status).delete(jobs::cancel))
-        .route("/v1/jobs/{id}/result", get(jobs::result))
-        .route(
-            "/v1/tokens",
-            post(admin::create_token).get(admin::list_tokens),
-        )
-        .route(
-            "/v1/tokens/{id}",
-            axum::routing::delete(admin::revoke_token),
-        )
-        .route("/v1/agents", get(admin::list_agents))
-        .route(
-            "/v1/agents/{id}",
-            axum::routing::delete(admin::remove_agent),
-        )
-        .route("/v1/agents/{id}/drain", post(admin::drain_agent))
-        .route("/v1/agent/enrol", post(agent::enrol))
-        .route("/v1/agent/lease", post(agent::lease))
-        .route("/v1/agent/results", post(agent::results))
-        .route("/v1/agent/heartbeat", post(agent::heartbeat))
-        .route("/v1/agent/release", post(agent::release))
+    table()
+        .into_iter()
+        // Routes on one path with different methods merge.
+        .fold(Router::new(), |router, (route, handler)| {
+            router.route(route.path, handler)
+        })
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         // Each handler reads its body with its own limit (see `body`).
