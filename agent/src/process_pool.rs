@@ -96,6 +96,9 @@ pub struct Shared {
     pub(crate) parent_rss: u64,
     /// The pool is gone: the supervisor stops.
     pub(crate) closed: bool,
+    /// CPU time of workers retired since the supervisor last looked, which
+    /// its samples of their pids would otherwise miss.
+    pub(crate) retired_cpu: Duration,
     memory_limit: u64,
 }
 
@@ -355,6 +358,12 @@ fn slot_loop(
             let reason = slot.kill_reason.take();
             let bloated = slot.rss > slot.idle_rss + RESPAWN_SLACK;
             let keep = matches!(answer, Ok(Some(_))) && reason.is_none() && !bloated;
+            if let (false, Ok(Some(reply))) = (keep, &answer) {
+                let total = Duration::from_nanos(reply.process_cpu_ns);
+                let unseen = total.saturating_sub(slot.last_cpu);
+                s.retired_cpu += unseen;
+            }
+            let slot = &mut s.slots[i];
             if !keep {
                 // Forget the pid before reaping, so that it cannot be
                 // signalled once the kernel may hand it out again.

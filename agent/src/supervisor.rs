@@ -185,6 +185,7 @@ pub fn run(shared: Arc<Mutex<Shared>>, mut policy: Policy) {
             return;
         }
         shared.parent_rss = parent_rss;
+        used += std::mem::take(&mut shared.retired_cpu);
         for slot in shared.slots.iter_mut() {
             let Some(pid) = slot.pid else {
                 slot.rss = 0;

@@ -47,6 +47,9 @@ pub struct WorkerReply {
     pub wall_ns: u64,
     /// The most live heap bytes while it ran, its input included.
     pub peak_bytes: u64,
+    /// CPU time the whole worker process has used so far, so that the
+    /// agent can account for a worker it retires between two samples.
+    pub process_cpu_ns: u64,
 }
 
 /// Writes one request.
@@ -115,6 +118,9 @@ pub fn serve(mut input: impl Read, output: impl Write) -> io::Result<()> {
                 cpu_ns: cpu.as_nanos() as u64,
                 wall_ns: wall.as_nanos() as u64,
                 peak_bytes: memory_cap::peak(),
+                process_cpu_ns: cpu_time::ProcessTime::try_now()
+                    .map(|t| t.as_duration().as_nanos() as u64)
+                    .unwrap_or(0),
             }
         };
         let bytes =
