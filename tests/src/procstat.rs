@@ -97,6 +97,28 @@ pub fn tree_rss(root: u32) -> u64 {
         .sum()
 }
 
+/// Busy CPU time of the whole host so far (every core, every state but
+/// idle and I/O wait), from `/proc/stat`.
+pub fn host_busy() -> Duration {
+    let text = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u32> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let busy: u32 = ticks
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|&(i, _)| i != 3 && i != 4)
+        .map(|(_, t)| t)
+        .sum();
+    TICK * busy
+}
+
 /// Samples [`tree_rss`] on a thread until dropped, keeping the largest.
 pub struct RssSampler {
     peak: Arc<AtomicU64>,

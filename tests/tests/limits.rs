@@ -177,13 +177,20 @@ async fn a_task_past_its_timeout_is_stopped_and_the_agent_goes_on() {
     .await
     .unwrap();
     let c = &cluster.coordinator;
-    let workers_before = procstat::descendants(cluster.agents[0].pid());
     let slow = with(
         with(matmul(256, 16_384, 256), "timeout_s", json!(1)),
         "max_attempts",
         json!(1),
     );
     let id = c.submit(&slow).await.unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    let worker = loop {
+        if let Some(&w) = procstat::descendants(cluster.agents[0].pid()).first() {
+            break w;
+        }
+        assert!(Instant::now() < end, "no worker process started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let status = c.wait(&id, JOB_TIMEOUT).await.unwrap();
     assert_eq!(status["state"], "failed", "{status}");
     let error = status["error"].as_str().unwrap_or_default();
@@ -199,10 +206,9 @@ async fn a_task_past_its_timeout_is_stopped_and_the_agent_goes_on() {
         .unwrap();
     let got = c.result(&next, JOB_TIMEOUT).await.unwrap();
     assert_eq!(values(&got), reference::fibonacci(&ns));
-    let workers_after = procstat::descendants(cluster.agents[0].pid());
     assert!(
-        workers_after.iter().all(|p| !workers_before.contains(p)) || workers_before.is_empty(),
-        "the timed-out worker should be gone: before {workers_before:?}, after {workers_after:?}"
+        procstat::status_bytes(worker, "VmRSS").is_none(),
+        "the timed-out worker {worker} should be gone"
     );
 }
 
@@ -221,13 +227,32 @@ async fn cpu_percent_holds(cpus: u32) {
     // Past the slow start (one task per core until the first is timed).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pid = agent.pid();
-    let share = tokio::task::spawn_blocking(move || cpu_share(pid, cpus, Duration::from_secs(10)))
+    // A limiter can hold the agent *under* 50%, whatever else runs; it can
+    // only reach 50% when the host has that much to give. On a machine
+    // shared with other work a window may fall short, so up to three are
+    // measured: none may pass 60%, and one must land within 40..=60%.
+    let mut shares = Vec::new();
+    for _ in 0..3 {
+        let (share, others) = tokio::task::spawn_blocking(move || {
+            let host = procstat::host_busy();
+            let share = cpu_share(pid, cpus, Duration::from_secs(10));
+            let others = procstat::host_busy().saturating_sub(host).as_secs_f64() / 10.0
+                - share * f64::from(cpus);
+            (share, others)
+        })
         .await
         .unwrap();
-    eprintln!(
-        "--cpus {cpus} --max-cpu-percent 50: the agent used {:.1}% of its {cpus} allowed cores over 10 s",
-        share * 100.0
-    );
+        eprintln!(
+            "--cpus {cpus} --max-cpu-percent 50: the agent used {:.1}% of its {cpus} allowed cores over 10 s \
+             (other processes used {:.2} cores meanwhile)",
+            share * 100.0,
+            others.max(0.0)
+        );
+        shares.push(share);
+        if (0.40..=0.60).contains(&share) {
+            break;
+        }
+    }
     let last = cluster
         .coordinator
         .job_status(ids.last().unwrap())
@@ -239,9 +264,13 @@ async fn cpu_percent_holds(cpus: u32) {
     );
     cancel_all(&cluster, &ids).await;
     assert!(
-        (0.40..=0.60).contains(&share),
-        "--max-cpu-percent 50 with --cpus {cpus}: measured {:.1}%\n{}",
-        share * 100.0,
+        shares.iter().all(|&s| s <= 0.60),
+        "--max-cpu-percent 50 with --cpus {cpus} overshot: {shares:?}\n{}",
+        agent.log()
+    );
+    assert!(
+        shares.iter().any(|&s| s >= 0.40),
+        "--max-cpu-percent 50 with --cpus {cpus}: measured {shares:?}\n{}",
         agent.log()
     );
 }
