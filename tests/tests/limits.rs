@@ -7,21 +7,23 @@
 //! [`serial`]) and each starts its own cluster.
 
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use musketeer_tests::procstat::{self, CpuHog, RssSampler};
 use musketeer_tests::{bin, reference, terminate, wait_exit, Cluster, CoordinatorOptions};
 use serde_json::{json, Value};
+use tokio::sync::{Mutex, MutexGuard};
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(120);
 const MIB: u64 = 1 << 20;
 
 /// One test at a time: each measures CPU shares of a machine the others
 /// would load.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+async fn serial() -> MutexGuard<'static, ()> {
+    // tokio's: held across awaits, and free of poisoning, so one failed
+    // test does not fail the rest.
+    static LOCK: Mutex<()> = Mutex::const_new(());
+    LOCK.lock().await
 }
 
 /// Random matmul, m × k × n: with k = 65,536 the planner makes one tile of
@@ -94,7 +96,7 @@ fn logged_peaks(log: &str) -> Option<(u64, u64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_limit_holds_and_a_task_that_needs_more_is_refused_or_stopped() {
-    let _serial = serial();
+    let _serial = serial().await;
     let cluster = Cluster::start(
         1,
         CoordinatorOptions::default(),
@@ -166,7 +168,7 @@ async fn memory_limit_holds_and_a_task_that_needs_more_is_refused_or_stopped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_past_its_timeout_is_stopped_and_the_agent_goes_on() {
-    let _serial = serial();
+    let _serial = serial().await;
     // At 5% of a core, a 256 × 256 tile with k = 16,384 (about 70 ms of
     // work at full speed) needs over a second of wall time.
     let cluster = Cluster::start(
@@ -277,14 +279,14 @@ async fn cpu_percent_holds(cpus: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_cpu_percent_50_holds_within_ten_points_on_one_and_two_cores() {
-    let _serial = serial();
+    let _serial = serial().await;
     cpu_percent_holds(1).await;
     cpu_percent_holds(2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_steps_aside_while_the_host_is_busy() {
-    let _serial = serial();
+    let _serial = serial().await;
     let cluster = Cluster::start(
         1,
         CoordinatorOptions::default(),
@@ -355,7 +357,7 @@ async fn the_agent_steps_aside_while_the_host_is_busy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_while_throttled_gives_the_work_back() {
-    let _serial = serial();
+    let _serial = serial().await;
     let options = CoordinatorOptions {
         lease_ttl: 120.0,
         ..Default::default()
@@ -395,7 +397,7 @@ async fn sigterm_while_throttled_gives_the_work_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lying_agent_uploads_wrong_but_well_formed_results() {
-    let _serial = serial();
+    let _serial = serial().await;
     let help = Command::new(bin("musketeer"))
         .args(["join", "--help"])
         .output()
