@@ -173,18 +173,16 @@ fn isolation(config: &AgentConfig, capacity: &Capacity) -> executor::Isolation {
 }
 
 /// Logs the most memory the agent's process and its largest worker process
-/// ever held, as the kernel counted them (`getrusage`), so that an owner
-/// can check them against `--memory`.
+/// ever held, as the kernel counted them, so that an owner can check them
+/// against `--memory`. The agent's own is `VmHWM` (its memory since exec);
+/// `getrusage` would report at least the RSS of whatever process started
+/// the agent, which Linux carries across exec. A worker's figure carries
+/// the agent's RSS at the fork the same way, so it is an upper bound.
 fn log_peak_memory() {
     use nix::sys::resource::{getrusage, UsageWho};
-    let kib = |who| {
-        getrusage(who)
-            .map(|u| u.max_rss().max(0) as u64)
-            .unwrap_or(0)
-    };
-    tracing::info!(
-        "peak memory: agent {} KiB, largest worker {} KiB",
-        kib(UsageWho::RUSAGE_SELF),
-        kib(UsageWho::RUSAGE_CHILDREN)
-    );
+    let agent = procfs::own_peak_rss().unwrap_or(0) >> 10;
+    let worker = getrusage(UsageWho::RUSAGE_CHILDREN)
+        .map(|u| u.max_rss().max(0) as u64)
+        .unwrap_or(0);
+    tracing::info!("peak memory: agent {agent} KiB, largest worker {worker} KiB");
 }

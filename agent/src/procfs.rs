@@ -38,6 +38,11 @@ pub fn own_rss() -> Option<u64> {
     status_field(&fs::read_to_string("/proc/self/status").ok()?, "VmRSS:")
 }
 
+/// The most resident memory this process has held (`VmHWM`).
+pub fn own_peak_rss() -> Option<u64> {
+    status_field(&fs::read_to_string("/proc/self/status").ok()?, "VmHWM:")
+}
+
 /// The host's CPU time so far: busy (every state but idle and I/O wait) and
 /// the number of cores it is spread over.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -144,6 +149,7 @@ mod tests {
     #[test]
     fn this_process_can_be_read() {
         assert!(own_rss().unwrap() > 0);
+        assert!(own_peak_rss().unwrap() >= own_rss().unwrap() / 2);
         assert!(process_cpu(std::process::id()).is_some());
         let host = host_cpu().unwrap();
         assert!(host.cores >= 1);
