@@ -351,12 +351,16 @@ fn slot_loop(
         };
         let answer = worker::write_request(&mut w.stdin, cap, &task.input)
             .and_then(|()| worker::read_reply(&mut w.stdout));
+        // Measured now, after the task: what the supervisor last sampled
+        // was the task's working set, not what the worker keeps.
+        let rss_after = crate::procfs::process_rss(w.child.id()).unwrap_or(0);
         let (reason, keep) = {
             let mut s = lock(shared);
             let slot = &mut s.slots[i];
             slot.task = None;
             let reason = slot.kill_reason.take();
-            let bloated = slot.rss > slot.idle_rss + RESPAWN_SLACK;
+            let bloated = slot.idle_rss > 0 && rss_after > slot.idle_rss + RESPAWN_SLACK;
+            slot.rss = rss_after;
             let keep = matches!(answer, Ok(Some(_))) && reason.is_none() && !bloated;
             if let (false, Ok(Some(reply))) = (keep, &answer) {
                 let total = Duration::from_nanos(reply.process_cpu_ns);
