@@ -24,6 +24,10 @@ pub const CPUS: &str = "MUSKETEER_CPUS";
 pub const MEMORY: &str = "MUSKETEER_MEMORY";
 /// `--max-cpu-percent`.
 pub const MAX_CPU_PERCENT: &str = "MUSKETEER_MAX_CPU_PERCENT";
+/// `--yield-to-host-percent`.
+pub const YIELD_TO_HOST_PERCENT: &str = "MUSKETEER_YIELD_TO_HOST_PERCENT";
+/// `--corrupt-results`, the hidden test flag of a lying agent.
+pub const CORRUPT_RESULTS: &str = "MUSKETEER_CORRUPT_RESULTS";
 /// `--queues`.
 pub const QUEUES: &str = "MUSKETEER_QUEUES";
 /// `--label`, comma-separated `k=v` pairs.
@@ -81,8 +85,13 @@ impl Source for BTreeMap<&str, &str> {
     }
 }
 
+/// Step aside when other processes use more than this share of the
+/// host's CPU, unless told otherwise: a volunteer's own work comes first,
+/// yet one busy core of a two-core laptop does not stop the agent.
+pub const DEFAULT_YIELD_TO_HOST_PERCENT: &str = "50";
+
 /// What the host's owner allows the agent to take.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Limits {
     /// At most this many cores; `None` is every core available.
     pub cpus: Option<u32>,
@@ -90,6 +99,11 @@ pub struct Limits {
     pub memory_bytes: Option<u64>,
     /// Keep each worker busy at most this share of the time (1..=100); `None` is 100.
     pub max_cpu_percent: Option<u8>,
+    /// Pause tasks while other processes use more than this share of the
+    /// host's CPU (1..=100); `None` never pauses.
+    pub yield_to_host_percent: Option<u8>,
+    /// Test only: upload wrong answers for this fraction of tasks.
+    pub corrupt_results: Option<f64>,
     /// Queues to serve; empty serves the default queue.
     pub queues: Vec<String>,
     /// Labels jobs can require.
@@ -109,6 +123,16 @@ impl Limits {
         if let Some(v) = source.get(MAX_CPU_PERCENT) {
             limits.max_cpu_percent = Some(
                 parse_percent(&v).map_err(|r| err("--max-cpu-percent", MAX_CPU_PERCENT, &v, r))?,
+            );
+        }
+        if let Some(v) = source.get(YIELD_TO_HOST_PERCENT) {
+            limits.yield_to_host_percent = parse_yield(&v)
+                .map_err(|r| err("--yield-to-host-percent", YIELD_TO_HOST_PERCENT, &v, r))?;
+        }
+        if let Some(v) = source.get(CORRUPT_RESULTS) {
+            limits.corrupt_results = Some(
+                crate::corrupt::parse_fraction(&v)
+                    .map_err(|r| err("--corrupt-results", CORRUPT_RESULTS, &v, r))?,
             );
         }
         if let Some(v) = source.get(QUEUES) {
@@ -144,6 +168,12 @@ pub struct LimitArgs {
     /// Keep each worker busy at most P percent of the time (1 to 100).
     #[arg(long, env = MAX_CPU_PERCENT, value_name = "P")]
     pub max_cpu_percent: Option<String>,
+    /// Pause tasks while other processes use more than P percent of the host's CPU (1 to 100, or off).
+    #[arg(long, env = YIELD_TO_HOST_PERCENT, value_name = "P", default_value = DEFAULT_YIELD_TO_HOST_PERCENT)]
+    pub yield_to_host_percent: Option<String>,
+    /// Test only: upload wrong answers for this fraction of tasks (0 to 1).
+    #[arg(long, env = CORRUPT_RESULTS, value_name = "F", hide = true)]
+    pub corrupt_results: Option<String>,
     /// Serve these queues (comma-separated); default: the default queue.
     #[arg(long, env = QUEUES, value_name = "A,B")]
     pub queues: Option<String>,
@@ -158,6 +188,8 @@ impl Source for LimitArgs {
             CPUS => self.cpus.clone(),
             MEMORY => self.memory.clone(),
             MAX_CPU_PERCENT => self.max_cpu_percent.clone(),
+            YIELD_TO_HOST_PERCENT => self.yield_to_host_percent.clone(),
+            CORRUPT_RESULTS => self.corrupt_results.clone(),
             QUEUES => self.queues.clone(),
             LABELS if !self.labels.is_empty() => Some(self.labels.join(",")),
             _ => None,
@@ -179,6 +211,10 @@ pub struct AgentConfig {
     pub token: Option<String>,
     /// Timings of the work loop; the defaults suit production.
     pub tuning: Tuning,
+    /// The `musketeer` binary to start worker processes from; `None` runs
+    /// tasks on threads of this process, where limits are weaker (see
+    /// [`crate::executor`]). The binary sets it; embedders usually cannot.
+    pub worker_exe: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -190,6 +226,7 @@ impl AgentConfig {
             coordinator: None,
             token: None,
             tuning: Tuning::default(),
+            worker_exe: None,
         }
     }
 
@@ -277,6 +314,15 @@ fn parse_percent(s: &str) -> Result<u8, String> {
     }
 }
 
+fn parse_yield(s: &str) -> Result<Option<u8>, String> {
+    match s.trim() {
+        "off" | "none" | "never" => Ok(None),
+        v => parse_percent(v)
+            .map(Some)
+            .map_err(|_| "expected a whole percentage from 1 to 100, or off".into()),
+    }
+}
+
 fn parse_queues(s: &str) -> Result<Vec<String>, String> {
     let mut queues: Vec<String> = Vec::new();
     for q in s.split(',').map(str::trim).filter(|q| !q.is_empty()) {
@@ -348,6 +394,8 @@ mod tests {
             (CPUS, "2"),
             (MEMORY, "1.5G"),
             (MAX_CPU_PERCENT, "50%"),
+            (YIELD_TO_HOST_PERCENT, "30"),
+            (CORRUPT_RESULTS, "0.5"),
             (QUEUES, "gpu, default,gpu"),
             (LABELS, "zone=eu, arch = arm"),
             ("UNRELATED", "x"),
@@ -359,6 +407,8 @@ mod tests {
                 cpus: Some(2),
                 memory_bytes: Some(3 << 29),
                 max_cpu_percent: Some(50),
+                yield_to_host_percent: Some(30),
+                corrupt_results: Some(0.5),
                 queues: vec!["gpu".into(), "default".into()],
                 labels: BTreeMap::from([
                     ("zone".into(), "eu".into()),
@@ -380,6 +430,9 @@ mod tests {
             (MEMORY, "lots", "--memory"),
             (MAX_CPU_PERCENT, "0", "--max-cpu-percent"),
             (MAX_CPU_PERCENT, "101", "--max-cpu-percent"),
+            (YIELD_TO_HOST_PERCENT, "0", "--yield-to-host-percent"),
+            (YIELD_TO_HOST_PERCENT, "lots", "--yield-to-host-percent"),
+            (CORRUPT_RESULTS, "2", "--corrupt-results"),
             (QUEUES, " , ", "--queues"),
             (LABELS, "novalue", "--label"),
             (LABELS, "=v", "--label"),
@@ -403,5 +456,13 @@ mod tests {
         assert_eq!(limits.cpus, Some(3));
         assert_eq!(limits.labels.len(), 2);
         assert_eq!(limits.queues, Vec::<String>::new());
+        let off = LimitArgs {
+            yield_to_host_percent: Some("off".into()),
+            ..LimitArgs::default()
+        };
+        assert_eq!(
+            Limits::from_source(&off).unwrap().yield_to_host_percent,
+            None
+        );
     }
 }

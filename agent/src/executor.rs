@@ -1,8 +1,18 @@
-//! Runs tasks on worker threads and measures them.
+//! Runs tasks and measures them, in one of two ways ([`Isolation`]):
 //!
-//! Kernels are CPU-bound and never yield, so they run on plain std threads
-//! fed by a channel, never on the async runtime's threads, which must stay
-//! free to talk to the coordinator (heartbeats, uploads, the next lease).
+//! - **Processes** (the `musketeer` binary): one worker process per core
+//!   ([`crate::process_pool`]), which the agent can kill past a task's
+//!   timeout or memory share and pause for the CPU limits
+//!   ([`crate::supervisor`]). This is how the owner's limits are enforced.
+//! - **Threads** (an agent embedded in another program, such as the
+//!   coordinator's `demo`, which has no `musketeer` binary to start): plain
+//!   std threads and a duty cycle between tasks. A thread cannot be
+//!   stopped, so a task past its timeout is reported failed and abandoned
+//!   while it finishes, and `--memory` only shapes what is dispatched.
+//!
+//! Either way kernels are CPU-bound and never yield, so they never run on
+//! the async runtime's threads, which must stay free to talk to the
+//! coordinator (heartbeats, uploads, the next lease).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{mpsc, Arc, Mutex};
@@ -12,6 +22,8 @@ use std::time::{Duration, Instant};
 use musketeer_tasks::protocol::{LeasedTask, TaskOutcome, TaskRef};
 use musketeer_tasks::TaskInput;
 use tokio::sync::mpsc::UnboundedSender;
+
+use crate::process_pool::{PoolConfig, ProcessPool};
 
 /// Stack of a worker thread: kernels on big numbers recurse (product trees),
 /// and the default 2 MiB of a spawned thread is less than a main thread's 8.
@@ -60,17 +72,73 @@ pub struct Finished {
     pub outcome: TaskOutcome,
 }
 
-/// A pool of worker threads that run [`LeasedTask`]s and send each
+/// Where tasks run.
+#[derive(Clone, Debug)]
+pub enum Isolation {
+    /// On threads of this process, resting between tasks for the duty cycle.
+    Threads(DutyCycle),
+    /// In worker processes held to the limits by the supervisor.
+    Processes(PoolConfig),
+}
+
+/// Runs [`LeasedTask`]s on worker threads or processes and sends each
 /// [`Finished`] task to the async side.
-#[derive(Debug)]
 pub struct Executor {
     /// Dropping it tells the workers to stop once their current task is done.
-    work: mpsc::Sender<LeasedTask>,
+    work: Option<mpsc::Sender<LeasedTask>>,
     threads: usize,
+    /// The worker processes, when tasks run in them.
+    pool: Option<ProcessPool>,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("threads", &self.threads)
+            .field("processes", &self.pool.is_some())
+            .finish()
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        self.work.take();
+        if let Some(pool) = &mut self.pool {
+            pool.shut_down();
+        }
+    }
 }
 
 impl Executor {
-    /// Starts `threads` workers that report to `done`.
+    /// Starts `workers` workers, isolated as `isolation` says, that report to `done`.
+    pub fn with_isolation(
+        workers: usize,
+        isolation: Isolation,
+        done: UnboundedSender<Finished>,
+    ) -> Executor {
+        match isolation {
+            Isolation::Threads(duty) => Executor::start(workers, duty, done),
+            Isolation::Processes(config) => {
+                let (work, queue) = mpsc::channel::<LeasedTask>();
+                let queue = Arc::new(Mutex::new(queue));
+                let config = PoolConfig { workers, ..config };
+                let pool = ProcessPool::start(config, queue, done);
+                Executor {
+                    work: Some(work),
+                    threads: workers,
+                    pool: Some(pool),
+                }
+            }
+        }
+    }
+
+    /// Whether the executor itself stops tasks past their timeout (worker
+    /// processes); otherwise the work loop gives up on them.
+    pub fn enforces_timeouts(&self) -> bool {
+        self.pool.is_some()
+    }
+
+    /// Starts `threads` worker threads that report to `done`.
     pub fn start(threads: usize, duty: DutyCycle, done: UnboundedSender<Finished>) -> Executor {
         let (work, queue) = mpsc::channel::<LeasedTask>();
         // One shared receiver: std's is single-consumer, and a task is tens
@@ -85,13 +153,19 @@ impl Executor {
                 .spawn(move || worker(&queue, &done, duty))
                 .expect("cannot start a worker thread");
         }
-        Executor { work, threads }
+        Executor {
+            work: Some(work),
+            threads,
+            pool: None,
+        }
     }
 
     /// Queues `task` for the next free worker.
     pub fn submit(&self, task: LeasedTask) {
         // The workers live as long as the sender, so this cannot fail.
-        let _ = self.work.send(task);
+        if let Some(work) = &self.work {
+            let _ = work.send(task);
+        }
     }
 
     /// How many worker threads run tasks.

@@ -25,9 +25,18 @@
 //! - [`enrol`]: join token -> agent credential, kept in the state directory.
 //! - [`client`]: the agent endpoints over HTTPS, error classes, backoff.
 //! - [`work_loop`]: lease, prefetch, upload, heartbeat, shutdown.
-//! - [`executor`]: worker threads that run tasks and measure them.
+//! - [`executor`]: runs tasks in worker processes (or threads) and measures them.
+//! - [`process_pool`]: the worker processes, one per allowed core.
+//! - [`worker`]: a worker process's side (`musketeer __worker`).
+//! - [`supervisor`]: the limits on running workers: duty cycle, stepping
+//!   aside for the host, timeouts, the memory backstop.
+//! - [`memory_cap`]: the allocator that holds a worker to its memory share.
+//! - [`procfs`]: CPU time and memory from `/proc`.
+//! - [`corrupt`]: the hidden `--corrupt-results` test flag (a lying agent).
 //! - [`mod@bench`]: `musketeer bench`.
-#![forbid(unsafe_code)]
+// Denied rather than forbidden so that `memory_cap`, a global allocator,
+// can allow it; nothing else may.
+#![deny(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
@@ -37,10 +46,16 @@ pub mod bench;
 pub mod capacity;
 pub mod client;
 pub mod config;
+pub mod corrupt;
 pub mod enrol;
 pub mod executor;
+pub mod memory_cap;
+pub mod process_pool;
+pub mod procfs;
+pub mod supervisor;
 pub mod trust;
 pub mod work_loop;
+pub mod worker;
 
 #[cfg(test)]
 mod test_server;
@@ -51,6 +66,8 @@ pub use client::ClientError;
 pub use config::{AgentConfig, Limits};
 pub use enrol::{join, EnrolError, Enrolment};
 pub use work_loop::{Tuning, WorkStats};
+
+use musketeer_tasks::protocol::Capacity;
 
 /// Why the agent stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -107,14 +124,18 @@ pub async fn run(
         enrolment.agent_id,
         enrolment.coordinator
     );
-    let stats = work_loop::work(
-        client,
-        capacity,
-        config.limits.max_cpu_percent,
-        config.tuning,
-        shutdown,
-    )
-    .await
+    let isolation = isolation(&config, &capacity);
+    let stats = match config.limits.corrupt_results.filter(|&f| f > 0.0) {
+        Some(fraction) => {
+            tracing::warn!(
+                "TEST MODE: --corrupt-results {fraction}: this agent uploads WRONG answers for {:.0}% of its tasks, to test result validation. Never use it on a real cluster.",
+                fraction * 100.0
+            );
+            let liar = corrupt::Lying::new(client, enrolment.agent_id.clone(), fraction);
+            work_loop::work(liar, capacity, isolation, config.tuning, shutdown).await
+        }
+        None => work_loop::work(client, capacity, isolation, config.tuning, shutdown).await,
+    }
     .map_err(|e| match e {
         ClientError::Unauthorized(message) => AgentError::Revoked {
             url: enrolment.coordinator.clone(),
@@ -129,5 +150,39 @@ pub async fn run(
         stats.failed,
         stats.released
     );
+    log_peak_memory();
     Ok(stats)
+}
+
+/// Where tasks run: worker processes held to every limit when there is a
+/// `musketeer` binary to start them from, else threads.
+fn isolation(config: &AgentConfig, capacity: &Capacity) -> executor::Isolation {
+    let limits = &config.limits;
+    match &config.worker_exe {
+        Some(exe) => executor::Isolation::Processes(process_pool::PoolConfig {
+            exe: exe.clone(),
+            workers: capacity.cpus.max(1) as usize,
+            policy: supervisor::Policy {
+                memory_limit: capacity.memory_bytes,
+                duty: supervisor::DutyBudget::new(limits.max_cpu_percent, capacity.cpus),
+                host: supervisor::HostYield::new(limits.yield_to_host_percent),
+            },
+        }),
+        None => executor::Isolation::Threads(executor::DutyCycle::new(limits.max_cpu_percent)),
+    }
+}
+
+/// Logs the most memory the agent's process and its largest worker process
+/// ever held, as the kernel counted them, so that an owner can check them
+/// against `--memory`. The agent's own is `VmHWM` (its memory since exec);
+/// `getrusage` would report at least the RSS of whatever process started
+/// the agent, which Linux carries across exec. A worker's figure carries
+/// the agent's RSS at the fork the same way, so it is an upper bound.
+fn log_peak_memory() {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let agent = procfs::own_peak_rss().unwrap_or(0) >> 10;
+    let worker = getrusage(UsageWho::RUSAGE_CHILDREN)
+        .map(|u| u.max_rss().max(0) as u64)
+        .unwrap_or(0);
+    tracing::info!("peak memory: agent {agent} KiB, largest worker {worker} KiB");
 }

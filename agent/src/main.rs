@@ -57,7 +57,23 @@ enum Command {
     Bench,
 }
 
+/// Counts the heap of worker processes and holds them to their memory
+/// share; in the agent's own process it only forwards to the system.
+#[global_allocator]
+static ALLOCATOR: musketeer::memory_cap::CappedAlloc = musketeer::memory_cap::CappedAlloc;
+
 fn main() -> ExitCode {
+    // The agent starts its worker processes from this binary; they are not
+    // a command for people, so they bypass the CLI (and its logging).
+    if std::env::args_os().nth(1).as_deref() == Some(musketeer::worker::SUBCOMMAND.as_ref()) {
+        return match musketeer::worker::main() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("musketeer worker: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
     init_logging(&cli.log);
     match run(cli) {
@@ -126,7 +142,9 @@ fn parse_limits(args: &LimitArgs) -> anyhow::Result<Limits> {
 }
 
 /// Runs the agent until SIGINT or SIGTERM; a second signal quits at once.
-fn work(config: AgentConfig) -> anyhow::Result<()> {
+fn work(mut config: AgentConfig) -> anyhow::Result<()> {
+    config.worker_exe =
+        Some(std::env::current_exe().context("cannot find this binary to start worker processes")?);
     // One thread is plenty for the network side: tasks run on the
     // executor's own threads.
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -35,7 +35,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::client::{AgentApi, Backoff, ClientError, Outage};
-use crate::executor::{kernel_of, DutyCycle, Executor, Finished};
+use crate::executor::{kernel_of, Executor, Finished, Isolation};
 
 /// Weight of the newest observation in the speed estimate: enough to follow
 /// a host that gets busier within a few batches, not so much that one odd
@@ -200,16 +200,12 @@ enum Stop {
 pub async fn work<A: AgentApi>(
     api: A,
     capacity: Capacity,
-    max_cpu_percent: Option<u8>,
+    isolation: Isolation,
     tuning: Tuning,
     shutdown: impl Future<Output = ()>,
 ) -> Result<WorkStats, ClientError> {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let executor = Executor::start(
-        capacity.cpus.max(1) as usize,
-        DutyCycle::new(max_cpu_percent),
-        done_tx,
-    );
+    let executor = Executor::with_isolation(capacity.cpus.max(1) as usize, isolation, done_tx);
     let mut state = State::new(api, capacity, tuning, executor);
     let mut calls: JoinSet<Event> = JoinSet::new();
     tokio::pin!(shutdown);
@@ -440,13 +436,21 @@ impl<A: AgentApi> State<A> {
             }
             let task = self.queue.pop_front().expect("front exists");
             let timeout = task.timeout_ms.map(Duration::from_millis);
+            // Worker processes are killed at their timeout by the executor,
+            // which then reports why; threads cannot be, so the loop gives up
+            // on them itself.
+            let deadline = if self.executor.enforces_timeouts() {
+                None
+            } else {
+                timeout.map(|t| now + t)
+            };
             self.running.insert(
                 task.task.clone(),
                 Running {
                     kernel: kernel_of(&task.input),
                     cost: task.cost,
                     timeout,
-                    deadline: timeout.map(|t| now + t),
+                    deadline,
                 },
             );
             self.busy += 1;
@@ -475,8 +479,12 @@ impl<A: AgentApi> State<A> {
         for task in overdue {
             let r = self.running.remove(&task).expect("listed above");
             let secs = r.timeout.unwrap_or_default().as_secs_f64();
+            let why = format!(
+                "ran past its timeout of {}",
+                crate::process_pool::seconds(r.timeout.unwrap_or_default())
+            );
             tracing::warn!(
-                "task {}#{} timed out after {secs:.1}s; its worker is busy until the kernel returns",
+                "task {}#{} {why}; its worker thread is busy until the kernel returns",
                 task.job,
                 task.index
             );
@@ -487,7 +495,7 @@ impl<A: AgentApi> State<A> {
                 TaskReport {
                     task,
                     cpu_ms: (secs * 1000.0) as u64,
-                    outcome: TaskOutcome::Failed(format!("timed out after {secs:.1}s")),
+                    outcome: TaskOutcome::Failed(why),
                 },
             );
         }
@@ -499,6 +507,11 @@ impl<A: AgentApi> State<A> {
             .iter()
             .map(|t| self.speed.estimate_ns(kernel_of(&t.input), t.cost))
             .sum()
+    }
+
+    /// Memory the queued tasks will need, as their costs say.
+    fn queued_mem(&self) -> u64 {
+        self.queue.iter().map(|t| t.cost.mem_bytes).sum()
     }
 
     fn maybe_lease(&mut self, now: Instant, calls: &mut JoinSet<Event>) {
@@ -519,6 +532,9 @@ impl<A: AgentApi> State<A> {
         } else if !self.cluster_empty
             && self.queued_ns() < batch_ns
             && (measured || slow_start_room > 0)
+            // Leased inputs are held in memory too: under a tight --memory,
+            // prefetch only while what is held leaves room for more.
+            && self.queued_mem().saturating_add(self.mem_busy) < self.capacity.memory_bytes
         {
             Duration::ZERO
         } else {

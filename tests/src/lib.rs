@@ -7,6 +7,7 @@
 //! setup lives in one place. The binaries are found next to the test
 //! executable's target directory; `cargo build --workspace --bins` first.
 
+pub mod procstat;
 pub mod reference;
 
 use std::path::PathBuf;
@@ -233,6 +234,30 @@ impl Coordinator {
         let v = self.client().get_json("/v1/agents").await?;
         Ok(v["agents"].as_array().cloned().unwrap_or_default())
     }
+
+    /// How many tasks the agent `agent_id` holds leases on now.
+    pub async fn leased_by(&self, agent_id: &str) -> Result<u64> {
+        Ok(self
+            .agents()
+            .await?
+            .iter()
+            .find(|a| a["id"] == agent_id)
+            .and_then(|a| a["leased"].as_u64())
+            .unwrap_or(0))
+    }
+
+    /// A job's status, as `GET /v1/jobs/{id}` shows it.
+    pub async fn job_status(&self, id: &str) -> Result<Value> {
+        self.client().get_json(&format!("/v1/jobs/{id}")).await
+    }
+
+    /// Cancels a job (`DELETE /v1/jobs/{id}`); a finished job is left alone.
+    pub async fn cancel(&self, id: &str) {
+        let c = self.client();
+        let _ = c
+            .send(c.request(reqwest::Method::DELETE, &format!("/v1/jobs/{id}")))
+            .await;
+    }
 }
 
 impl Drop for Coordinator {
@@ -267,6 +292,11 @@ impl Agent {
             .arg(state_dir.path())
             .args(extra)
             .env("MUSKETEER_LOG", "info")
+            // Several agents and a coordinator share the test machine's
+            // cores: stepping aside for each other would only slow the
+            // tests down. A test of stepping aside passes the flag, which
+            // wins over the variable.
+            .env("MUSKETEER_YIELD_TO_HOST_PERCENT", "off")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -293,6 +323,24 @@ impl Agent {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The agent's id, as it logs it when it starts working (waits up to 30 s).
+    pub fn wait_id(&self) -> Result<String> {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.log();
+            if let Some(id) = log
+                .split("agent ")
+                .find_map(|s| s.split_once(" working for").map(|(id, _)| id.trim()))
+            {
+                return Ok(id.to_string());
+            }
+            if Instant::now() > end {
+                bail!("the agent never said it was working:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use super::*;
 use crate::executor::tests::fib_task;
+use crate::executor::DutyCycle;
 
 /// A coordinator in memory: hands out its tasks, records every call.
 #[derive(Clone, Default)]
@@ -171,7 +172,7 @@ async fn run_until(
         work(
             fake.clone(),
             capacity(cpus),
-            max_cpu_percent,
+            Isolation::Threads(DutyCycle::new(max_cpu_percent)),
             tuning,
             shutdown,
         ),
@@ -371,7 +372,7 @@ async fn overdue_tasks_fail_and_their_late_output_is_dropped() {
     assert!(state.running.is_empty());
     assert_eq!(state.pending.len(), 1);
     assert!(
-        matches!(&state.pending[0].outcome, TaskOutcome::Failed(m) if m.contains("timed out after 2.0s"))
+        matches!(&state.pending[0].outcome, TaskOutcome::Failed(m) if m.contains("ran past its timeout of 2 s"))
     );
     state.on_finished(
         now,

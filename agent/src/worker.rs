@@ -1,0 +1,186 @@
+//! A worker process: `musketeer __worker`, started by the agent once per
+//! core, runs one task at a time on its main thread.
+//!
+//! Tasks run in child processes rather than threads because a thread
+//! cannot be stopped: a task past its `timeout_s` or its share of
+//! `--memory` has to be *ended*, not asked to stop, and a process can be
+//! killed (`SIGKILL`), paused and resumed (`SIGSTOP`/`SIGCONT`, the duty
+//! cycle and stepping aside), and measured (`/proc/<pid>`) as a whole,
+//! whatever the kernel is doing. Kernels stay pure: nothing in `tasks/`
+//! knows about any of it.
+//!
+//! The agent talks to a worker over its standard input and output:
+//!
+//! - request: `cap: u64 LE`, `len: u32 LE`, then `len` bytes of an encoded
+//!   [`musketeer_tasks::TaskInput`]. The cap (live heap bytes, see
+//!   [`crate::memory_cap`]) comes first so that it already holds while the
+//!   input itself is read.
+//! - reply: `len: u32 LE`, then a postcard [`WorkerReply`].
+//!
+//! A worker that exits instead of replying was killed by the agent (it
+//! knows why) or hit its cap ([`crate::memory_cap::EXIT_OVER_MEMORY`]).
+
+use std::io::{self, BufWriter, ErrorKind, Read, Write};
+use std::time::{Duration, Instant};
+
+use musketeer_tasks::protocol::TaskOutcome;
+use serde::{Deserialize, Serialize};
+
+use crate::executor::run_input;
+use crate::memory_cap;
+
+/// The hidden subcommand the agent starts its workers with.
+pub const SUBCOMMAND: &str = "__worker";
+
+/// A larger frame is a broken pipe, not a task (task inputs are bounded by
+/// the coordinator's 64 MiB JSON limit and its chunk size).
+const MAX_FRAME: u32 = 1 << 30;
+
+/// What a worker says about one task.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct WorkerReply {
+    /// The output, or why there is none.
+    pub outcome: TaskOutcome,
+    /// CPU time the task took.
+    pub cpu_ns: u64,
+    /// Wall time the task took (suspensions included).
+    pub wall_ns: u64,
+    /// The most live heap bytes while it ran, its input included.
+    pub peak_bytes: u64,
+    /// CPU time the whole worker process has used so far, so that the
+    /// agent can account for a worker it retires between two samples.
+    pub process_cpu_ns: u64,
+}
+
+/// Writes one request.
+pub fn write_request(out: &mut impl Write, cap: u64, input: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(input.len())
+        .ok()
+        .filter(|&l| l <= MAX_FRAME)
+        .ok_or_else(|| io::Error::new(ErrorKind::InvalidInput, "task input too large"))?;
+    out.write_all(&cap.to_le_bytes())?;
+    out.write_all(&len.to_le_bytes())?;
+    out.write_all(input)?;
+    out.flush()
+}
+
+/// Reads one reply; `Ok(None)` when the worker is gone.
+pub fn read_reply(input: &mut impl Read) -> io::Result<Option<WorkerReply>> {
+    let mut len = [0u8; 4];
+    match input.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let bytes = read_frame(input, u32::from_le_bytes(len))?;
+    postcard::from_bytes(&bytes)
+        .map(Some)
+        .map_err(|e| io::Error::new(ErrorKind::InvalidData, e))
+}
+
+fn read_frame(input: &mut impl Read, len: u32) -> io::Result<Vec<u8>> {
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            ErrorKind::InvalidData,
+            format!("a frame of {len} bytes"),
+        ));
+    }
+    let mut bytes = vec![0u8; len as usize];
+    input.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Serves requests from `input` until it closes, one task at a time.
+pub fn serve(mut input: impl Read, output: impl Write) -> io::Result<()> {
+    let mut output = BufWriter::new(output);
+    loop {
+        let mut header = [0u8; 12];
+        match input.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let cap = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(header[8..].try_into().expect("4 bytes"));
+        memory_cap::set_cap(cap);
+        memory_cap::reset_peak();
+        let reply = {
+            let task = read_frame(&mut input, len)?;
+            let cpu_start = cpu_time::ProcessTime::try_now().ok();
+            let start = Instant::now();
+            let (_, outcome) = run_input(&task);
+            let wall = start.elapsed();
+            let cpu = cpu_start
+                .and_then(|t| t.try_elapsed().ok())
+                .unwrap_or(Duration::ZERO);
+            WorkerReply {
+                outcome,
+                cpu_ns: cpu.as_nanos() as u64,
+                wall_ns: wall.as_nanos() as u64,
+                peak_bytes: memory_cap::peak(),
+                process_cpu_ns: cpu_time::ProcessTime::try_now()
+                    .map(|t| t.as_duration().as_nanos() as u64)
+                    .unwrap_or(0),
+            }
+        };
+        let bytes =
+            postcard::to_stdvec(&reply).map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
+        output.write_all(&(bytes.len() as u32).to_le_bytes())?;
+        output.write_all(&bytes)?;
+        output.flush()?;
+    }
+}
+
+/// The body of `musketeer __worker`: serve the agent on stdin/stdout.
+pub fn main() -> io::Result<()> {
+    memory_cap::start_counting();
+    // An orphaned worker (the agent was SIGKILLed) must not go on computing
+    // for nobody, nor sit stopped forever if it was paused.
+    #[cfg(target_os = "linux")]
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    serve(io::stdin().lock(), io::stdout().lock())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::tests::fib_task;
+    use musketeer_tasks::TaskOutput;
+
+    #[test]
+    fn a_worker_answers_each_request_in_order() {
+        let mut requests = Vec::new();
+        write_request(&mut requests, u64::MAX, &fib_task(0, vec![10]).input).unwrap();
+        write_request(&mut requests, u64::MAX, &[0xff, 0xff]).unwrap();
+        let mut replies = Vec::new();
+        serve(&requests[..], &mut replies).unwrap();
+
+        let mut replies = &replies[..];
+        let first = read_reply(&mut replies).unwrap().unwrap();
+        let TaskOutcome::Done(bytes) = first.outcome else {
+            panic!("{:?}", first.outcome)
+        };
+        let TaskOutput::Fibonacci(out) = TaskOutput::decode(&bytes).unwrap() else {
+            panic!("not fibonacci")
+        };
+        assert_eq!(out.digits, "55");
+        let second = read_reply(&mut replies).unwrap().unwrap();
+        assert!(
+            matches!(second.outcome, TaskOutcome::Failed(m) if m.contains("invalid task input"))
+        );
+        assert!(read_reply(&mut replies).unwrap().is_none(), "then the end");
+    }
+
+    #[test]
+    fn a_cut_off_request_is_an_error_not_a_task() {
+        let mut requests = Vec::new();
+        write_request(&mut requests, u64::MAX, &fib_task(0, vec![10]).input).unwrap();
+        requests.truncate(requests.len() - 1);
+        assert!(serve(&requests[..], Vec::new()).is_err());
+
+        let mut huge = Vec::new();
+        huge.extend_from_slice(&0u64.to_le_bytes());
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(serve(&huge[..], Vec::new()).is_err());
+    }
+}
