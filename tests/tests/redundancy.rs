@@ -1,0 +1,102 @@
+//! Redundancy end to end: honest agents and a lying one (the hidden
+//! `--corrupt-results` flag) on a job with `redundancy: 2`. No wrong answer
+//! may be accepted, and the liar must show up as `suspect`.
+
+use std::time::Duration;
+
+use musketeer_tests::{reference, Agent, Cluster, Coordinator, CoordinatorOptions};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_agent_is_outvoted_and_flagged() {
+    // The liar and one honest agent see the job first, so the liar casts
+    // about half of the first votes; two more honest agents join to break
+    // the ties its lies cause.
+    let coordinator = Coordinator::start(CoordinatorOptions::default()).unwrap();
+    let join = |extra: &[&str]| {
+        let mut flags = vec!["--cpus", "1"];
+        flags.extend_from_slice(extra);
+        Agent::join(&coordinator.url, &coordinator.join_token, &flags).unwrap()
+    };
+    let agents = vec![join(&["--corrupt-results", "0.5"]), join(&[])];
+    let mut cluster = Cluster {
+        agents,
+        coordinator,
+    };
+    cluster.wait_for_agents(2).await.unwrap();
+    let range = (1000u64, 1400u64);
+    let id = cluster
+        .coordinator
+        .submit(&json!({
+            "kernel": "fibonacci",
+            "range": {"start": range.0, "end": range.1},
+            "items_per_task": 1,
+            "redundancy": 2,
+        }))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let agent = Agent::join(
+            &cluster.coordinator.url,
+            &cluster.coordinator.join_token,
+            &["--cpus", "1"],
+        )
+        .unwrap();
+        cluster.agents.push(agent);
+    }
+    let c = &cluster.coordinator;
+    let result = c.result(&id, Duration::from_secs(180)).await.unwrap();
+    let ns: Vec<u64> = (range.0..range.1).collect();
+    let got: Vec<String> = result["values"]
+        .as_array()
+        .expect("values")
+        .iter()
+        .map(|v| v.as_str().expect("a string").to_string())
+        .collect();
+    assert_eq!(got, reference::fibonacci(&ns), "no wrong answer accepted");
+
+    let agents = c.agents().await.unwrap();
+    let liar_id = {
+        let log = cluster.agents[0].log();
+        agents
+            .iter()
+            .map(|a| a["id"].as_str().unwrap().to_string())
+            .find(|id| log.contains(id.as_str()))
+            .expect("the liar's id is in its log")
+    };
+    for a in &agents {
+        let id = a["id"].as_str().unwrap();
+        if id == liar_id {
+            assert_eq!(a["trust"], "suspect", "the liar is flagged: {a}");
+            assert!(a["results_invalid"].as_u64().unwrap() >= 2, "{a}");
+        } else {
+            assert_ne!(a["trust"], "suspect", "an honest agent is not flagged: {a}");
+            assert_eq!(a["results_invalid"], 0, "{a}");
+        }
+    }
+    // Credit only for agreeing results: at least one per task (a trusted
+    // agent's answer can stand alone), and never the liar's outvoted ones.
+    let credited: u64 = agents
+        .iter()
+        .map(|a| a["tasks_done"].as_u64().unwrap())
+        .sum();
+    let valid: u64 = agents
+        .iter()
+        .map(|a| a["results_valid"].as_u64().unwrap())
+        .sum();
+    assert_eq!(credited, valid);
+    assert!(credited >= ns.len() as u64, "{credited}");
+
+    // The operator's view says the same.
+    let out = std::process::Command::new(musketeer_tests::bin("musketeer-coordinator"))
+        .args(["agents", "list", "--data-dir"])
+        .arg(c.dir.path())
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let liar_line = listing
+        .lines()
+        .find(|l| l.starts_with(&liar_id))
+        .unwrap_or_else(|| panic!("the liar is listed: {listing}"));
+    assert!(liar_line.contains("suspect"), "{listing}");
+}
