@@ -598,12 +598,17 @@ impl<A: AgentApi> State<A> {
         });
     }
 
-    /// Every lease held: queued or running (abandoned ones are not wanted).
+    /// Every lease held: queued, running, or finished with the result still
+    /// waiting for upload (abandoned ones are not wanted). The waiting ones
+    /// matter: behind a slow upload to a busy coordinator, results can wait
+    /// longer than a lease lives, and a lease that lapses then costs the
+    /// task an attempt although its result is in hand.
     fn held(&self) -> Vec<TaskRef> {
         self.queue
             .iter()
             .map(|t| t.task.clone())
             .chain(self.running.keys().cloned())
+            .chain(self.pending.iter().map(|r| r.task.clone()))
             .collect()
     }
 

@@ -501,3 +501,26 @@ fn speed_follows_what_tasks_take() {
         36.0
     );
 }
+
+#[tokio::test]
+async fn results_waiting_for_upload_keep_their_leases_alive() {
+    let fake = Fake::default();
+    let mut state = bare_state(&fake);
+    let queued = fib_task(0, vec![1]);
+    let done = fib_task(1, vec![1]);
+    state.queue.push_back(queued.clone());
+    state.push_report(
+        Instant::now(),
+        TaskReport {
+            task: done.task.clone(),
+            cpu_ms: 1,
+            outcome: TaskOutcome::Done(vec![]),
+        },
+    );
+    let held = state.held();
+    assert!(held.contains(&queued.task));
+    assert!(
+        held.contains(&done.task),
+        "a result not yet uploaded must still be renewed"
+    );
+}
