@@ -221,6 +221,23 @@ async fn a_hammering_agent_is_slowed_and_a_legitimate_one_is_not() {
     }
     // A burst of 10 and 5 a second: most of 60 quick calls are refused.
     assert!(limited >= 30, "only {limited} of 60 calls were limited");
+    let metrics = c
+        .client()
+        .send(c.client().request(Method::GET, "/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counted: usize = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("musketeer_requests_rate_limited_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        counted >= limited,
+        "{counted} refusals in /metrics, {limited} seen"
+    );
     // The real agent, on the same coordinator and the same address, works on.
     let ns: Vec<u64> = (0..2000).map(|i| 1000 + i % 50).collect();
     let id = c
