@@ -419,3 +419,51 @@ async fn jobs_target_one_named_agent_or_one_architecture() {
         .unwrap_err();
     assert!(err.to_string().contains("reserved"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_agents_leases_go_back_at_once_and_its_late_results_are_refused() {
+    use musketeer_tests::capacity;
+    // Leases of two minutes: the job can only finish in time if removal
+    // hands the tasks back at once rather than when their leases run out.
+    let options = CoordinatorOptions {
+        lease_ttl: 120.0,
+        ..Default::default()
+    };
+    let cluster = Cluster::start(0, options, &[]).await.unwrap();
+    let c = &cluster.coordinator;
+    let rogue = c.enrol_manual().await.unwrap();
+    let honest = c.enrol_manual().await.unwrap();
+    let id = c
+        .submit(&json!({"kernel": "fibonacci", "n": [5, 6, 7, 8], "items_per_task": 2}))
+        .await
+        .unwrap();
+    let held = c
+        .lease_manual(&rogue, capacity("x86_64", &[]), 64)
+        .await
+        .unwrap();
+    assert_eq!(held.tasks.len(), 2);
+    let admin = c.client();
+    admin
+        .send(admin.request(Method::DELETE, &format!("/v1/agents/{}", rogue.id)))
+        .await
+        .unwrap();
+    // The removed agent cannot hand its results in any more...
+    let late = c.complete_manual(&rogue, &held).await.unwrap_err();
+    assert!(late.to_string().contains("removed"), "{late}");
+    // ...and its tasks are offered again straight away.
+    let taken = c
+        .lease_manual(&honest, capacity("x86_64", &[]), 64)
+        .await
+        .unwrap();
+    assert_eq!(taken.tasks.len(), 2);
+    c.complete_manual(&honest, &taken).await.unwrap();
+    let got = c.result(&id, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(got["values"], json!(["5", "8", "13", "21"]));
+    let agents = c.agents().await.unwrap();
+    let done = |who: &str| {
+        agents.iter().find(|a| a["id"] == who).unwrap()["tasks_done"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!((done(&rogue.id), done(&honest.id)), (0, 2));
+}
