@@ -92,6 +92,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(batch) = ResultBatch::decode_upload(upload, MAX_REPORTS_PER_BATCH) else {
         return;
     };
+    // What was accepted encodes to an upload that is accepted as the same.
+    let again = ResultBatch::decode_upload(&encode(&batch).unwrap(), MAX_REPORTS_PER_BATCH)
+        .expect("an accepted batch, encoded again, is accepted");
+    assert_eq!(again, batch);
+    let unedited = mode & 1 == 1 && rest.is_empty();
     // As the store keeps them: the last output that decodes, per task of
     // the job; reports for tasks it does not have are stale.
     let mut outputs: Vec<Option<TaskOutput>> = vec![None; job.tasks];
@@ -106,10 +111,13 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let Some(outputs) = outputs.into_iter().collect::<Option<Vec<_>>>() else {
+        assert!(!unedited, "the honest upload covers every task");
         return;
     };
-    let Ok(result) = job.reduce.reduce(outputs) else {
-        return;
+    let result = match job.reduce.reduce(outputs) {
+        Ok(r) => r,
+        Err(_) if !unedited => return,
+        Err(e) => panic!("the honest upload does not reduce: {e}"),
     };
     for format in ["json", "tsv", "npy"] {
         let _ = result.render(format);

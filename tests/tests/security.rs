@@ -221,6 +221,23 @@ async fn a_hammering_agent_is_slowed_and_a_legitimate_one_is_not() {
     }
     // A burst of 10 and 5 a second: most of 60 quick calls are refused.
     assert!(limited >= 30, "only {limited} of 60 calls were limited");
+    let metrics = c
+        .client()
+        .send(c.client().request(Method::GET, "/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counted: usize = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("musketeer_requests_rate_limited_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        counted >= limited,
+        "{counted} refusals in /metrics, {limited} seen"
+    );
     // The real agent, on the same coordinator and the same address, works on.
     let ns: Vec<u64> = (0..2000).map(|i| 1000 + i % 50).collect();
     let id = c
@@ -401,4 +418,52 @@ async fn jobs_target_one_named_agent_or_one_architecture() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("reserved"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_agents_leases_go_back_at_once_and_its_late_results_are_refused() {
+    use musketeer_tests::capacity;
+    // Leases of two minutes: the job can only finish in time if removal
+    // hands the tasks back at once rather than when their leases run out.
+    let options = CoordinatorOptions {
+        lease_ttl: 120.0,
+        ..Default::default()
+    };
+    let cluster = Cluster::start(0, options, &[]).await.unwrap();
+    let c = &cluster.coordinator;
+    let rogue = c.enrol_manual().await.unwrap();
+    let honest = c.enrol_manual().await.unwrap();
+    let id = c
+        .submit(&json!({"kernel": "fibonacci", "n": [5, 6, 7, 8], "items_per_task": 2}))
+        .await
+        .unwrap();
+    let held = c
+        .lease_manual(&rogue, capacity("x86_64", &[]), 64)
+        .await
+        .unwrap();
+    assert_eq!(held.tasks.len(), 2);
+    let admin = c.client();
+    admin
+        .send(admin.request(Method::DELETE, &format!("/v1/agents/{}", rogue.id)))
+        .await
+        .unwrap();
+    // The removed agent cannot hand its results in any more...
+    let late = c.complete_manual(&rogue, &held).await.unwrap_err();
+    assert!(late.to_string().contains("removed"), "{late}");
+    // ...and its tasks are offered again straight away.
+    let taken = c
+        .lease_manual(&honest, capacity("x86_64", &[]), 64)
+        .await
+        .unwrap();
+    assert_eq!(taken.tasks.len(), 2);
+    c.complete_manual(&honest, &taken).await.unwrap();
+    let got = c.result(&id, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(got["values"], json!(["5", "8", "13", "21"]));
+    let agents = c.agents().await.unwrap();
+    let done = |who: &str| {
+        agents.iter().find(|a| a["id"] == who).unwrap()["tasks_done"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!((done(&rogue.id), done(&honest.id)), (0, 2));
 }

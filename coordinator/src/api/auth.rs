@@ -39,8 +39,15 @@ fn peer(parts: &Parts) -> Option<IpAddr> {
 }
 
 /// A refusal, charged to the caller's address: past its limit the caller
-/// learns only to slow down, so guessing secrets gets nowhere fast.
+/// learns only to slow down, so guessing secrets gets nowhere fast. Only
+/// refusals of credentials count: a store failure is ours, not theirs.
 fn refuse(parts: &Parts, state: &AppState, error: ApiError) -> ApiError {
+    if !matches!(
+        error.status,
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+    ) {
+        return error;
+    }
     match state.limits.address(peer(parts)) {
         Ok(()) => error,
         Err(limited) => limited,

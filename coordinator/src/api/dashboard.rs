@@ -67,6 +67,11 @@ pub async fn metrics(
             "Jobs whose results were aggregated.",
             &c.jobs_reduced,
         ),
+        (
+            "musketeer_requests_rate_limited_total",
+            "Requests refused with 429 by the per-agent or per-address rate limit.",
+            &st.limits.refused,
+        ),
     ];
     for (name, help, value) in counters {
         let v = value.load(Ordering::Relaxed);

@@ -10,6 +10,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -171,6 +172,8 @@ pub struct RateLimiters {
     pub agents: Limiter<String>,
     /// Keyed by client address.
     pub addresses: Limiter<IpAddr>,
+    /// Requests refused so far, for `/metrics`.
+    pub refused: AtomicU64,
 }
 
 impl RateLimiters {
@@ -179,6 +182,7 @@ impl RateLimiters {
         RateLimiters {
             agents: Limiter::new(limits.per_agent),
             addresses: Limiter::new(limits.per_address),
+            refused: AtomicU64::new(0),
         }
     }
 
@@ -187,6 +191,7 @@ impl RateLimiters {
         self.agents
             .check(&id.to_string(), Instant::now())
             .map_err(|wait| {
+                self.refused.fetch_add(1, Ordering::Relaxed);
                 let l = self.agents.limit();
                 too_many(
                     wait,
@@ -206,6 +211,7 @@ impl RateLimiters {
         // socket) there is no one to charge.
         let Some(addr) = addr else { return Ok(()) };
         self.addresses.check(&addr, Instant::now()).map_err(|wait| {
+            self.refused.fetch_add(1, Ordering::Relaxed);
             let l = self.addresses.limit();
             too_many(
                 wait,
@@ -334,6 +340,7 @@ mod tests {
             "{}",
             e.message
         );
+        assert_eq!(r.refused.load(Ordering::Relaxed), 1);
         r.address(Some(IpAddr::from([127, 0, 0, 1]))).unwrap();
     }
 }
