@@ -56,7 +56,11 @@ fuzz_target!(|data: &[u8]| {
     }
     let result = plan.reduce.reduce(outputs).expect("honest outputs reduce");
     if let (JobSpec::Fibonacci(job), JobResult::Fibonacci(r)) = (&spec, &result) {
-        assert_eq!(r.values.iter().count() as u64, job.item_count(), "a value per index");
+        assert_eq!(
+            r.values.iter().count() as u64,
+            job.item_count(),
+            "a value per index"
+        );
     }
     for format in ["json", "tsv", "npy"] {
         if let Ok((bytes, _)) = result.render(format) {
