@@ -44,6 +44,10 @@ struct ServeArgs {
     /// Largest streamed word-count upload, in MiB.
     #[arg(long, env = "MUSKETEER_MAX_UPLOAD_MIB", default_value_t = 4096)]
     max_upload_mib: u64,
+    /// The public key (or its .pub file) that agent releases are signed with;
+    /// agents learn it at enrolment. Without it no release can be published.
+    #[arg(long, env = "MUSKETEER_RELEASE_KEY", value_name = "KEY|FILE")]
+    release_key: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,6 +77,11 @@ enum Command {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Signed agent releases: keygen, publish, list.
+    Release {
+        #[command(subcommand)]
+        command: cli::ReleaseCommand,
+    },
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
@@ -90,6 +99,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tls_key: args.tls_key,
         lease_ttl: Duration::from_secs_f64(args.lease_ttl),
         max_upload: args.max_upload_mib << 20,
+        release_key: args
+            .release_key
+            .as_deref()
+            .map(musketeer_coordinator::releases::PublicKey::from_arg)
+            .transpose()?,
     };
     let data_dir = cfg.data_dir.clone();
     let running = server::start(cfg).await?;
@@ -154,5 +168,6 @@ async fn main() -> Result<()> {
             command,
             connection,
         } => cli::jobs(&ApiClient::connect(&connection)?, command).await,
+        Command::Release { command } => cli::release::release(command).await,
     }
 }

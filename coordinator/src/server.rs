@@ -38,6 +38,9 @@ pub struct ServeConfig {
     pub lease_ttl: Duration,
     /// Largest streamed word-count upload, in bytes.
     pub max_upload: u64,
+    /// The operator's release public key (`--release-key`): agents learn it
+    /// at enrolment and install only releases it verifies.
+    pub release_key: Option<crate::releases::PublicKey>,
 }
 
 /// A running coordinator.
@@ -127,6 +130,10 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
         pin: pki.pin,
         ca_pem: pki.ca_pem.clone(),
         max_upload: cfg.max_upload,
+        releases: Arc::new(crate::releases::Releases::open(
+            &cfg.data_dir,
+            cfg.release_key,
+        )?),
     });
 
     // The join token a fresh coordinator prints; kept (0600) so a restart

@@ -9,6 +9,7 @@ mod auth;
 mod dashboard;
 mod error;
 mod jobs;
+mod releases;
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use musketeer_tasks::token::CaPin;
 
 pub use admin::make_token as admin_make_token;
 pub use error::ApiError;
+pub use releases::SIGNATURE_HEADER;
 
 use crate::scheduler::Scheduler;
 
@@ -42,6 +44,8 @@ pub struct AppState {
     pub ca_pem: String,
     /// Largest streamed word-count upload.
     pub max_upload: u64,
+    /// Signed agent releases and the key agents learn at enrolment.
+    pub releases: Arc<crate::releases::Releases>,
 }
 
 /// The whole API.
@@ -73,6 +77,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/agent/results", post(agent::results))
         .route("/v1/agent/heartbeat", post(agent::heartbeat))
         .route("/v1/agent/release", post(agent::release))
+        .route("/v1/releases", get(releases::list))
+        .route("/v1/releases/{target}/{version}", post(releases::publish))
+        .route("/v1/agent/update", get(releases::latest))
+        .route("/v1/agent/update/{target}/{version}", get(releases::download))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         // Each handler reads its body with its own limit (see `body`).
