@@ -114,7 +114,8 @@ impl PublicKey {
         }
         let path = Path::new(arg);
         let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-        PublicKey::parse(&text).map_err(|e| ReleaseError::BadKey(format!("{}: {e}", path.display())))
+        PublicKey::parse(&text)
+            .map_err(|e| ReleaseError::BadKey(format!("{}: {e}", path.display())))
     }
 
     /// The 64 hex digits, as agents receive the key.
@@ -190,7 +191,8 @@ impl SigningKey {
     /// Reads a private key file.
     pub fn load(path: &Path) -> Result<SigningKey, ReleaseError> {
         let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-        SigningKey::parse(&text).map_err(|e| ReleaseError::BadKey(format!("{}: {e}", path.display())))
+        SigningKey::parse(&text)
+            .map_err(|e| ReleaseError::BadKey(format!("{}: {e}", path.display())))
     }
 
     /// The public half.
@@ -210,9 +212,7 @@ impl SigningKey {
         let target = check_target(target)?;
         let version = check_version(version)?;
         let sha256: [u8; 32] = Sha256::digest(binary).into();
-        let signature = self
-            .pair
-            .sign(&release_message(&target, &version, &sha256));
+        let signature = self.pair.sign(&release_message(&target, &version, &sha256));
         Ok(ReleaseInfo {
             target,
             version,
@@ -358,12 +358,12 @@ impl Releases {
     fn read_info(&self, dir: &Path) -> Result<Option<ReleaseInfo>, ReleaseError> {
         let path = dir.join(INFO_FILE);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                ReleaseError::Io {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| ReleaseError::Io {
                     path,
                     source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-                }
-            }),
+                }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(ReleaseError::Io { path, source: e }),
         }
@@ -376,7 +376,12 @@ impl Releases {
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(ReleaseError::Io { path: dir, source: e }),
+            Err(e) => {
+                return Err(ReleaseError::Io {
+                    path: dir,
+                    source: e,
+                })
+            }
         };
         let mut found = Vec::new();
         for entry in entries {
@@ -421,9 +426,7 @@ impl Releases {
             .dir
             .join(check_target(target)?)
             .join(check_version(version)?);
-        Ok(self
-            .read_info(&dir)?
-            .map(|_| dir.join(BINARY_FILE)))
+        Ok(self.read_info(&dir)?.map(|_| dir.join(BINARY_FILE)))
     }
 }
 
@@ -449,7 +452,10 @@ mod tests {
     #[test]
     fn keygen_writes_a_pair_that_signs_and_verifies() {
         let dir = tempfile::tempdir().unwrap();
-        let (private, public) = (dir.path().join("release.key"), dir.path().join("release.pub"));
+        let (private, public) = (
+            dir.path().join("release.key"),
+            dir.path().join("release.pub"),
+        );
         let key = keygen(&private, &public).unwrap();
         assert_eq!(PublicKey::from_arg(public.to_str().unwrap()).unwrap(), key);
         let signer = SigningKey::load(&private).unwrap();
@@ -470,7 +476,9 @@ mod tests {
     #[test]
     fn the_private_key_is_refused_where_the_public_one_belongs() {
         let key = SigningKey::generate().unwrap();
-        let e = PublicKey::from_arg(key.to_text().trim()).unwrap_err().to_string();
+        let e = PublicKey::from_arg(key.to_text().trim())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("PRIVATE"), "{e}");
         assert!(PublicKey::parse("MSKREL-PUB-1-abc").is_err());
         assert!(SigningKey::parse(&key.public().to_string()).is_err());
@@ -483,7 +491,9 @@ mod tests {
         for v in ["1.2.0", "1.10.0", "1.9.1", "1.10.0-rc.1"] {
             let bytes = format!("binary {v}");
             let info = signer.sign(TARGET, v, bytes.as_bytes()).unwrap();
-            let (stored, new) = r.publish(TARGET, v, &info.signature, bytes.as_bytes()).unwrap();
+            let (stored, new) = r
+                .publish(TARGET, v, &info.signature, bytes.as_bytes())
+                .unwrap();
             assert!(new);
             assert_eq!(stored, info);
         }
@@ -511,7 +521,12 @@ mod tests {
             Err(ReleaseError::BadSignature)
         ));
         assert!(matches!(
-            r.publish("aarch64-unknown-linux-musl", "2.0.0", &good.signature, b"bin"),
+            r.publish(
+                "aarch64-unknown-linux-musl",
+                "2.0.0",
+                &good.signature,
+                b"bin"
+            ),
             Err(ReleaseError::BadSignature)
         ));
         assert!(matches!(
@@ -523,8 +538,16 @@ mod tests {
             Err(ReleaseError::BadSignature)
         ));
         assert!(r.list().unwrap().is_empty(), "nothing refused was kept");
-        assert!(r.publish(TARGET, "2.0.0", &good.signature, b"bin").unwrap().1);
-        assert!(!r.publish(TARGET, "2.0.0", &good.signature, b"bin").unwrap().1);
+        assert!(
+            r.publish(TARGET, "2.0.0", &good.signature, b"bin")
+                .unwrap()
+                .1
+        );
+        assert!(
+            !r.publish(TARGET, "2.0.0", &good.signature, b"bin")
+                .unwrap()
+                .1
+        );
         let changed = signer.sign(TARGET, "2.0.0", b"other").unwrap();
         assert!(matches!(
             r.publish(TARGET, "2.0.0", &changed.signature, b"other"),
@@ -535,11 +558,21 @@ mod tests {
     #[test]
     fn bad_names_and_a_missing_key_are_refused() {
         let (_dir, r) = releases(None);
-        assert!(matches!(r.publish(TARGET, "1.0.0", "", b""), Err(ReleaseError::NoKey)));
+        assert!(matches!(
+            r.publish(TARGET, "1.0.0", "", b""),
+            Err(ReleaseError::NoKey)
+        ));
         for t in ["", "../etc", ".hidden", "a/b", &"x".repeat(65)] {
             assert!(check_target(t).is_err(), "{t}");
         }
-        for v in ["", "1", "1.2", "v1.2.3", "1.2.3/../../x", &format!("1.2.3-{}", "a".repeat(64))] {
+        for v in [
+            "",
+            "1",
+            "1.2",
+            "v1.2.3",
+            "1.2.3/../../x",
+            &format!("1.2.3-{}", "a".repeat(64)),
+        ] {
             assert!(check_version(v).is_err(), "{v}");
         }
         assert_eq!(check_version("1.2.3+build.5").unwrap(), "1.2.3+build.5");

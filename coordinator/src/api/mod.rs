@@ -80,7 +80,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/releases", get(releases::list))
         .route("/v1/releases/{target}/{version}", post(releases::publish))
         .route("/v1/agent/update", get(releases::latest))
-        .route("/v1/agent/update/{target}/{version}", get(releases::download))
+        .route(
+            "/v1/agent/update/{target}/{version}",
+            get(releases::download),
+        )
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         // Each handler reads its body with its own limit (see `body`).
