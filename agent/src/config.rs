@@ -175,7 +175,7 @@ pub struct UpdateArgs {
     /// Install newer releases the coordinator publishes, once their signature
     /// verifies with the release key learnt at enrolment (true/false).
     #[arg(long, env = AUTO_UPDATE, value_name = "BOOL", default_value = "true",
-          value_parser = clap::builder::BoolishValueParser::new())]
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub auto_update: bool,
     /// Seconds between looks for a newer release.
     #[arg(long, env = UPDATE_INTERVAL, value_name = "SECONDS", default_value_t = crate::update::DEFAULT_INTERVAL.as_secs(),

@@ -120,8 +120,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             update,
         } => {
             let mut config = AgentConfig::new(state_dir).with_limits(parse_limits(&limits)?);
-            config.coordinator = coordinator;
-            config.token = token;
+            // An image built without a baked coordinator sets both variables
+            // empty: that means "not given", so the saved credential is used.
+            config.coordinator = coordinator.filter(|s| !s.trim().is_empty());
+            config.token = token.filter(|s| !s.trim().is_empty());
             work(with_update(config, &update))
         }
         Command::Info { limits } => {
