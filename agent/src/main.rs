@@ -60,7 +60,7 @@ enum Command {
         #[command(flatten)]
         update: UpdateArgs,
     },
-    /// Print the capacity this host would advertise, as JSON.
+    /// Print the capacity this host would advertise, and this build's target triple, as JSON.
     Info {
         #[command(flatten)]
         limits: LimitArgs,
@@ -127,8 +127,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             work(with_update(config, &update))
         }
         Command::Info { limits } => {
-            let capacity = capacity::detect(&parse_limits(&limits)?);
-            println!("{}", serde_json::to_string_pretty(&capacity)?);
+            let mut capacity = capacity::detect(&parse_limits(&limits)?);
+            capacity.version = VERSION.to_string();
+            // The target triple too: it names the build to publish for this host.
+            let mut info = serde_json::to_value(&capacity)?;
+            info["target"] = musketeer::update::TARGET.into();
+            println!("{}", serde_json::to_string_pretty(&info)?);
             Ok(())
         }
         Command::Bench => {

@@ -142,9 +142,9 @@ pub struct Updater {
     key: ReleaseKey,
     current: semver::Version,
     exe: PathBuf,
-    /// Releases refused already (version and digest), so that one bad
-    /// release is downloaded and logged once, not at every check.
-    refused: HashSet<(String, String)>,
+    /// Releases refused already (version, digest, signature), so that one
+    /// bad release is downloaded and logged once, not at every check.
+    refused: HashSet<(String, String, String)>,
 }
 
 impl Updater {
@@ -185,7 +185,11 @@ impl Updater {
         if version <= self.current {
             return Ok(None);
         }
-        let id = (info.version.clone(), info.sha256.to_ascii_lowercase());
+        let id = (
+            info.version.clone(),
+            info.sha256.to_ascii_lowercase(),
+            info.signature.to_ascii_lowercase(),
+        );
         if self.refused.contains(&id) {
             return Ok(None);
         }
