@@ -232,9 +232,9 @@ fn container_cluster_survives_agents_coming_and_going() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    for i in 3..6 {
-        cluster.start_agent(&format!("agent{i}"));
-    }
+    let late: Vec<String> = (3..6)
+        .map(|i| cluster.start_agent(&format!("agent{i}")))
+        .collect();
     cluster.wait_for_agents(6);
     let job = cluster.job(&id);
     assert!(!finished(&job), "the job ended before agents went: {job}");
@@ -267,9 +267,29 @@ fn container_cluster_survives_agents_coming_and_going() {
         serde_json::from_str(&cluster.admin(&["jobs", "result", &id]).unwrap()).unwrap();
     check_product(&result);
 
-    // Only the agents added mid-job were left to finish it.
+    // Only the agents added mid-job were left to finish it: they did work.
     let table = cluster.admin(&["agents", "list"]).unwrap();
     eprintln!("{table}");
+    let late_tasks: u64 = late
+        .iter()
+        .map(|name| {
+            // An agent names itself by its host name, the container's id.
+            let host = cluster
+                .docker
+                .cmd(&["inspect", "-f", "{{.Config.Hostname}}", name])
+                .unwrap();
+            table
+                .lines()
+                .find(|l| l.split_whitespace().nth(1) == Some(host.as_str()))
+                .and_then(|l| l.split_whitespace().nth(9))
+                .and_then(|t| t.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("agent {host} is not listed:\n{table}"))
+        })
+        .sum();
+    assert!(
+        late_tasks > 0,
+        "the agents added mid-job did nothing:\n{table}"
+    );
 
     cluster.docker.cleanup().unwrap();
     let (containers, networks) = cluster.docker.leftovers().unwrap();
