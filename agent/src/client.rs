@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use musketeer_tasks::protocol::{
     EnrolRequest, EnrolResponse, ErrorBody, Heartbeat, HeartbeatAck, LeaseRequest, LeaseResponse,
-    Release, ReleaseAck, ResultAck, ResultBatch, POSTCARD_CONTENT_TYPE,
+    Release, ReleaseAck, ReleaseInfo, ResultAck, ResultBatch, POSTCARD_CONTENT_TYPE,
 };
 use rand::Rng;
 use reqwest::header::CONTENT_TYPE;
@@ -136,6 +136,47 @@ impl Client {
             .send(self.post("/v1/agent/enrol").json(req), CALL_TIMEOUT)
             .await?;
         json_body(resp).await
+    }
+
+    /// `GET /v1/agent/update?target=`: the newest release for `target`, or
+    /// `None` when the coordinator has none.
+    pub async fn latest_release(&self, target: &str) -> Result<Option<ReleaseInfo>, ClientError> {
+        let req = self.get("/v1/agent/update").query(&[("target", target)]);
+        match self.send(req, CALL_TIMEOUT).await {
+            Ok(resp) => json_body(resp).await.map(Some),
+            Err(ClientError::Rejected { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GET /v1/agent/update/{target}/{version}`: the release's binary, at
+    /// most `max_bytes` (a larger answer is refused before it is all read).
+    pub async fn download_release(
+        &self,
+        info: &ReleaseInfo,
+        max_bytes: u64,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, ClientError> {
+        let path = format!("/v1/agent/update/{}/{}", info.target, info.version);
+        let mut resp = self.send(self.get(&path), timeout).await?;
+        let mut body = Vec::with_capacity(info.size.min(max_bytes) as usize);
+        while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
+            if (body.len() + chunk.len()) as u64 > max_bytes {
+                return Err(ClientError::Protocol(format!(
+                    "the release is larger than {max_bytes} bytes"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.get(format!("{}{path}", self.base));
+        match &self.credential {
+            Some(c) => req.bearer_auth(c),
+            None => req,
+        }
     }
 
     fn post(&self, path: &str) -> reqwest::RequestBuilder {

@@ -34,6 +34,10 @@ pub const QUEUES: &str = "MUSKETEER_QUEUES";
 pub const LABELS: &str = "MUSKETEER_LABELS";
 /// The tracing filter (`info`, `musketeer=debug`, ...).
 pub const LOG: &str = "MUSKETEER_LOG";
+/// `--auto-update`: install signed releases from the coordinator.
+pub const AUTO_UPDATE: &str = "MUSKETEER_AUTO_UPDATE";
+/// `--update-interval`: seconds between looks for a release.
+pub const UPDATE_INTERVAL: &str = "MUSKETEER_UPDATE_INTERVAL";
 
 /// Where the state directory goes when neither `--state-dir` nor the
 /// platform's data directory can be had (no home directory, as in some
@@ -197,6 +201,29 @@ impl Source for LimitArgs {
     }
 }
 
+/// The self-update flags shared by `join` and `run`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct UpdateArgs {
+    /// Install newer releases the coordinator publishes, once their signature
+    /// verifies with the release key learnt at enrolment (true/false).
+    #[arg(long, env = AUTO_UPDATE, value_name = "BOOL", default_value = "true",
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub auto_update: bool,
+    /// Seconds between looks for a newer release.
+    #[arg(long, env = UPDATE_INTERVAL, value_name = "SECONDS", default_value_t = crate::update::DEFAULT_INTERVAL.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub update_interval: u64,
+}
+
+/// How the agent updates itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpdatePolicy {
+    /// The executable to replace: the path this process was started from.
+    pub exe: PathBuf,
+    /// Time between looks for a release.
+    pub interval: std::time::Duration,
+}
+
 /// Everything [`crate::run`] needs.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -215,6 +242,10 @@ pub struct AgentConfig {
     /// tasks on threads of this process, where limits are weaker (see
     /// [`crate::executor`]). The binary sets it; embedders usually cannot.
     pub worker_exe: Option<PathBuf>,
+    /// The version this agent reports (`musketeer --version`).
+    pub version: String,
+    /// Install signed releases; `None` (the library's default) never does.
+    pub update: Option<UpdatePolicy>,
 }
 
 impl AgentConfig {
@@ -227,6 +258,8 @@ impl AgentConfig {
             token: None,
             tuning: Tuning::default(),
             worker_exe: None,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            update: None,
         }
     }
 

@@ -66,6 +66,10 @@ pub struct Enrolment {
     pub ca_pin: String,
     /// The pinned CA's certificate, once the coordinator sent it.
     pub ca_pem: Option<String>,
+    /// The key releases must be signed with (hex), as sent at enrolment;
+    /// `None` when the coordinator had none, and then the agent never updates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_key: Option<String>,
 }
 
 impl Enrolment {
@@ -278,6 +282,7 @@ pub async fn enrol(
         credential: resp.credential,
         ca_pin,
         ca_pem,
+        release_key: resp.release_key,
     })
 }
 

@@ -34,6 +34,7 @@
 //! - [`procfs`]: CPU time and memory from `/proc`.
 //! - [`corrupt`]: the hidden `--corrupt-results` test flag (a lying agent).
 //! - [`mod@bench`]: `musketeer bench`.
+//! - [`update`]: signed self-update from the coordinator.
 // Denied rather than forbidden so that `memory_cap`, a global allocator,
 // can allow it; nothing else may.
 #![deny(unsafe_code)]
@@ -54,6 +55,7 @@ pub mod process_pool;
 pub mod procfs;
 pub mod supervisor;
 pub mod trust;
+pub mod update;
 pub mod work_loop;
 pub mod worker;
 
@@ -63,7 +65,7 @@ mod test_server;
 mod tests;
 
 pub use client::ClientError;
-pub use config::{AgentConfig, Limits};
+pub use config::{AgentConfig, Limits, UpdatePolicy};
 pub use enrol::{join, EnrolError, Enrolment};
 pub use work_loop::{Tuning, WorkStats};
 
@@ -93,6 +95,16 @@ pub enum AgentError {
     Client(ClientError),
 }
 
+/// Why [`run_until_update`] returned.
+#[derive(Debug)]
+pub enum Exit {
+    /// `shutdown` resolved.
+    Stopped(WorkStats),
+    /// A newer release replaced the executable on disk; the work loop
+    /// stopped cleanly, and the caller should start the new binary.
+    Updated(WorkStats, update::Installed),
+}
+
 /// Enrols if `config` names a coordinator and token (reusing a saved
 /// enrolment with the same coordinator), or else uses the saved one; then
 /// works until `shutdown` resolves, and returns what was done.
@@ -102,16 +114,30 @@ pub enum AgentError {
 /// refused token or credential, an untrusted server. An unreachable
 /// coordinator is retried for as long as it takes.
 pub async fn run(
-    config: AgentConfig,
+    mut config: AgentConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<WorkStats, AgentError> {
-    let capacity = capacity::detect(&config.limits);
+    config.update = None;
+    match run_until_update(config, shutdown).await? {
+        Exit::Stopped(stats) | Exit::Updated(stats, _) => Ok(stats),
+    }
+}
+
+/// [`run`], and with [`AgentConfig::update`] set, also looks for signed
+/// releases; once one is installed it stops working cleanly (results
+/// uploaded, unfinished tasks given back) and returns [`Exit::Updated`].
+pub async fn run_until_update(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<Exit, AgentError> {
+    let mut capacity = capacity::detect(&config.limits);
+    capacity.version = config.version.clone();
     tokio::pin!(shutdown);
     let enrolment = match (&config.coordinator, &config.token) {
         (Some(url), Some(token)) => {
             tokio::select! {
                 joined = enrol::join(url, token, &config.state_dir, &capacity) => joined?,
-                () = &mut shutdown => return Ok(WorkStats::default()),
+                () = &mut shutdown => return Ok(Exit::Stopped(WorkStats::default())),
             }
         }
         _ => Enrolment::load(&config.state_dir)?.ok_or(AgentError::NotEnrolled)?,
@@ -120,11 +146,34 @@ pub async fn run(
     tracing::info!(
         cpus = capacity.cpus,
         memory_bytes = capacity.memory_bytes,
+        version = %config.version,
         "agent {} working for {}",
         enrolment.agent_id,
         enrolment.coordinator
     );
     let isolation = isolation(&config, &capacity);
+    let (installed_tx, installed_rx) = tokio::sync::oneshot::channel();
+    let watcher = start_updates(&config, &enrolment, &client).map(|(updater, interval)| {
+        tokio::spawn(async move {
+            let installed = update::watch(updater, interval).await;
+            let _ = installed_tx.send(installed);
+        })
+    });
+    // Resolves once a release is installed; never without an updater (the
+    // sender is then dropped, and the error is not an installation).
+    let mut installed = None;
+    let updated = async {
+        match installed_rx.await {
+            Ok(i) => installed = Some(i),
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    let stop = async {
+        tokio::select! {
+            () = &mut shutdown => {}
+            () = updated => tracing::info!("a new release is installed: stopping work to restart on it"),
+        }
+    };
     let stats = match config.limits.corrupt_results.filter(|&f| f > 0.0) {
         Some(fraction) => {
             tracing::warn!(
@@ -132,11 +181,10 @@ pub async fn run(
                 fraction * 100.0
             );
             let liar = corrupt::Lying::new(client, enrolment.agent_id.clone(), fraction);
-            work_loop::work(liar, capacity, isolation, config.tuning, shutdown).await
+            work_loop::work(liar, capacity, isolation, config.tuning, stop).await
         }
-        None => work_loop::work(client, capacity, isolation, config.tuning, shutdown).await,
-    }
-    .map_err(|e| match e {
+        None => work_loop::work(client, capacity, isolation, config.tuning, stop).await,
+    }    .map_err(|e| match e {
         ClientError::Unauthorized(message) => AgentError::Revoked {
             url: enrolment.coordinator.clone(),
             agent_id: enrolment.agent_id.clone(),
@@ -151,7 +199,40 @@ pub async fn run(
         stats.released
     );
     log_peak_memory();
-    Ok(stats)
+    if let Some(w) = &watcher {
+        w.abort();
+    }
+    Ok(match installed {
+        Some(installed) => Exit::Updated(stats, installed),
+        None => Exit::Stopped(stats),
+    })
+}
+
+/// The updater, if updates are wanted and the coordinator gave a release key.
+fn start_updates(
+    config: &AgentConfig,
+    enrolment: &Enrolment,
+    client: &client::Client,
+) -> Option<(update::Updater, std::time::Duration)> {
+    let policy = config.update.as_ref()?;
+    let Some(key) = &enrolment.release_key else {
+        tracing::info!("the coordinator gave no release key at enrolment: self-update is off");
+        return None;
+    };
+    match update::Updater::new(client.clone(), key, &config.version, policy.exe.clone()) {
+        Ok(updater) => {
+            tracing::info!(
+                target = update::TARGET,
+                "self-update on: looking for signed releases every {:?}",
+                policy.interval
+            );
+            Some((updater, policy.interval))
+        }
+        Err(e) => {
+            tracing::warn!("self-update is off: {e}");
+            None
+        }
+    }
 }
 
 /// Where tasks run: worker processes held to every limit when there is a

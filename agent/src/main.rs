@@ -7,12 +7,20 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use musketeer::config::{self, default_state_dir, LimitArgs, Limits};
-use musketeer::{capacity, AgentConfig};
+use musketeer::config::{self, default_state_dir, LimitArgs, Limits, UpdateArgs};
+use musketeer::{capacity, AgentConfig, Exit, UpdatePolicy};
+
+/// This build's version. `MUSKETEER_VERSION` at compile time overrides the
+/// crate's, so that a test can build a genuinely newer agent by rebuilding
+/// only this binary crate.
+const VERSION: &str = match option_env!("MUSKETEER_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
 
 /// The Musketeer agent: lend this machine's spare cores to a Musketeer cluster.
 #[derive(Parser, Debug)]
-#[command(name = "musketeer", version)]
+#[command(name = "musketeer", version = VERSION)]
 struct Cli {
     /// Where the credential is kept [default: the platform's data directory].
     #[arg(long, global = true, env = config::STATE_DIR, value_name = "DIR")]
@@ -36,6 +44,8 @@ enum Command {
         token: String,
         #[command(flatten)]
         limits: LimitArgs,
+        #[command(flatten)]
+        update: UpdateArgs,
     },
     /// Work with the saved credential, or join first when a coordinator and token are given.
     Run {
@@ -47,8 +57,10 @@ enum Command {
         token: Option<String>,
         #[command(flatten)]
         limits: LimitArgs,
+        #[command(flatten)]
+        update: UpdateArgs,
     },
-    /// Print the capacity this host would advertise, as JSON.
+    /// Print the capacity this host would advertise, and this build's target triple, as JSON.
     Info {
         #[command(flatten)]
         limits: LimitArgs,
@@ -106,24 +118,37 @@ fn init_logging(filter: &str) {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let state_dir = cli.state_dir.unwrap_or_else(default_state_dir);
     match cli.command {
-        Command::Join { url, token, limits } => work(
+        Command::Join {
+            url,
+            token,
+            limits,
+            update,
+        } => work(with_update(
             AgentConfig::new(state_dir)
                 .joining(url, token)
                 .with_limits(parse_limits(&limits)?),
-        ),
+            &update,
+        )),
         Command::Run {
             coordinator,
             token,
             limits,
+            update,
         } => {
             let mut config = AgentConfig::new(state_dir).with_limits(parse_limits(&limits)?);
-            config.coordinator = coordinator;
-            config.token = token;
-            work(config)
+            // An image built without a baked coordinator sets both variables
+            // empty: that means "not given", so the saved credential is used.
+            config.coordinator = coordinator.filter(|s| !s.trim().is_empty());
+            config.token = token.filter(|s| !s.trim().is_empty());
+            work(with_update(config, &update))
         }
         Command::Info { limits } => {
-            let capacity = capacity::detect(&parse_limits(&limits)?);
-            println!("{}", serde_json::to_string_pretty(&capacity)?);
+            let mut capacity = capacity::detect(&parse_limits(&limits)?);
+            capacity.version = VERSION.to_string();
+            // The target triple too: it names the build to publish for this host.
+            let mut info = serde_json::to_value(&capacity)?;
+            info["target"] = musketeer::update::TARGET.into();
+            println!("{}", serde_json::to_string_pretty(&info)?);
             Ok(())
         }
         Command::Bench => {
@@ -141,6 +166,49 @@ fn parse_limits(args: &LimitArgs) -> anyhow::Result<Limits> {
     Ok(Limits::from_source(args)?)
 }
 
+/// This build's version, and the update policy the flags ask for.
+fn with_update(mut config: AgentConfig, args: &UpdateArgs) -> AgentConfig {
+    config.version = VERSION.to_string();
+    if !args.auto_update {
+        return config;
+    }
+    // The path we were started from, read now: once replaced, Linux reports
+    // the running image as "<path> (deleted)".
+    match std::env::current_exe() {
+        Ok(exe) => {
+            config.update = Some(UpdatePolicy {
+                exe,
+                interval: std::time::Duration::from_secs(args.update_interval),
+            })
+        }
+        Err(e) => tracing::warn!("self-update is off: cannot tell where this binary is ({e})"),
+    }
+    config
+}
+
+/// Starts the freshly installed binary in this process's place, with the
+/// same arguments and environment (and so the same state directory and
+/// credential). Returns only if that fails.
+#[cfg(unix)]
+fn restart(exe: &std::path::Path) -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    anyhow::anyhow!(
+        "the new release is installed at {} but cannot be started ({err}); start the agent again",
+        exe.display()
+    )
+}
+
+#[cfg(not(unix))]
+fn restart(exe: &std::path::Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the new release is installed at {}; start the agent again",
+        exe.display()
+    )
+}
+
 /// Runs the agent until SIGINT or SIGTERM; a second signal quits at once.
 fn work(mut config: AgentConfig) -> anyhow::Result<()> {
     config.worker_exe =
@@ -151,7 +219,7 @@ fn work(mut config: AgentConfig) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    let exit = runtime.block_on(async {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             signal().await;
@@ -161,12 +229,24 @@ fn work(mut config: AgentConfig) -> anyhow::Result<()> {
             tracing::warn!("quitting without waiting for running tasks");
             std::process::exit(130);
         });
-        musketeer::run(config, async {
+        musketeer::run_until_update(config, async {
             let _ = stop_rx.await;
         })
         .await
     })?;
-    Ok(())
+    // Let the runtime's threads go before this process becomes the new one.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match exit {
+        Exit::Stopped(_) => Ok(()),
+        Exit::Updated(_, installed) => {
+            tracing::info!(
+                "restarting as version {} ({})",
+                installed.version,
+                installed.exe.display()
+            );
+            Err(restart(&installed.exe))
+        }
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (`docker stop`, systemd).

@@ -78,6 +78,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         lease_ttl: Duration::from_secs(10),
         max_upload: 1 << 30,
         rate_limits: Default::default(),
+        release_key: None,
     })
     .await?;
     println!(

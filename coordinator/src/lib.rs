@@ -12,6 +12,7 @@
 //!   embedded, durable default.
 //! - [`cli`]: the admin CLI, a client of the API.
 //! - [`demo`]: the whole system on one machine.
+//! - [`releases`]: signed agent releases and the operator's release key.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
@@ -19,6 +20,7 @@ pub mod api;
 pub mod cli;
 pub mod demo;
 pub mod pki;
+pub mod releases;
 pub mod scheduler;
 pub mod server;
 pub mod store;

@@ -60,6 +60,10 @@ struct ServeArgs {
     /// Unauthenticated requests one address may make at once.
     #[arg(long, env = "MUSKETEER_ADDRESS_BURST", default_value_t = DEFAULT_ADDRESS_LIMIT.burst)]
     address_burst: f64,
+    /// The public key (or its .pub file) that agent releases are signed with;
+    /// agents learn it at enrolment. Without it no release can be published.
+    #[arg(long, env = "MUSKETEER_RELEASE_KEY", value_name = "KEY|FILE")]
+    release_key: Option<String>,
 }
 
 /// A rate limit from its flags, checked.
@@ -103,6 +107,11 @@ enum Command {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Signed agent releases: keygen, publish, list.
+    Release {
+        #[command(subcommand)]
+        command: cli::ReleaseCommand,
+    },
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
@@ -124,6 +133,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
             per_agent: rate_limit(args.agent_requests_per_s, args.agent_burst, "agent")?,
             per_address: rate_limit(args.address_requests_per_s, args.address_burst, "address")?,
         },
+        release_key: args
+            .release_key
+            .as_deref()
+            .map(musketeer_coordinator::releases::PublicKey::from_arg)
+            .transpose()?,
     };
     let data_dir = cfg.data_dir.clone();
     let running = server::start(cfg).await?;
@@ -188,5 +202,6 @@ async fn main() -> Result<()> {
             command,
             connection,
         } => cli::jobs(&ApiClient::connect(&connection)?, command).await,
+        Command::Release { command } => cli::release::release(command).await,
     }
 }

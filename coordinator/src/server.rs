@@ -40,6 +40,9 @@ pub struct ServeConfig {
     pub max_upload: u64,
     /// Request-rate limits per agent and per client address.
     pub rate_limits: api::rate_limit::RateLimits,
+    /// The operator's release public key (`--release-key`): agents learn it
+    /// at enrolment and install only releases it verifies.
+    pub release_key: Option<crate::releases::PublicKey>,
 }
 
 /// A running coordinator.
@@ -130,6 +133,10 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
         ca_pem: pki.ca_pem.clone(),
         max_upload: cfg.max_upload,
         limits: api::rate_limit::RateLimiters::new(cfg.rate_limits),
+        releases: Arc::new(crate::releases::Releases::open(
+            &cfg.data_dir,
+            cfg.release_key,
+        )?),
     });
 
     // The join token a fresh coordinator prints; kept (0600) so a restart

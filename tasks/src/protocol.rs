@@ -10,6 +10,8 @@
 //! | `POST /v1/agent/results` | [`ResultBatch`] (postcard) | [`ResultAck`] (JSON) |
 //! | `POST /v1/agent/heartbeat` | [`Heartbeat`] (JSON) | [`HeartbeatAck`] (JSON) |
 //! | `POST /v1/agent/release` | [`Release`] (JSON) | [`ReleaseAck`] (JSON) |
+//! | `GET /v1/agent/update?target=T` | | [`ReleaseInfo`] (JSON; 404 `no_release`) |
+//! | `GET /v1/agent/update/{target}/{version}` | | the release's binary |
 //!
 //! Every call but `enrol` carries `Authorization: Bearer <agent credential>`.
 
@@ -71,6 +73,12 @@ pub struct EnrolResponse {
     pub credential: String,
     /// The CA to trust from now on, PEM (the one the token's digest pinned).
     pub ca_pem: Option<String>,
+    /// The ed25519 public key (64 hex digits) that signs agent releases, if
+    /// the operator configured one. The agent keeps the key it got here for
+    /// good, so that whoever later takes over the coordinator cannot push
+    /// it a binary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_key: Option<String>,
 }
 
 /// `POST /v1/agent/lease`: ask for a batch of tasks.
@@ -185,6 +193,37 @@ pub struct Release {
 pub struct ReleaseAck {
     /// Tasks returned to the queue.
     pub released: u32,
+}
+
+/// A published agent release, as `GET /v1/agent/update` and
+/// `GET /v1/releases` describe it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReleaseInfo {
+    /// The Rust target triple the binary is built for.
+    pub target: String,
+    /// Its version (semver).
+    pub version: String,
+    /// SHA-256 of the binary, hex.
+    pub sha256: String,
+    /// The ed25519 signature over [`release_message`], hex.
+    pub signature: String,
+    /// The binary's size in bytes.
+    pub size: u64,
+}
+
+/// What a release's ed25519 signature covers: a domain tag, the target, the
+/// version and the binary's SHA-256, so that a signature can neither be
+/// moved to other bytes, nor to another target (a bricked Raspberry Pi), nor
+/// to another version (a downgrade to an old, signed, vulnerable build).
+pub fn release_message(target: &str, version: &str, sha256: &[u8; 32]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(64 + target.len() + version.len());
+    m.extend_from_slice(b"musketeer-release-v1\0");
+    m.extend_from_slice(target.as_bytes());
+    m.push(0);
+    m.extend_from_slice(version.as_bytes());
+    m.push(0);
+    m.extend_from_slice(sha256);
+    m
 }
 
 /// The error body of every failed API call: `{"error":{"code":..,"message":..}}`.
@@ -343,5 +382,40 @@ mod upload_tests {
         };
         assert_eq!(cut.len(), MAX_REASON_BYTES);
         assert!(cut.chars().all(|c| c == 'é'));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_messages_differ_by_every_field() {
+        let digest = [7u8; 32];
+        let base = release_message("x86_64-unknown-linux-musl", "1.2.3", &digest);
+        assert_ne!(
+            base,
+            release_message("aarch64-unknown-linux-musl", "1.2.3", &digest)
+        );
+        assert_ne!(
+            base,
+            release_message("x86_64-unknown-linux-musl", "1.2.4", &digest)
+        );
+        assert_ne!(
+            base,
+            release_message("x86_64-unknown-linux-musl", "1.2.3", &[8u8; 32])
+        );
+        // The separators keep "a" + "b1" apart from "ab" + "1".
+        assert_ne!(
+            release_message("a", "b1", &digest),
+            release_message("ab", "1", &digest)
+        );
+    }
+
+    #[test]
+    fn old_enrol_answers_still_parse() {
+        let old = r#"{"agent_id":"a","credential":"c","ca_pem":null}"#;
+        let resp: EnrolResponse = serde_json::from_str(old).unwrap();
+        assert_eq!(resp.release_key, None);
     }
 }

@@ -7,6 +7,8 @@
 //! setup lives in one place. The binaries are found next to the test
 //! executable's target directory; `cargo build --workspace --bins` first.
 
+pub mod dist;
+pub mod docker;
 pub mod procstat;
 pub mod reference;
 
@@ -188,6 +190,12 @@ impl Coordinator {
         self.spawn()
     }
 
+    /// Like [`Coordinator::restart`], with other options (same port and data).
+    pub fn restart_with(&mut self, options: CoordinatorOptions) -> Result<()> {
+        self.options = options;
+        self.restart()
+    }
+
     /// An admin API client.
     pub fn client(&self) -> ApiClient {
         ApiClient::new(&self.url, &self.admin_token, Some(self.ca_pem.as_bytes()))
@@ -278,12 +286,25 @@ pub struct Agent {
 impl Agent {
     /// Starts `musketeer join <url> --token <token>` with extra flags.
     pub fn join(url: &str, token: &str, extra: &[&str]) -> Result<Agent> {
+        Agent::join_using(&[bin("musketeer").into()], url, token, extra)
+    }
+
+    /// Like [`Agent::join`], with the agent started by `launcher`: another
+    /// binary (`[path]`) or an emulator and a binary (`[qemu-aarch64-static, path]`).
+    pub fn join_using(
+        launcher: &[std::ffi::OsString],
+        url: &str,
+        token: &str,
+        extra: &[&str],
+    ) -> Result<Agent> {
         let state_dir = tempfile::Builder::new()
             .prefix("musketeer-agent-")
             .tempdir()?;
         let log = state_dir.path().join("agent.log");
         let out = std::fs::File::create(&log)?;
-        let child = Command::new(bin("musketeer"))
+        let (program, before) = launcher.split_first().context("an empty launcher")?;
+        let child = Command::new(program)
+            .args(before)
             .arg("join")
             .arg(url)
             .arg("--token")

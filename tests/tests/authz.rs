@@ -9,13 +9,14 @@
 use std::collections::BTreeSet;
 
 use musketeer_coordinator::api::{routes, Access};
+use musketeer_coordinator::releases::SigningKey;
 use musketeer_tasks::protocol::{encode, ResultBatch};
 use musketeer_tests::{capacity, Coordinator, CoordinatorOptions, ManualAgent};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 /// Who may call each route, written down independently of the code.
-const MATRIX: [(&str, &str, Access); 20] = [
+const MATRIX: [(&str, &str, Access); 24] = [
     ("GET", "/", Access::Public),
     ("GET", "/healthz", Access::Public),
     ("GET", "/metrics", Access::Public),
@@ -36,7 +37,17 @@ const MATRIX: [(&str, &str, Access); 20] = [
     ("POST", "/v1/agent/results", Access::Agent),
     ("POST", "/v1/agent/heartbeat", Access::Agent),
     ("POST", "/v1/agent/release", Access::Agent),
+    ("GET", "/v1/releases", Access::Admin),
+    ("POST", "/v1/releases/{target}/{version}", Access::Admin),
+    ("GET", "/v1/agent/update", Access::Agent),
+    ("GET", "/v1/agent/update/{target}/{version}", Access::Agent),
 ];
+
+/// The target and version of the release published while setting up, and
+/// of the one the matrix publishes.
+const TARGET: &str = "x86_64-unknown-linux-musl";
+const PUBLISHED: &str = "1.0.0";
+const NEXT: &str = "1.0.1";
 
 /// The kinds of caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,11 +89,18 @@ struct World {
     /// Agents to drain and to remove.
     drain_me: String,
     remove_me: String,
+    /// The operator's release key (kept off the coordinator, as in life).
+    release_key: SigningKey,
 }
 
 impl World {
     async fn new() -> World {
-        let c = Coordinator::start(CoordinatorOptions::default()).unwrap();
+        let release_key = SigningKey::generate().unwrap();
+        let c = Coordinator::start(CoordinatorOptions {
+            extra: vec!["--release-key".into(), release_key.public().to_hex()],
+            ..CoordinatorOptions::default()
+        })
+        .unwrap();
         let admin = c.client();
         let agent = c.enrol_manual().await.unwrap();
         let removed = c.enrol_manual().await.unwrap();
@@ -135,7 +153,20 @@ impl World {
             .send(admin.request(Method::DELETE, &format!("/v1/tokens/{revoked_id}")))
             .await
             .unwrap();
+        // A release to ask for and download.
+        let binary = b"an agent build".to_vec();
+        let info = release_key.sign(TARGET, PUBLISHED, &binary).unwrap();
+        admin
+            .send(
+                admin
+                    .request(Method::POST, &format!("/v1/releases/{TARGET}/{PUBLISHED}"))
+                    .header("x-musketeer-signature", info.signature)
+                    .body(binary),
+            )
+            .await
+            .unwrap();
         World {
+            release_key,
             c,
             agent,
             removed,
@@ -188,6 +219,11 @@ impl World {
             "/v1/tokens/{id}" => template.replace("{id}", &self.spare_token_id),
             "/v1/agents/{id}/drain" => template.replace("{id}", &self.drain_me),
             "/v1/agents/{id}" => template.replace("{id}", &self.remove_me),
+            "/v1/releases/{target}/{version}" => format!("/v1/releases/{TARGET}/{NEXT}"),
+            "/v1/agent/update/{target}/{version}" => {
+                format!("/v1/agent/update/{TARGET}/{PUBLISHED}")
+            }
+            "/v1/agent/update" => format!("/v1/agent/update?target={TARGET}"),
             p => p.to_string(),
         }
     }
@@ -220,6 +256,12 @@ impl World {
                 .body(encode(&ResultBatch::default()).unwrap()),
             ("POST", "/v1/agent/heartbeat") => req.json(&json!({"running": []})),
             ("POST", "/v1/agent/release") => req.json(&json!({"tasks": []})),
+            ("POST", "/v1/releases/{target}/{version}") => {
+                let binary = b"the next agent build".to_vec();
+                let info = self.release_key.sign(TARGET, NEXT, &binary).unwrap();
+                req.header("x-musketeer-signature", info.signature)
+                    .body(binary)
+            }
             _ => req,
         }
     }

@@ -179,6 +179,7 @@ fn damaged_state_is_reported_with_what_to_do() {
         credential: "MSKAGT-a1-s".into(),
         ca_pin: hex::encode(ca_digest(&pki.ca_der)),
         ca_pem: Some(other.ca_pem),
+        release_key: None,
     };
     tampered.save(&dir).unwrap();
     let e = Enrolment::load(&dir).unwrap_err();

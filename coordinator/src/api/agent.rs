@@ -121,6 +121,7 @@ pub async fn enrol(
                 agent_id: cred.agent_id.clone(),
                 credential: cred.to_string(),
                 ca_pem: Some(st.ca_pem.clone()),
+                release_key: st.releases.key().map(|k| k.to_hex()),
             }))
         }
         Err(EnrolRefusal::UnknownToken) => Err(unauthorized(

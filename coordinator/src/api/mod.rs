@@ -10,6 +10,7 @@ mod dashboard;
 mod error;
 mod jobs;
 pub mod rate_limit;
+mod releases;
 
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use musketeer_tasks::token::CaPin;
 
 pub use admin::make_token as admin_make_token;
 pub use error::ApiError;
+pub use releases::SIGNATURE_HEADER;
 
 use crate::scheduler::Scheduler;
 
@@ -45,6 +47,8 @@ pub struct AppState {
     pub max_upload: u64,
     /// Request-rate buckets per agent and per client address.
     pub limits: rate_limit::RateLimiters,
+    /// Signed agent releases and the key agents learn at enrolment.
+    pub releases: Arc<crate::releases::Releases>,
 }
 
 /// Who may call a route: the authorisation matrix test checks each route
@@ -130,6 +134,20 @@ fn table() -> Vec<(Route, Handler)> {
         r("POST", "/v1/agent/results", Agent, post(agent::results)),
         r("POST", "/v1/agent/heartbeat", Agent, post(agent::heartbeat)),
         r("POST", "/v1/agent/release", Agent, post(agent::release)),
+        r("GET", "/v1/releases", Admin, get(releases::list)),
+        r(
+            "POST",
+            "/v1/releases/{target}/{version}",
+            Admin,
+            post(releases::publish),
+        ),
+        r("GET", "/v1/agent/update", Agent, get(releases::latest)),
+        r(
+            "GET",
+            "/v1/agent/update/{target}/{version}",
+            Agent,
+            get(releases::download),
+        ),
     ]
 }
 

@@ -1,6 +1,7 @@
 //! The admin CLI: `token`, `agents` and `jobs`, each a thin client of the API.
 
 pub mod client;
+pub mod release;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 pub use client::{ApiClient, Connection};
+pub use release::ReleaseCommand;
 
 /// `token ...`
 #[derive(Debug, Subcommand)]
@@ -153,10 +155,11 @@ pub async fn agents(c: &ApiClient, cmd: AgentsCommand) -> Result<()> {
             let v = c.get_json("/v1/agents").await?;
             let now = v["now_ms"].as_u64().unwrap_or(0);
             println!(
-                "{:<17} {:<16} {:<8} {:>4} {:>8} {:<9} {:>6} {:>7} {:>10} {:>10} TRUST",
+                "{:<17} {:<16} {:<8} {:<10} {:>4} {:>8} {:<9} {:>6} {:>7} {:>10} {:>10} TRUST",
                 "ID",
                 "HOST",
                 "ARCH",
+                "VERSION",
                 "CPUS",
                 "MEMORY",
                 "STATE",
@@ -168,10 +171,11 @@ pub async fn agents(c: &ApiClient, cmd: AgentsCommand) -> Result<()> {
             for a in v["agents"].as_array().into_iter().flatten() {
                 let cap = &a["capacity"];
                 println!(
-                    "{:<17} {:<16} {:<8} {:>4} {:>7}M {:<9} {:>6} {:>7} {:>10} {:>10.1} {}",
+                    "{:<17} {:<16} {:<8} {:<10} {:>4} {:>7}M {:<9} {:>6} {:>7} {:>10} {:>10.1} {}",
                     a["id"].as_str().unwrap_or("?"),
                     cap["hostname"].as_str().unwrap_or("?"),
                     cap["arch"].as_str().unwrap_or("?"),
+                    cap["version"].as_str().unwrap_or("?"),
                     cap["cpus"],
                     cap["memory_bytes"].as_u64().unwrap_or(0) >> 20,
                     a["state"].as_str().unwrap_or("?"),
