@@ -77,6 +77,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         tls_key: None,
         lease_ttl: Duration::from_secs(10),
         max_upload: 1 << 30,
+        redis: None,
     })
     .await?;
     println!(

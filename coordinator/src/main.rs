@@ -44,6 +44,17 @@ struct ServeArgs {
     /// Largest streamed word-count upload, in MiB.
     #[arg(long, env = "MUSKETEER_MAX_UPLOAD_MIB", default_value_t = 4096)]
     max_upload_mib: u64,
+    /// Keep all state in this Redis (redis://host:port) instead of the embedded store, so that several coordinators can serve one cluster.
+    #[arg(long, env = "MUSKETEER_REDIS_URL")]
+    redis: Option<String>,
+    /// The prefix of this cluster's keys in Redis (coordinators with the same --redis and prefix form one cluster).
+    #[arg(
+        long,
+        env = "MUSKETEER_REDIS_PREFIX",
+        default_value = "musketeer",
+        requires = "redis"
+    )]
+    redis_prefix: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,6 +101,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tls_key: args.tls_key,
         lease_ttl: Duration::from_secs_f64(args.lease_ttl),
         max_upload: args.max_upload_mib << 20,
+        redis: args.redis.map(|url| server::RedisConfig {
+            url,
+            prefix: args.redis_prefix,
+        }),
     };
     let data_dir = cfg.data_dir.clone();
     let running = server::start(cfg).await?;
