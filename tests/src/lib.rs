@@ -7,7 +7,10 @@
 //! setup lives in one place. The binaries are found next to the test
 //! executable's target directory; `cargo build --workspace --bins` first.
 
+pub mod balancer;
+pub mod redis;
 pub mod reference;
+pub mod shared;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
