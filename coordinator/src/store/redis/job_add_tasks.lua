@@ -1,5 +1,6 @@
 -- Appends tasks to an unsealed job. ARGV: then per task: work, mem, input.
--- Returns the job's new task count, or an error if it is not unsealed.
+-- Returns {new task count, queue key, queue score}, or an error if the
+-- job is not unsealed.
 local f = redis.call('HMGET', M, 'sealed', 'total', 'state')
 if f[1] ~= '0' then
   return redis.error_reply('ERR_NOT_UNSEALED job is not an unsealed job')
@@ -19,4 +20,5 @@ for i = 1, #ARGV, 3 do
   n = n + 1
 end
 redis.call('HSET', M, 'total', total + n)
-return total + n
+local place = queue_place()
+return {total + n, place[1], place[2]}

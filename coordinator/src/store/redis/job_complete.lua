@@ -3,7 +3,7 @@
 -- ARGV: agent, now, then per report: index, lease, kind ('d' done or 'f'
 -- failed), output or reason, cpu ms (already clamped).
 -- Returns {accepted, stale, requeued, ready, credit_tasks, credit_cpu,
--- earliest retry time or 0, finished}.
+-- earliest retry time or 0, finished, queue key, queue score}.
 local agent, now = ARGV[1], tonumber(ARGV[2])
 local kernel = redis.call('HGET', M, 'kernel')
 local accepted, stale, requeued, credit_tasks, credit_cpu, due = 0, 0, 0, 0, 0, 0
@@ -50,4 +50,8 @@ if kernel then
     finished = 1
   end
 end
-return {accepted, stale, requeued, ready, credit_tasks, credit_cpu, due, finished}
+local place = {}
+if requeued > 0 then
+  place = queue_place()
+end
+return {accepted, stale, requeued, ready, credit_tasks, credit_cpu, due, finished, place[1], place[2]}

@@ -1,6 +1,8 @@
 -- Returns the job's expired leases to the queue (no backoff: the agent, not
 -- the task, failed), or fails the job when a task is out of attempts.
--- ARGV: now. Returns {expired, finished}.
+-- ARGV: now. Returns {expired, finished, queue key, queue score}; the
+-- queue place whenever the job has work, which also repairs an index entry
+-- lost to a crash.
 local now = tonumber(ARGV[1])
 local state = redis.call('HGET', M, 'state')
 if not state then
@@ -18,4 +20,5 @@ local finished = 0
 if not is_open(redis.call('HGET', M, 'state')) then
   finished = 1
 end
-return {#expired, finished}
+local place = queue_place()
+return {#expired, finished, place[1], place[2]}

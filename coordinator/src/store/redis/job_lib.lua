@@ -84,6 +84,21 @@ local function holds(idx, lease, agent)
     and redis.call('HGET', T, 'g' .. idx) == agent
 end
 
+-- Whether the job has tasks to lease now or after a backoff: a job without
+-- is left out of its queue's index, so leases do not scan past it.
+local function has_work()
+  return redis.call('ZCARD', PEND) + redis.call('ZCARD', WAIT) > 0
+end
+
+-- The job's queue index key and score, for the caller to put it back in
+-- its queue when it has work again: {} if it has none.
+local function queue_place()
+  if not has_work() or not is_open(redis.call('HGET', M, 'state')) then
+    return {}
+  end
+  return redis.call('HMGET', M, 'qkey', 'qscore')
+end
+
 -- Gives a leased task back without using up an attempt.
 local function give_back(idx)
   unlease(idx)

@@ -17,11 +17,15 @@
 //! a lease or the expiry loop meets it, and a job is put in its indexes
 //! before its first task exists, so no task is ever outside them.
 //!
-//! A lease call costs three round trips whatever the batch: the agent's
-//! state and the queue heads, the candidate jobs' leasable counts (one
-//! pipeline), then the lease script of each job that has work until the
-//! batch is full (usually one). Results, heartbeats and releases are one
-//! pipeline of one script per job they touch.
+//! A queue's index holds the jobs that have tasks to lease (now or after a
+//! retry backoff): a lease script that takes a job's last pending task
+//! drops the job from it, and every script that makes tasks pending again
+//! returns the job's place for the coordinator to put it back. A lease
+//! call costs two round trips whatever the batch: the agent's state and
+//! the queue heads, then the lease script of each job in order until the
+//! batch is full (usually the first). Results, heartbeats and releases are
+//! one pipeline of one script per job they touch. The expiry loop also
+//! puts back any job with work that a crash left out of its index.
 //!
 //! Everything lives in Redis, large inputs included: coordinators on
 //! different hosts share nothing else. Durability is Redis's: with
@@ -46,8 +50,10 @@ use super::*;
 /// 32 MiB upload batch on one connection must not queue every lease behind it.
 const CONNECTIONS: usize = 4;
 
-/// Unfinished jobs of each queue a lease call looks at, in priority order.
-const QUEUE_HEAD: isize = 256;
+/// Jobs of each queue a lease call looks at, in priority order. Only jobs
+/// with tasks to lease are in a queue's index, so the first usually fills
+/// the batch; more are for agents that cannot take the first ones' tasks.
+const QUEUE_HEAD: isize = 64;
 
 /// Most tasks one lease call looks at before giving up (as the embedded
 /// store): bounds the time Redis is held when a queue is full of work this
@@ -478,6 +484,15 @@ impl RedisStore {
         self.run::<()>(&p).await
     }
 
+    /// Puts a job back in its queue's index if a script answered with its
+    /// place (its queue key and score) at `at` in its reply.
+    fn put_back(p: &mut Pipeline, id: &str, reply: &[Value], at: usize) {
+        if let (Some(key), Some(score)) = (reply.get(at).and_then(string), reply.get(at + 1)) {
+            let score: f64 = string(score).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+            p.cmd("ZADD").arg(key).arg(score).arg(id).ignore();
+        }
+    }
+
     /// Tells long-polls on every coordinator that tasks may be leasable.
     fn bump_epoch(&self, p: &mut Pipeline) {
         p.cmd("INCR").arg(self.keys().g("epoch")).ignore();
@@ -554,10 +569,11 @@ impl RedisStore {
 
     /// The lease script's answer for one job: tasks, and whether the job is
     /// finished or gone.
-    fn parse_lease(job: &str, v: Value) -> StoreResult<(i64, Vec<LeasedTask>)> {
+    fn parse_lease(job: &str, v: Value) -> StoreResult<(i64, bool, Vec<LeasedTask>)> {
         let mut it = array(v).into_iter();
         let status = it.next().map(|v| int(&v)).unwrap_or(1);
         let timeout = it.next().map(|v| int(&v)).unwrap_or(-1);
+        let has_work = it.next().map(|v| int(&v)).unwrap_or(0) == 1;
         let rest: Vec<Value> = it.collect();
         if rest.len() % 5 != 0 {
             return Err(corrupt("malformed lease reply"));
@@ -585,7 +601,7 @@ impl RedisStore {
                 input: bytes(input).unwrap_or_default(),
             });
         }
-        Ok((status, tasks))
+        Ok((status, has_work, tasks))
     }
 }
 
@@ -802,7 +818,12 @@ impl Store for RedisStore {
             for (job, _) in &active {
                 let mut c = self.scripts().release.call(&self.keys().job(job));
                 c.arg(id);
-                p.add_command(c).ignore();
+                p.add_command(c);
+            }
+            let rows: Vec<Value> = self.run(&p).await?;
+            let mut p = ::redis::pipe();
+            for ((job, _), row) in active.iter().zip(rows) {
+                Self::put_back(&mut p, job, &array(row), 1);
             }
             self.bump_epoch(&mut p);
             self.run::<()>(&p).await?;
@@ -844,6 +865,10 @@ impl Store for RedisStore {
             .arg(&meta)
             .arg("seq")
             .arg(seq)
+            .arg("qkey")
+            .arg(k.queue(&o.queue))
+            .arg("qscore")
+            .arg(queue_score(o.priority, seq))
             .arg("kernel")
             .arg(&job.kernel)
             .arg("queue")
@@ -885,8 +910,9 @@ impl Store for RedisStore {
             c.arg(t.cost.work).arg(t.cost.mem_bytes).arg(&t.input);
         }
         drop(tasks);
+        let reply = array(self.one(c).await?);
         let mut p = ::redis::pipe();
-        p.add_command(c).ignore();
+        Self::put_back(&mut p, job_id, &reply, 1);
         self.bump_epoch(&mut p);
         self.run::<()>(&p).await
     }
@@ -1101,23 +1127,12 @@ impl Store for RedisStore {
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
-        // 2. Which of them have a task to lease now.
-        if candidates.len() > 1 {
-            let mut p = ::redis::pipe();
-            for (_, id, _) in &candidates {
-                let keys = k.job(id);
-                p.cmd("ZCARD").arg(&keys[1]);
-                p.cmd("ZCOUNT").arg(&keys[2]).arg("-inf").arg(q.now_ms);
-            }
-            let counts: Vec<i64> = self.run(&p).await?;
-            let mut has = counts.chunks(2).map(|c| c[0] + c[1] > 0);
-            candidates.retain(|_| has.next().unwrap_or(false));
-        }
-        // 3. Lease job by job until the batch is full.
+        // 2. Lease job by job until the batch is full.
         let deadline = q.now_ms + q.ttl_ms;
         let labels = serde_json::to_string(&q.labels).map_err(|e| corrupt(e.to_string()))?;
         let mut granted: Vec<LeasedTask> = Vec::new();
         let (mut work, mut bytes_so_far) = (0u64, 0u64);
+        // Jobs finished, gone, or without work left: out of the queue index.
         let mut finished = Vec::new();
         for (_, id, queue) in candidates {
             if granted.len() as u32 >= q.max_tasks
@@ -1138,10 +1153,9 @@ impl Store for RedisStore {
                 .arg(q.mem_bytes.min(1 << 52))
                 .arg(&labels)
                 .arg(MAX_LEASE_SCAN);
-            let (status, tasks) = Self::parse_lease(&id, self.one(c).await?)?;
-            if status == 1 {
+            let (status, has_work, tasks) = Self::parse_lease(&id, self.one(c).await?)?;
+            if status == 1 || !has_work {
                 finished.push((id, queue));
-                continue;
             }
             for t in tasks {
                 work += t.cost.work;
@@ -1149,7 +1163,13 @@ impl Store for RedisStore {
                 granted.push(t);
             }
         }
-        self.forget_finished(&finished).await?;
+        if !finished.is_empty() {
+            let mut p = ::redis::pipe();
+            for (id, queue) in &finished {
+                p.cmd("ZREM").arg(k.queue(queue)).arg(id).ignore();
+            }
+            self.run::<()>(&p).await?;
+        }
         Ok(granted)
     }
 
@@ -1184,10 +1204,12 @@ impl Store for RedisStore {
         let (mut credit_tasks, mut credit_cpu) = (0i64, 0i64);
         let mut p = ::redis::pipe();
         for ((job, _), row) in groups.iter().zip(rows) {
-            let f: Vec<i64> = array(row).iter().map(int).collect();
+            let row = array(row);
+            let f: Vec<i64> = row.iter().take(8).map(int).collect();
             let [accepted, stale, requeued, ready, tasks, cpu, due, _finished] = f[..] else {
                 return Err(corrupt("malformed result reply"));
             };
+            Self::put_back(&mut p, job, &row, 8);
             out.accepted += accepted as u32;
             out.stale += stale as u32;
             out.requeued += requeued as u32;
@@ -1281,13 +1303,18 @@ impl Store for RedisStore {
             }
             p.add_command(c);
         }
-        let released: Vec<i64> = self.run(&p).await?;
-        let n: i64 = released.iter().sum();
-        if n > 0 {
-            let mut p = ::redis::pipe();
-            self.bump_epoch(&mut p);
-            self.run::<()>(&p).await?;
+        let rows: Vec<Value> = self.run(&p).await?;
+        let mut n = 0;
+        let mut p = ::redis::pipe();
+        for ((job, _), row) in groups.iter().zip(rows) {
+            let row = array(row);
+            n += row.first().map(int).unwrap_or(0);
+            Self::put_back(&mut p, job, &row, 1);
         }
+        if n > 0 {
+            self.bump_epoch(&mut p);
+        }
+        self.run::<()>(&p).await?;
         Ok(n as u32)
     }
 
@@ -1305,8 +1332,11 @@ impl Store for RedisStore {
         let rows: Vec<Value> = self.run(&p).await?;
         let mut expired = 0;
         let mut finished = Vec::new();
+        let mut p = ::redis::pipe();
         for (job, row) in active.into_iter().zip(rows) {
-            let f: Vec<i64> = array(row).iter().map(int).collect();
+            let row = array(row);
+            Self::put_back(&mut p, &job.0, &row, 2);
+            let f: Vec<i64> = row.iter().take(2).map(int).collect();
             expired += f.first().copied().unwrap_or(0);
             // Only a sealed job is done being written; an unsealed one that
             // vanished is its upload's to clean up.
@@ -1315,10 +1345,9 @@ impl Store for RedisStore {
             }
         }
         if expired > 0 {
-            let mut p = ::redis::pipe();
             self.bump_epoch(&mut p);
-            self.run::<()>(&p).await?;
         }
+        self.run::<()>(&p).await?;
         self.forget_finished(&finished).await?;
         Ok(expired as u32)
     }
