@@ -8,9 +8,11 @@
 //! executable's target directory; `cargo build --workspace --bins` first.
 
 pub mod balancer;
+pub mod bench;
 pub mod redis;
 pub mod reference;
 pub mod shared;
+pub mod sim;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -78,7 +78,10 @@ impl RedisServer {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                bail!("redis-server exited with {status}; its log:\n{}", self.log());
+                bail!(
+                    "redis-server exited with {status}; its log:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -122,5 +125,30 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+impl RedisServer {
+    /// Commands the server has run since it started (`INFO stats`), to
+    /// measure what a load costs the store.
+    pub fn commands_processed(&self) -> Result<u64> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(b"INFO stats\r\n")?;
+        let mut text = String::new();
+        let mut buf = [0u8; 8192];
+        while !text.contains("total_commands_processed:") || !text.ends_with("\r\n") {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        text.lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .context("INFO stats has no total_commands_processed")?
+            .trim()
+            .parse()
+            .context("total_commands_processed is not a number")
     }
 }

@@ -59,7 +59,10 @@ impl SharedCluster {
         while cluster.agent_count().await? < cluster.agents.len() {
             if Instant::now() > end {
                 let logs: Vec<String> = cluster.agents.iter().map(Agent::log).collect();
-                bail!("agents did not enrol; their logs:\n{}", logs.join("\n---\n"));
+                bail!(
+                    "agents did not enrol; their logs:\n{}",
+                    logs.join("\n---\n")
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -113,7 +116,10 @@ impl SharedCluster {
                     bail!("job {id} ended {s}\n{}", self.logs())
                 }
                 Ok(s) if Instant::now() > end => {
-                    bail!("job {id} did not finish in {timeout:?}: {s}\n{}", self.logs())
+                    bail!(
+                        "job {id} did not finish in {timeout:?}: {s}\n{}",
+                        self.logs()
+                    )
                 }
                 Err(e) if Instant::now() > end => return Err(e),
                 _ => {}

@@ -158,7 +158,11 @@ async fn three_coordinators_one_sigkilled_mid_job() {
         .iter()
         .filter(|c| c.log().contains("agent enrolled"))
         .count();
-    assert!(serving >= 2, "the balancer used one coordinator only\n{}", cluster.logs());
+    assert!(
+        serving >= 2,
+        "the balancer used one coordinator only\n{}",
+        cluster.logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
