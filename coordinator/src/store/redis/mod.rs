@@ -575,7 +575,7 @@ impl RedisStore {
         let timeout = it.next().map(|v| int(&v)).unwrap_or(-1);
         let has_work = it.next().map(|v| int(&v)).unwrap_or(0) == 1;
         let rest: Vec<Value> = it.collect();
-        if rest.len() % 5 != 0 {
+        if !rest.len().is_multiple_of(5) {
             return Err(corrupt("malformed lease reply"));
         }
         let mut tasks = Vec::with_capacity(rest.len() / 5);
