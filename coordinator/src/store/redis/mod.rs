@@ -844,21 +844,13 @@ impl Store for RedisStore {
             serde_json::to_string(&job.options.labels).map_err(|e| corrupt(e.to_string()))?;
         let o = &job.options;
         let mut p = ::redis::pipe();
-        // The indexes first: a job is never outside them (see the module doc).
+        // First the upload's entry (so a crash from here on leaves nothing
+        // abort_unsealed_jobs cannot find), then the job, then the indexes
+        // (so whoever meets the job there finds its fields).
         p.cmd("HSET")
             .arg(k.g("unsealed"))
             .arg(&job.id)
             .arg(&self.inner.instance)
-            .ignore();
-        p.cmd("HSET")
-            .arg(k.g("active"))
-            .arg(&job.id)
-            .arg(&o.queue)
-            .ignore();
-        p.cmd("ZADD")
-            .arg(k.queue(&o.queue))
-            .arg(queue_score(o.priority, seq))
-            .arg(&job.id)
             .ignore();
         let meta = k.meta(&job.id);
         p.cmd("HSET")
@@ -901,6 +893,16 @@ impl Store for RedisStore {
         if let Some(t) = o.timeout_s {
             p.cmd("HSET").arg(&meta).arg("timeout_s").arg(t).ignore();
         }
+        p.cmd("HSET")
+            .arg(k.g("active"))
+            .arg(&job.id)
+            .arg(&o.queue)
+            .ignore();
+        p.cmd("ZADD")
+            .arg(k.queue(&o.queue))
+            .arg(queue_score(o.priority, seq))
+            .arg(&job.id)
+            .ignore();
         self.run::<()>(&p).await
     }
 
