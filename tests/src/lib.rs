@@ -192,6 +192,13 @@ impl Coordinator {
         self.spawn()
     }
 
+    /// Kills the coordinator and starts it again with other extra `serve`
+    /// flags, on the same port and data.
+    pub fn restart_with(&mut self, extra: Vec<String>) -> Result<()> {
+        self.options.extra = extra;
+        self.restart()
+    }
+
     /// An admin API client.
     pub fn client(&self) -> ApiClient {
         ApiClient::new(&self.url, &self.admin_token, Some(self.ca_pem.as_bytes()))

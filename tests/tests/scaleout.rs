@@ -5,8 +5,9 @@
 
 use std::time::{Duration, Instant};
 
+use musketeer_tests::redis::RedisServer;
 use musketeer_tests::shared::SharedCluster;
-use musketeer_tests::{reference, CoordinatorOptions};
+use musketeer_tests::{reference, Coordinator, CoordinatorOptions};
 use serde_json::{json, Value};
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(240);
@@ -207,5 +208,25 @@ async fn redis_sigkilled_and_restarted_mid_job_loses_no_accepted_job() {
         listed["jobs"].as_array().unwrap().len(),
         5,
         "every accepted job is still listed: {listed}"
+    );
+}
+
+/// A coordinator whose data directory already holds its own CA cannot join
+/// a cluster with another one: agents pinned to either would be refused by
+/// half the coordinators. It says what to do instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_with_another_ca_is_refused() {
+    let redis = RedisServer::start().unwrap();
+    let shared = vec!["--redis".to_string(), redis.url()];
+    let _first = Coordinator::start(CoordinatorOptions {
+        extra: shared.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut lone = Coordinator::start(CoordinatorOptions::default()).unwrap();
+    let err = lone.restart_with(shared).unwrap_err().to_string();
+    assert!(
+        err.contains("holds another CA") && err.contains("--redis-prefix"),
+        "{err}"
     );
 }
