@@ -498,9 +498,10 @@ impl RedisStore {
         p.cmd("INCR").arg(self.keys().g("epoch")).ignore();
     }
 
-    /// Drops unsealed jobs (uploads in flight) of this store and of
-    /// coordinators that are no longer alive; returns how many.
-    async fn drop_orphan_uploads(&self) -> StoreResult<u64> {
+    /// Drops unsealed jobs (uploads in flight) of coordinators that are no
+    /// longer alive, and this store's own if `own` (at start, when it has
+    /// none in flight); returns how many.
+    async fn drop_orphan_uploads(&self, own: bool) -> StoreResult<u64> {
         let k = self.keys();
         let unsealed = pairs(self.one(hgetall(k.g("unsealed"))).await?);
         if unsealed.is_empty() {
@@ -520,7 +521,7 @@ impl RedisStore {
         let alive: HashSet<&str> = owners
             .iter()
             .zip(alive)
-            .filter(|(o, a)| *a == 1 && **o != self.inner.instance)
+            .filter(|(o, a)| *a == 1 && !(own && **o == self.inner.instance))
             .map(|(o, _)| o.as_str())
             .collect();
         let mut dropped = 0;
@@ -943,7 +944,7 @@ impl Store for RedisStore {
     }
 
     async fn abort_unsealed_jobs(&self) -> StoreResult<u64> {
-        self.drop_orphan_uploads().await
+        self.drop_orphan_uploads(true).await
     }
 
     async fn job(&self, id: &str) -> StoreResult<Option<JobStatus>> {
@@ -1357,7 +1358,7 @@ impl Store for RedisStore {
     async fn purge_finished_inputs(&self) -> StoreResult<u64> {
         // A failed or cancelled job's inputs go in the same script that
         // ends it; what is left to purge is uploads whose coordinator died.
-        self.drop_orphan_uploads().await
+        self.drop_orphan_uploads(false).await
     }
 
     async fn renew_all_leases(&self, now_ms: u64, ttl_ms: u64) -> StoreResult<u64> {
