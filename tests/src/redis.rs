@@ -132,23 +132,43 @@ impl RedisServer {
     /// Commands the server has run since it started (`INFO stats`), to
     /// measure what a load costs the store.
     pub fn commands_processed(&self) -> Result<u64> {
+        self.info_number("stats", "total_commands_processed")
+    }
+
+    /// Times Redis had to wait for a slow disk before writing its
+    /// append-only file (`INFO persistence`): replies held back meanwhile.
+    pub fn delayed_fsyncs(&self) -> Result<u64> {
+        self.info_number("persistence", "aof_delayed_fsync")
+    }
+
+    /// One numeric field of `INFO <section>`.
+    fn info_number(&self, section: &str, field: &str) -> Result<u64> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        s.write_all(b"INFO stats\r\n")?;
-        let mut text = String::new();
+        s.write_all(format!("INFO {section}\r\n").as_bytes())?;
+        let mut raw = Vec::new();
         let mut buf = [0u8; 8192];
-        while !text.contains("total_commands_processed:") || !text.ends_with("\r\n") {
+        // A bulk reply: `$<len>\r\n<text>\r\n`.
+        loop {
             let n = s.read(&mut buf)?;
             if n == 0 {
                 break;
             }
-            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            raw.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&raw);
+            if let Some((len, rest)) = text.strip_prefix('$').and_then(|t| t.split_once("\r\n")) {
+                if rest.len() >= len.parse::<usize>().unwrap_or(usize::MAX) {
+                    break;
+                }
+            }
         }
+        let text = String::from_utf8_lossy(&raw);
+        let prefix = format!("{field}:");
         text.lines()
-            .find_map(|l| l.strip_prefix("total_commands_processed:"))
-            .context("INFO stats has no total_commands_processed")?
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .with_context(|| format!("INFO {section} has no {field}"))?
             .trim()
             .parse()
-            .context("total_commands_processed is not a number")
+            .with_context(|| format!("{field} is not a number"))
     }
 }

@@ -733,4 +733,20 @@ mod redis {
         a.forget_alive().await.unwrap();
         assert_eq!(b.abort_unsealed_jobs().await.unwrap(), 1, "a is gone");
     }
+
+    /// A lease that saw a job drained must not take it out of its queue's
+    /// index after a release gave it work again (a newer version).
+    #[tokio::test]
+    async fn a_stale_removal_does_not_hide_work() {
+        let s = store().await;
+        assert!(
+            s.queue_race("j", "default", 2, 1).await.unwrap(),
+            "stale removal ignored"
+        );
+        assert!(
+            !s.queue_race("k", "default", 1, 1).await.unwrap(),
+            "current removal applies"
+        );
+        assert!(!s.queue_race("l", "default", 1, 3).await.unwrap());
+    }
 }

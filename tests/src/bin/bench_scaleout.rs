@@ -144,8 +144,15 @@ async fn simulate(
         );
     }
     let before = redis.map(RedisServer::commands_processed).transpose()?;
+    let delayed = redis.map(RedisServer::delayed_fsyncs).transpose()?;
     let busy = sim.run(window, hold).await?;
     let after = redis.map(RedisServer::commands_processed).transpose()?;
+    if let (Some(r), Some(d)) = (redis, delayed) {
+        println!(
+            "{name}: Redis waited for the disk before writing its append-only file {} times during the run",
+            r.delayed_fsyncs()? - d
+        );
+    }
     report(
         &format!(
             "{name} leasing ({} agents holding each task {} ms)",

@@ -1,5 +1,5 @@
 -- Appends tasks to an unsealed job. ARGV: then per task: work, mem, input.
--- Returns {new task count, queue key, queue score}, or an error if the
+-- Returns {new task count, queue key, score, version}, or an error if the
 -- job is not unsealed.
 local f = redis.call('HMGET', M, 'sealed', 'total', 'state')
 if f[1] ~= '0' then
@@ -21,4 +21,4 @@ for i = 1, #ARGV, 3 do
 end
 redis.call('HSET', M, 'total', total + n)
 local place = queue_place()
-return {total + n, place[1], place[2]}
+return {total + n, place[1], place[2], place[3]}

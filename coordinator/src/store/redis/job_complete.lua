@@ -54,4 +54,4 @@ local place = {}
 if requeued > 0 then
   place = queue_place()
 end
-return {accepted, stale, requeued, ready, credit_tasks, credit_cpu, due, finished, place[1], place[2]}
+return {accepted, stale, requeued, ready, credit_tasks, credit_cpu, due, finished, place[1], place[2], place[3]}

@@ -1,6 +1,6 @@
 -- Returns the job's expired leases to the queue (no backoff: the agent, not
 -- the task, failed), or fails the job when a task is out of attempts.
--- ARGV: now. Returns {expired, finished, queue key, queue score}; the
+-- ARGV: now. Returns {expired, finished, queue key, score, version}; the
 -- queue place whenever the job has work, which also repairs an index entry
 -- lost to a crash.
 local now = tonumber(ARGV[1])
@@ -21,4 +21,4 @@ if not is_open(redis.call('HGET', M, 'state')) then
   finished = 1
 end
 local place = queue_place()
-return {#expired, finished, place[1], place[2]}
+return {#expired, finished, place[1], place[2], place[3]}

@@ -1,9 +1,9 @@
 -- Leases tasks of one job to one agent, within what is left of its batch.
 -- ARGV: agent, now, deadline, tasks_left, max_work, max_bytes, work_so_far,
 -- bytes_so_far, granted_so_far, mem_bytes, labels (JSON), max_scan.
--- Returns {status, timeout_s or -1, has work left (0/1), idx, lease, work,
--- mem, input, ...}; status 0 leased what it could, 1 the job is gone or
--- finished, 2 the agent lacks the job's labels.
+-- Returns {status, timeout_s or -1, has work left (0/1), version of its
+-- queue place, idx, lease, work, mem, input, ...}; status 0 leased what it
+-- could, 1 the job is gone or finished, 2 the agent lacks the job's labels.
 local agent, now, deadline = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local tasks_left, max_work, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local work, bytes, granted = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
@@ -11,14 +11,14 @@ local mem_bytes, max_scan = tonumber(ARGV[10]), tonumber(ARGV[12])
 
 local state = redis.call('HGET', M, 'state')
 if not is_open(state) then
-  return {1, -1, 0}
+  return {1, -1, 0, 0}
 end
 local required = redis.call('HGET', M, 'labels')
 if required ~= '{}' then
   local offered = cjson.decode(ARGV[11])
   for k, v in pairs(cjson.decode(required)) do
     if offered[k] ~= v then
-      return {2, -1, 1}
+      return {2, -1, 1, 0}
     end
   end
 end
@@ -30,7 +30,7 @@ for _, idx in ipairs(due) do
 end
 
 local timeout = tonumber(redis.call('HGET', M, 'timeout_s') or '-1')
-local out = {0, timeout, 1}
+local out = {0, timeout, 1, 0}
 local leased_here = 0
 local skipped, scanned = 0, 0
 local full = false
@@ -78,6 +78,7 @@ while not full and scanned < max_scan do
 end
 if not has_work() then
   out[3] = 0
+  out[4] = tonumber(redis.call('HGET', M, 'qver') or '0')
 end
 if leased_here > 0 and state == 'queued' then
   redis.call('HSET', M, 'state', 'running', 'started_ms', now)

@@ -90,13 +90,17 @@ local function has_work()
   return redis.call('ZCARD', PEND) + redis.call('ZCARD', WAIT) > 0
 end
 
--- The job's queue index key and score, for the caller to put it back in
--- its queue when it has work again: {} if it has none.
+-- The job's queue index key, score and a new version of its place, for
+-- the caller to put it back in its queue when it has work again: {} if it
+-- has none. The version orders the caller's updates of the index: a
+-- removal seen at an older version than a put-back is ignored.
 local function queue_place()
   if not has_work() or not is_open(redis.call('HGET', M, 'state')) then
     return {}
   end
-  return redis.call('HMGET', M, 'qkey', 'qscore')
+  local ver = redis.call('HINCRBY', M, 'qver', 1)
+  local f = redis.call('HMGET', M, 'qkey', 'qscore')
+  return {f[1], f[2], ver}
 end
 
 -- Gives a leased task back without using up an attempt.

@@ -1,6 +1,6 @@
 -- Gives leased tasks back without using up an attempt. ARGV: agent, then
 -- index, lease pairs; or agent alone: every task the agent holds (the
--- agent was removed). Returns {how many went back, queue key, queue score}.
+-- agent was removed). Returns {how many went back, queue key, queue score, version}.
 local agent = ARGV[1]
 local released = 0
 if #ARGV == 1 then
@@ -14,7 +14,7 @@ if #ARGV == 1 then
     end
   end
   local place = queue_place()
-  return {released, place[1], place[2]}
+  return {released, place[1], place[2], place[3]}
 end
 for i = 2, #ARGV, 2 do
   local idx = ARGV[i]
@@ -27,4 +27,4 @@ local place = {}
 if released > 0 then
   place = queue_place()
 end
-return {released, place[1], place[2]}
+return {released, place[1], place[2], place[3]}

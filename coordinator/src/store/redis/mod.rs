@@ -121,6 +121,8 @@ struct Scripts {
     agent_enrol: Lua,
     agent_set_state: Lua,
     trust_share: Lua,
+    queue_put: Lua,
+    queue_remove: Lua,
 }
 
 impl Scripts {
@@ -151,10 +153,12 @@ impl Scripts {
             agent_enrol: Lua::new(include_str!("agent_enrol.lua").into()),
             agent_set_state: Lua::new(include_str!("agent_set_state.lua").into()),
             trust_share: Lua::new(include_str!("trust_share.lua").into()),
+            queue_put: Lua::new(include_str!("queue_put.lua").into()),
+            queue_remove: Lua::new(include_str!("queue_remove.lua").into()),
         }
     }
 
-    fn all(&self) -> [&Lua; 16] {
+    fn all(&self) -> [&Lua; 18] {
         [
             &self.lease,
             &self.complete,
@@ -172,6 +176,8 @@ impl Scripts {
             &self.agent_enrol,
             &self.agent_set_state,
             &self.trust_share,
+            &self.queue_put,
+            &self.queue_remove,
         ]
     }
 }
@@ -326,7 +332,10 @@ impl RedisStore {
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(60)))
             .set_number_of_retries(3)
-            .set_max_delay(Duration::from_secs(1));
+            .set_max_delay(Duration::from_secs(1))
+            // Thousands of agents' calls at once: queue them in the
+            // connection's pipeline rather than in front of it.
+            .set_pipeline_buffer_size(4096);
         let mut conns = Vec::with_capacity(CONNECTIONS);
         for _ in 0..CONNECTIONS {
             let conn = ConnectionManager::new_with_config(client.clone(), config.clone())
@@ -434,6 +443,32 @@ impl RedisStore {
         self.one(c).await.map(drop)
     }
 
+    /// Applies a queue index put-back and a removal for `id` in `queue`,
+    /// in this order, with these versions; returns whether the job is in the
+    /// index after: the race of a lease that drained the job with a release
+    /// that gave it work again, for tests.
+    #[cfg(test)]
+    pub async fn queue_race(
+        &self,
+        id: &str,
+        queue: &str,
+        put: i64,
+        remove: i64,
+    ) -> StoreResult<bool> {
+        let k = self.keys();
+        let keys = [k.queue(queue), k.g("qver")];
+        let mut p = ::redis::pipe();
+        let mut c = self.scripts().queue_put.call(&keys);
+        c.arg(id).arg(1.0).arg(put);
+        p.add_command(c).ignore();
+        let mut c = self.scripts().queue_remove.call(&keys);
+        c.arg(id).arg(remove);
+        p.add_command(c).ignore();
+        p.cmd("ZSCORE").arg(&keys[0]).arg(id);
+        let (score,): (Option<f64>,) = self.run(&p).await?;
+        Ok(score.is_some())
+    }
+
     fn keys(&self) -> &Keys {
         &self.inner.keys
     }
@@ -480,16 +515,22 @@ impl RedisStore {
         for (id, queue) in jobs {
             p.cmd("HDEL").arg(k.g("active")).arg(id).ignore();
             p.cmd("ZREM").arg(k.queue(queue)).arg(id).ignore();
+            p.cmd("HDEL").arg(k.g("qver")).arg(id).ignore();
         }
         self.run::<()>(&p).await
     }
 
     /// Puts a job back in its queue's index if a script answered with its
-    /// place (its queue key and score) at `at` in its reply.
-    fn put_back(p: &mut Pipeline, id: &str, reply: &[Value], at: usize) {
-        if let (Some(key), Some(score)) = (reply.get(at).and_then(string), reply.get(at + 1)) {
-            let score: f64 = string(score).and_then(|s| s.parse().ok()).unwrap_or(0.0);
-            p.cmd("ZADD").arg(key).arg(score).arg(id).ignore();
+    /// place (queue key, score, version) at `at` in its reply.
+    fn put_back(&self, p: &mut Pipeline, id: &str, reply: &[Value], at: usize) {
+        if let (Some(key), Some(score), Some(ver)) = (
+            reply.get(at).and_then(string),
+            reply.get(at + 1).and_then(string),
+            reply.get(at + 2),
+        ) {
+            let mut c = self.scripts().queue_put.call(&[key, self.keys().g("qver")]);
+            c.arg(id).arg(score).arg(int(ver));
+            p.add_command(c).ignore();
         }
     }
 
@@ -568,13 +609,14 @@ impl RedisStore {
         Ok(deleted)
     }
 
-    /// The lease script's answer for one job: tasks, and whether the job is
-    /// finished or gone.
-    fn parse_lease(job: &str, v: Value) -> StoreResult<(i64, bool, Vec<LeasedTask>)> {
+    /// The lease script's answer for one job: its status (finished or gone),
+    /// the version of its queue place if it has no work left, its tasks.
+    fn parse_lease(job: &str, v: Value) -> StoreResult<(i64, Option<i64>, Vec<LeasedTask>)> {
         let mut it = array(v).into_iter();
         let status = it.next().map(|v| int(&v)).unwrap_or(1);
         let timeout = it.next().map(|v| int(&v)).unwrap_or(-1);
         let has_work = it.next().map(|v| int(&v)).unwrap_or(0) == 1;
+        let version = it.next().map(|v| int(&v)).unwrap_or(0);
         let rest: Vec<Value> = it.collect();
         if !rest.len().is_multiple_of(5) {
             return Err(corrupt("malformed lease reply"));
@@ -602,7 +644,7 @@ impl RedisStore {
                 input: bytes(input).unwrap_or_default(),
             });
         }
-        Ok((status, has_work, tasks))
+        Ok((status, (!has_work).then_some(version), tasks))
     }
 }
 
@@ -824,7 +866,7 @@ impl Store for RedisStore {
             let rows: Vec<Value> = self.run(&p).await?;
             let mut p = ::redis::pipe();
             for ((job, _), row) in active.iter().zip(rows) {
-                Self::put_back(&mut p, job, &array(row), 1);
+                self.put_back(&mut p, job, &array(row), 1);
             }
             self.bump_epoch(&mut p);
             self.run::<()>(&p).await?;
@@ -915,7 +957,7 @@ impl Store for RedisStore {
         drop(tasks);
         let reply = array(self.one(c).await?);
         let mut p = ::redis::pipe();
-        Self::put_back(&mut p, job_id, &reply, 1);
+        self.put_back(&mut p, job_id, &reply, 1);
         self.bump_epoch(&mut p);
         self.run::<()>(&p).await
     }
@@ -1135,8 +1177,10 @@ impl Store for RedisStore {
         let labels = serde_json::to_string(&q.labels).map_err(|e| corrupt(e.to_string()))?;
         let mut granted: Vec<LeasedTask> = Vec::new();
         let (mut work, mut bytes_so_far) = (0u64, 0u64);
-        // Jobs finished, gone, or without work left: out of the queue index.
+        // Jobs finished or gone, and jobs without work left: out of the
+        // queue index.
         let mut finished = Vec::new();
+        let mut drained_jobs = Vec::new();
         for (_, id, queue) in candidates {
             if granted.len() as u32 >= q.max_tasks
                 || (!granted.is_empty() && (work >= q.max_work || bytes_so_far >= q.max_bytes))
@@ -1156,9 +1200,11 @@ impl Store for RedisStore {
                 .arg(q.mem_bytes.min(1 << 52))
                 .arg(&labels)
                 .arg(MAX_LEASE_SCAN);
-            let (status, has_work, tasks) = Self::parse_lease(&id, self.one(c).await?)?;
-            if status == 1 || !has_work {
+            let (status, drained, tasks) = Self::parse_lease(&id, self.one(c).await?)?;
+            if status == 1 {
                 finished.push((id, queue));
+            } else if let Some(version) = drained {
+                drained_jobs.push((id, queue, version));
             }
             for t in tasks {
                 work += t.cost.work;
@@ -1166,10 +1212,16 @@ impl Store for RedisStore {
                 granted.push(t);
             }
         }
-        if !finished.is_empty() {
+        self.forget_finished(&finished).await?;
+        if !drained_jobs.is_empty() {
             let mut p = ::redis::pipe();
-            for (id, queue) in &finished {
-                p.cmd("ZREM").arg(k.queue(queue)).arg(id).ignore();
+            for (id, queue, version) in &drained_jobs {
+                let mut c = self
+                    .scripts()
+                    .queue_remove
+                    .call(&[k.queue(queue), k.g("qver")]);
+                c.arg(id).arg(*version);
+                p.add_command(c).ignore();
             }
             self.run::<()>(&p).await?;
         }
@@ -1212,7 +1264,7 @@ impl Store for RedisStore {
             let [accepted, stale, requeued, ready, tasks, cpu, due, _finished] = f[..] else {
                 return Err(corrupt("malformed result reply"));
             };
-            Self::put_back(&mut p, job, &row, 8);
+            self.put_back(&mut p, job, &row, 8);
             out.accepted += accepted as u32;
             out.stale += stale as u32;
             out.requeued += requeued as u32;
@@ -1225,6 +1277,12 @@ impl Store for RedisStore {
                 p.cmd("ZADD").arg(k.g("due")).arg(due).arg(job).ignore();
             }
         }
+        if out.requeued > 0 {
+            self.bump_epoch(&mut p);
+        }
+        // Scripts and idempotent commands only: `run` may send it twice.
+        self.run::<()>(&p).await?;
+        let mut p = ::redis::pipe();
         let agent = k.agent(agent_id);
         p.cmd("HINCRBY")
             .arg(&agent)
@@ -1241,9 +1299,6 @@ impl Store for RedisStore {
             .arg("last_seen_ms")
             .arg(now_ms)
             .ignore();
-        if out.requeued > 0 {
-            self.bump_epoch(&mut p);
-        }
         self.run::<()>(&p).await?;
         Ok(out)
     }
@@ -1312,7 +1367,7 @@ impl Store for RedisStore {
         for ((job, _), row) in groups.iter().zip(rows) {
             let row = array(row);
             n += row.first().map(int).unwrap_or(0);
-            Self::put_back(&mut p, job, &row, 1);
+            self.put_back(&mut p, job, &row, 1);
         }
         if n > 0 {
             self.bump_epoch(&mut p);
@@ -1338,7 +1393,7 @@ impl Store for RedisStore {
         let mut p = ::redis::pipe();
         for (job, row) in active.into_iter().zip(rows) {
             let row = array(row);
-            Self::put_back(&mut p, &job.0, &row, 2);
+            self.put_back(&mut p, &job.0, &row, 2);
             let f: Vec<i64> = row.iter().take(2).map(int).collect();
             expired += f.first().copied().unwrap_or(0);
             // Only a sealed job is done being written; an unsealed one that
