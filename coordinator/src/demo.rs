@@ -79,6 +79,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         max_upload: 1 << 30,
         rate_limits: Default::default(),
         release_key: None,
+        redis: None,
     })
     .await?;
     println!(

@@ -64,6 +64,17 @@ struct ServeArgs {
     /// agents learn it at enrolment. Without it no release can be published.
     #[arg(long, env = "MUSKETEER_RELEASE_KEY", value_name = "KEY|FILE")]
     release_key: Option<String>,
+    /// Keep all state in this Redis (redis://host:port) instead of the embedded store, so that several coordinators can serve one cluster.
+    #[arg(long, env = "MUSKETEER_REDIS_URL")]
+    redis: Option<String>,
+    /// The prefix of this cluster's keys in Redis (coordinators with the same --redis and prefix form one cluster).
+    #[arg(
+        long,
+        env = "MUSKETEER_REDIS_PREFIX",
+        default_value = "musketeer",
+        requires = "redis"
+    )]
+    redis_prefix: String,
 }
 
 /// A rate limit from its flags, checked.
@@ -138,6 +149,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
             .as_deref()
             .map(musketeer_coordinator::releases::PublicKey::from_arg)
             .transpose()?,
+        redis: args.redis.map(|url| server::RedisConfig {
+            url,
+            prefix: args.redis_prefix,
+        }),
     };
     let data_dir = cfg.data_dir.clone();
     let running = server::start(cfg).await?;

@@ -26,7 +26,8 @@ use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 
 /// File names inside the data directory.
 pub const CA_FILE: &str = "ca.pem";
-const CA_KEY_FILE: &str = "ca-key.pem";
+/// The CA's private key.
+pub const CA_KEY_FILE: &str = "ca-key.pem";
 /// The admin bearer token.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 

@@ -24,6 +24,10 @@ pub const MAX_LEASE_WAIT: Duration = Duration::from_secs(25);
 /// retries whose backoff ran out are not signalled.
 const REPOLL: Duration = Duration::from_secs(1);
 
+/// How often a coordinator on a shared store asks whether another one
+/// added work: the delay before an idle agent on this coordinator hears of it.
+const EPOCH_POLL: Duration = Duration::from_millis(50);
+
 /// How often jobs that are done but unreduced are looked for again.
 const REDUCE_SWEEP: Duration = Duration::from_secs(10);
 
@@ -95,6 +99,10 @@ pub struct Scheduler {
     reducing: Mutex<HashSet<String>>,
     /// Metrics.
     pub counters: Counters,
+    /// How often an empty long-poll looks again unasked, in ms: [`REPOLL`],
+    /// or never (until its wait ends) when the store reports every change
+    /// through [`Store::work_epoch`].
+    repoll_ms: AtomicU64,
 }
 
 impl Scheduler {
@@ -106,6 +114,7 @@ impl Scheduler {
             lease_ttl,
             reducing: Mutex::new(HashSet::new()),
             counters: Counters::default(),
+            repoll_ms: AtomicU64::new(REPOLL.as_millis() as u64),
         })
     }
 
@@ -130,6 +139,9 @@ impl Scheduler {
         }
         for id in self.store.jobs_to_reduce().await? {
             self.spawn_reduce(id);
+        }
+        if let Some(epoch) = self.store.work_epoch(now_ms()).await? {
+            self.watch_epoch(epoch);
         }
         let me = self.clone();
         tokio::spawn(async move {
@@ -167,6 +179,38 @@ impl Scheduler {
             }
         });
         Ok(())
+    }
+
+    /// On a shared store: wakes this coordinator's long-polls whenever any
+    /// coordinator made tasks leasable. One cheap read per [`EPOCH_POLL`]
+    /// replaces every idle agent's own re-poll of the store (10,000 idle
+    /// agents would otherwise cost 10,000 lease queries a second).
+    fn watch_epoch(self: &Arc<Self>, mut epoch: u64) {
+        self.repoll_ms
+            .store(MAX_LEASE_WAIT.as_millis() as u64, Ordering::Relaxed);
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(EPOCH_POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(me) = me.upgrade() else { return };
+                match me.store.work_epoch(now_ms()).await {
+                    Ok(Some(now)) if now != epoch => {
+                        epoch = now;
+                        me.work_ready.notify_waiters();
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!("cannot read the shared store's work epoch: {e}");
+                        // The store may have lost the epoch (restarted):
+                        // look again rather than miss work.
+                        me.work_ready.notify_waiters();
+                        tokio::time::sleep(REPOLL).await;
+                    }
+                }
+            }
+        });
     }
 
     /// Says that tasks became leasable.
@@ -240,7 +284,8 @@ impl Scheduler {
                     .fetch_add(granted.len() as u64, Ordering::Relaxed);
                 return Ok(granted);
             }
-            let _ = tokio::time::timeout_at(deadline.min(Instant::now() + REPOLL), notified).await;
+            let repoll = Duration::from_millis(self.repoll_ms.load(Ordering::Relaxed));
+            let _ = tokio::time::timeout_at(deadline.min(Instant::now() + repoll), notified).await;
         }
     }
 
@@ -303,7 +348,13 @@ impl Scheduler {
                     me.counters.jobs_reduced.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(job = %id, ms = started.elapsed().as_millis() as u64, "job reduced");
                 }
-                Err(e) => tracing::error!(job = %id, "reduce failed in the store: {e}"),
+                Err(e) => match me.store.job(&id).await {
+                    // Another coordinator sharing the store reduced it first.
+                    Ok(Some(s)) if s.state.is_finished() => {
+                        tracing::debug!(job = %id, "job already finished elsewhere: {e}")
+                    }
+                    _ => tracing::error!(job = %id, "reduce failed in the store: {e}"),
+                },
             }
             me.reducing
                 .lock()

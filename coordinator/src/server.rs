@@ -12,7 +12,7 @@ use musketeer_tasks::token::{secret_hash, JoinToken};
 use crate::api::{self, AppState};
 use crate::pki::{self, Pki};
 use crate::scheduler::Scheduler;
-use crate::store::{SqliteStore, Store};
+use crate::store::{RedisStore, SqliteStore, Store};
 
 /// The file in the data directory that holds the URL clients reach us at.
 pub const URL_FILE: &str = "url";
@@ -43,6 +43,57 @@ pub struct ServeConfig {
     /// The operator's release public key (`--release-key`): agents learn it
     /// at enrolment and install only releases it verifies.
     pub release_key: Option<crate::releases::PublicKey>,
+    /// Keep all state in this Redis instead of the embedded store, shared
+    /// with every coordinator configured alike.
+    pub redis: Option<RedisConfig>,
+}
+
+/// Where the shared store is.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    /// `redis://[:password@]host:port[/db]`.
+    pub url: String,
+    /// The prefix of every key: coordinators with the same URL and prefix
+    /// form one cluster.
+    pub prefix: String,
+}
+
+/// Makes the data directory hold the cluster's trust material (CA, its key,
+/// the admin token), kept in the shared store: the first coordinator's
+/// wins, the others adopt it, so that a join token and the admin token work
+/// on every coordinator. Each still issues its own server certificate.
+async fn adopt_shared_trust(dir: &std::path::Path, store: &RedisStore) -> Result<()> {
+    let ca_path = dir.join(pki::CA_FILE);
+    let key_path = dir.join(pki::CA_KEY_FILE);
+    let admin_path = dir.join(pki::ADMIN_TOKEN_FILE);
+    let fresh = !ca_path.exists() && !key_path.exists() && !admin_path.exists();
+    // Made (or read) as a lone coordinator would, then offered.
+    Pki::load_or_create(dir, &pki::server_names(&[]))?;
+    let admin = pki::load_or_create_admin_token(dir)?;
+    let ca = std::fs::read_to_string(&ca_path)?;
+    let key = std::fs::read_to_string(&key_path)?;
+    let (shared_ca, shared_key, shared_admin) = store
+        .share_trust(&ca, &key, &admin)
+        .await
+        .context("cannot share the CA and admin token through Redis")?;
+    if (&shared_ca, &shared_key, &shared_admin) == (&ca, &key, &admin) {
+        return Ok(());
+    }
+    if !fresh {
+        anyhow::bail!(
+            "{} holds another CA or admin token than the cluster in Redis: remove {}, {} and {} \
+             from it to adopt the cluster's, or use another --redis-prefix for a separate cluster",
+            dir.display(),
+            pki::CA_FILE,
+            pki::CA_KEY_FILE,
+            pki::ADMIN_TOKEN_FILE
+        );
+    }
+    std::fs::write(&ca_path, shared_ca)?;
+    pki::write_private(&key_path, &shared_key)?;
+    pki::write_private(&admin_path, &shared_admin)?;
+    tracing::info!("adopted the cluster's CA and admin token from Redis");
+    Ok(())
 }
 
 /// A running coordinator.
@@ -112,6 +163,17 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
         None => format!("https://{addr}"),
     };
 
+    let shared = match &cfg.redis {
+        Some(r) => Some(
+            RedisStore::connect(&r.url, &r.prefix)
+                .await
+                .context("cannot open the shared store")?,
+        ),
+        None => None,
+    };
+    if let (Some(store), None) = (&shared, &cfg.tls_cert) {
+        adopt_shared_trust(&cfg.data_dir, store).await?;
+    }
     let pki = match (&cfg.tls_cert, &cfg.tls_key) {
         (Some(cert), Some(key)) => Pki::from_files(cert, key)?,
         (None, None) => {
@@ -121,9 +183,13 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
         _ => anyhow::bail!("--tls-cert and --tls-key go together"),
     };
     let admin_token = pki::load_or_create_admin_token(&cfg.data_dir)?;
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&cfg.data_dir.join(DB_FILE)).context("cannot open the embedded store")?,
-    );
+    let store: Arc<dyn Store> = match shared {
+        Some(redis) => Arc::new(redis),
+        None => Arc::new(
+            SqliteStore::open(&cfg.data_dir.join(DB_FILE))
+                .context("cannot open the embedded store")?,
+        ),
+    };
     let scheduler = Scheduler::new(store.clone(), cfg.lease_ttl);
     scheduler.start().await?;
     let state = Arc::new(AppState {

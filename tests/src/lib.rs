@@ -7,10 +7,15 @@
 //! setup lives in one place. The binaries are found next to the test
 //! executable's target directory; `cargo build --workspace --bins` first.
 
+pub mod balancer;
+pub mod bench;
 pub mod dist;
 pub mod docker;
 pub mod procstat;
+pub mod redis;
 pub mod reference;
+pub mod shared;
+pub mod sim;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

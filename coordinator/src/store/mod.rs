@@ -7,6 +7,7 @@
 pub mod blobs;
 #[cfg(test)]
 pub mod conformance;
+pub mod redis;
 pub mod sqlite;
 pub mod validation;
 
@@ -17,6 +18,7 @@ use musketeer_tasks::protocol::{Capacity, HeartbeatAck, LeasedTask, TaskRef, Tas
 use musketeer_tasks::{Cost, JobOptions};
 use serde::{Deserialize, Serialize};
 
+pub use self::redis::RedisStore;
 pub use sqlite::SqliteStore;
 pub use validation::Trust;
 
@@ -35,6 +37,12 @@ pub enum StoreError {
     /// The blocking worker that runs database calls died.
     #[error("store worker failed: {0}")]
     Worker(String),
+    /// The shared store (Redis) failed or could not be reached.
+    #[error("Redis error: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    /// The store cannot be opened as configured.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Shorthand for store results.
@@ -358,7 +366,9 @@ pub trait Store: Send + Sync + 'static {
     async fn cancel_job(&self, id: &str, now_ms: u64) -> StoreResult<Option<JobStatus>>;
     /// The reduce plan and every task's output, in task order.
     async fn job_outputs(&self, id: &str) -> StoreResult<(Vec<u8>, Vec<Vec<u8>>)>;
-    /// Records the reduced result (or why the reduce failed) and finishes the job.
+    /// Records the reduced result (or why the reduce failed) and finishes the
+    /// job. Idempotent, first call wins: with a shared store two coordinators
+    /// may reduce the same job, and the later call must change nothing.
     async fn finish_job(
         &self,
         id: &str,
@@ -408,6 +418,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counts for metrics and the dashboard.
     async fn stats(&self) -> StoreResult<Stats>;
+
+    /// For a store that several coordinators share: a number that changes
+    /// whenever tasks may have become leasable anywhere (including retries
+    /// whose backoff ran out by `now_ms`), so that a coordinator wakes its
+    /// long-polls for work another one added. `None` for a store only this
+    /// process writes, whose changes the scheduler sees itself.
+    async fn work_epoch(&self, _now_ms: u64) -> StoreResult<Option<u64>> {
+        Ok(None)
+    }
 }
 
 /// How long a failed task waits before its next attempt: doubling from one

@@ -11,88 +11,12 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use musketeer_coordinator::cli::{result_bytes, ApiClient};
+use anyhow::{Context, Result};
 use musketeer_tasks::wordcount::{count_in_process, WordcountOptions};
+use musketeer_tests::bench::{
+    fibonacci_items, generate_text, upload_text, wait_fast, wordcount_text,
+};
 use musketeer_tests::{bin, terminate, wait_exit, Agent, Cluster, CoordinatorOptions};
-use reqwest::Method;
-use serde_json::{json, Value};
-
-/// How often the benchmark asks whether a job is done: the timings carry up
-/// to this much error, but asking more often steals measurable CPU from the
-/// cluster on a two-core machine (each ask is a TLS request).
-const POLL: Duration = Duration::from_millis(25);
-
-/// Polls a job every [`POLL`] (the CLI's 200 ms poll would blur the
-/// timing); returns once it has succeeded.
-async fn wait_fast(c: &ApiClient, id: &str) -> Result<()> {
-    loop {
-        let v = c.get_json(&format!("/v1/jobs/{id}")).await?;
-        match v["state"].as_str() {
-            Some("succeeded") => return Ok(()),
-            Some("failed" | "cancelled") => bail!("job {id} ended: {v}"),
-            _ => tokio::time::sleep(POLL).await,
-        }
-    }
-}
-
-/// Streams `text` to the word count endpoint; returns the job's id and task count.
-async fn upload_text(c: &ApiClient, text: &[u8]) -> Result<(String, u64)> {
-    let resp: Value = c
-        .send(
-            c.request(Method::POST, "/v1/jobs/wordcount")
-                .body(text.to_vec()),
-        )
-        .await?
-        .json()
-        .await?;
-    let id = resp["id"].as_str().context("no id")?.to_string();
-    Ok((id, resp["tasks"].as_u64().unwrap_or(0)))
-}
-
-/// A deterministic text of `bytes` bytes from a Zipf-like vocabulary of
-/// 20,000 made-up words, some capitalised, with punctuation and newlines.
-fn generate_text(bytes: usize) -> Vec<u8> {
-    let syllables = [
-        "ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "ze", "qu", "an", "or",
-    ];
-    let vocab: Vec<String> = (0..20_000u32)
-        .map(|i| {
-            let mut w = String::new();
-            let mut x = i + 1;
-            while x > 0 {
-                w.push_str(syllables[(x % 12) as usize]);
-                x /= 12;
-            }
-            w
-        })
-        .collect();
-    let mut out = Vec::with_capacity(bytes + 64);
-    let mut state = 0x9E3779B97F4A7C15u64;
-    while out.len() < bytes {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        // Squaring a uniform number skews towards small ranks: frequent words.
-        let u = (state >> 11) as f64 / (1u64 << 53) as f64;
-        let word = &vocab[((u * u * u) * vocab.len() as f64) as usize];
-        if state.is_multiple_of(13) {
-            let mut cs = word.chars();
-            if let Some(f) = cs.next() {
-                out.extend(f.to_uppercase().to_string().bytes());
-                out.extend(cs.as_str().bytes());
-            }
-        } else {
-            out.extend_from_slice(word.as_bytes());
-        }
-        out.extend_from_slice(match state % 17 {
-            0 => b", ",
-            1 => b".\n",
-            _ => b" ",
-        });
-    }
-    out
-}
 
 fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -140,46 +64,15 @@ async fn main() -> Result<()> {
     let c = cluster.coordinator.client();
 
     // 1. A million small Fibonacci items as one job.
-    let ns: Vec<u64> = (0..fib_items).map(|i| 20 + i % 11).collect();
-    let body = serde_json::to_vec(&json!({"kernel": "fibonacci", "n": ns}))?;
-    let start = Instant::now();
-    let resp: Value = c
-        .send(c.request(Method::POST, "/v1/jobs").body(body))
-        .await?
-        .json()
-        .await?;
-    let submitted = start.elapsed();
-    let id = resp["id"].as_str().context("no id")?.to_string();
-    wait_fast(&c, &id).await?;
-    let done = start.elapsed();
-    let bytes = result_bytes(&c, &id, "json").await?;
-    let fetched = start.elapsed();
-    let result: Value = serde_json::from_slice(&bytes)?;
-    let values = result["values"].as_array().context("no values")?;
-    let table: Vec<u128> = {
-        let mut t = vec![0u128, 1];
-        for i in 2..=30 {
-            let next = t[i - 1] + t[i - 2];
-            t.push(next);
-        }
-        t
-    };
-    if values.len() as u64 != fib_items
-        || values
-            .iter()
-            .zip(&ns)
-            .any(|(v, &n)| v.as_str() != Some(table[n as usize].to_string().as_str()))
-    {
-        bail!("the Fibonacci result is wrong");
-    }
+    let fib = fibonacci_items(&c, fib_items).await?;
     println!(
         "fibonacci: {fib_items} items in {} task(s): submitted in {:.3} s, succeeded after {:.3} s ({:.0} items/s); result ({:.1} MB) fetched after {:.3} s [target <= 5 s]",
-        resp["tasks"],
-        submitted.as_secs_f64(),
-        done.as_secs_f64(),
-        fib_items as f64 / done.as_secs_f64(),
-        bytes.len() as f64 / 1e6,
-        fetched.as_secs_f64()
+        fib.tasks,
+        fib.submitted.as_secs_f64(),
+        fib.succeeded.as_secs_f64(),
+        fib_items as f64 / fib.succeeded.as_secs_f64(),
+        fib.result_bytes as f64 / 1e6,
+        fib.fetched.as_secs_f64()
     );
 
     // 2. Word count: in-process on every core, then through the cluster.
@@ -200,23 +93,14 @@ async fn main() -> Result<()> {
         best.as_secs_f64(),
         mb / best.as_secs_f64()
     );
-    let start = Instant::now();
-    let (id, tasks) = upload_text(&c, &text).await?;
-    let uploaded = start.elapsed();
-    wait_fast(&c, &id).await?;
-    let cluster_time = start.elapsed();
-    let got: Value = serde_json::from_slice(&result_bytes(&c, &id, "json").await?)?;
-    if got["total_words"].as_u64() != Some(local.total_words)
-        || got["distinct"].as_u64() != Some(local.counts.len() as u64)
-    {
-        bail!("the cluster's word count differs from the in-process one: {got}");
-    }
+    let wc = wordcount_text(&c, &text, local.total_words, local.counts.len() as u64).await?;
     println!(
-        "wordcount cluster: {mb:.0} MiB in {tasks} tasks: uploaded in {:.3} s, succeeded after {:.3} s ({:.0} MiB/s) = {:.2} of in-process [target >= 0.6]",
-        uploaded.as_secs_f64(),
-        cluster_time.as_secs_f64(),
-        mb / cluster_time.as_secs_f64(),
-        best.as_secs_f64() / cluster_time.as_secs_f64()
+        "wordcount cluster: {mb:.0} MiB in {} tasks: uploaded in {:.3} s, succeeded after {:.3} s ({:.0} MiB/s) = {:.2} of in-process [target >= 0.6]",
+        wc.tasks,
+        wc.uploaded.as_secs_f64(),
+        wc.succeeded.as_secs_f64(),
+        mb / wc.succeeded.as_secs_f64(),
+        best.as_secs_f64() / wc.succeeded.as_secs_f64()
     );
 
     // 2b. The cluster's counting alone: the text accepted first with no agent

@@ -1,0 +1,15 @@
+-- Renews an agent's leases in one job. ARGV: agent, deadline, then index,
+-- lease pairs. Returns the positions (1-based pairs) no longer held.
+local agent, deadline = ARGV[1], ARGV[2]
+local lost = {}
+local n = 0
+for i = 3, #ARGV, 2 do
+  n = n + 1
+  local idx = ARGV[i]
+  if holds(idx, ARGV[i + 1], agent) then
+    redis.call('ZADD', LIVE, deadline, idx)
+  else
+    lost[#lost + 1] = n
+  end
+end
+return lost
