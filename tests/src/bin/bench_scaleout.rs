@@ -112,12 +112,13 @@ async fn simulate(
         t.elapsed().as_secs_f64()
     );
     // Idle: every agent in a long-poll, no work anywhere. The store's load
-    // is sampled after the first calls have all arrived (5 s in).
+    // is sampled once the first calls have all arrived: 10,000 new TLS
+    // connections at once take this machine several seconds.
     let sample = async {
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(Duration::from_secs(12)).await;
         let before = redis.map(RedisServer::commands_processed).transpose()?;
         let t = Instant::now();
-        tokio::time::sleep(Duration::from_secs(8)).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
         let after = redis.map(RedisServer::commands_processed).transpose()?;
         anyhow::Ok(
             before
@@ -125,7 +126,7 @@ async fn simulate(
                 .map(|(b, a)| (a - b) as f64 / t.elapsed().as_secs_f64()),
         )
     };
-    let (idle, rate) = tokio::join!(sim.run(Duration::from_secs(15), hold), sample);
+    let (idle, rate) = tokio::join!(sim.run(Duration::from_secs(25), hold), sample);
     let (idle, rate) = (idle?, rate?);
     println!(
         "{name} idle: {} long-polls open, {} answered empty after {:.1} s{}",
