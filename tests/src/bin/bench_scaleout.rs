@@ -111,22 +111,30 @@ async fn simulate(
         sim.len(),
         t.elapsed().as_secs_f64()
     );
-    // Idle: every agent in a long-poll, no work anywhere.
-    let before = redis.map(RedisServer::commands_processed).transpose()?;
-    let idle = sim.run(Duration::from_secs(10), hold).await?;
-    let after = redis.map(RedisServer::commands_processed).transpose()?;
+    // Idle: every agent in a long-poll, no work anywhere. The store's load
+    // is sampled once the first calls have all arrived: 10,000 new TLS
+    // connections at once take this machine several seconds.
+    let sample = async {
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let before = redis.map(RedisServer::commands_processed).transpose()?;
+        let t = Instant::now();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let after = redis.map(RedisServer::commands_processed).transpose()?;
+        anyhow::Ok(
+            before
+                .zip(after)
+                .map(|(b, a)| (a - b) as f64 / t.elapsed().as_secs_f64()),
+        )
+    };
+    let (idle, rate) = tokio::join!(sim.run(Duration::from_secs(25), hold), sample);
+    let (idle, rate) = (idle?, rate?);
     println!(
-        "{name} idle: {} lease calls in {:.1} s ({} answered empty){}",
-        idle.granted_calls + idle.empty_calls,
-        idle.elapsed.as_secs_f64(),
+        "{name} idle: {} long-polls open, {} answered empty after {:.1} s{}",
+        sim.len(),
         idle.empty_calls,
-        match (before, after) {
-            (Some(b), Some(a)) => format!(
-                "; Redis ran {:.0} commands/s",
-                (a - b) as f64 / idle.elapsed.as_secs_f64()
-            ),
-            _ => String::new(),
-        }
+        idle.elapsed.as_secs_f64(),
+        rate.map(|r| format!("; Redis ran {r:.0} commands/s once they were all waiting"))
+            .unwrap_or_default()
     );
     // Busy: more tasks than agents (ranges of big Fibonacci numbers plan
     // to one task per number), leased, held and released.
