@@ -5,9 +5,9 @@ local lost = {}
 local n = 0
 for i = 3, #ARGV, 2 do
   n = n + 1
-  local idx = ARGV[i]
-  if holds(idx, ARGV[i + 1], agent) then
-    redis.call('ZADD', LIVE, deadline, idx)
+  local slot = slot_for(ARGV[i], ARGV[i + 1])
+  if holds(slot, ARGV[i + 1], agent) then
+    redis.call('ZADD', LIVE, deadline, slot)
   else
     lost[#lost + 1] = n
   end
