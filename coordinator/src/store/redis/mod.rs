@@ -27,6 +27,16 @@
 //! one pipeline of one script per job they touch. The expiry loop also
 //! puts back any job with work that a crash left out of its index.
 //!
+//! Redundancy: each replica of a task has its own slot in its job
+//! (`job_lib.lua` says how slots and lease ids are formed), so leasing,
+//! heartbeats and expiry treat replicas as tasks. A returned replica of a
+//! replicated job is a vote, and the result script records it and judges
+//! the task (as [`validation::judge`]) in one atomic step. What lives with
+//! the agent is read or written by the coordinator around that script: the
+//! voter's trust before it (once per batch: an agent that earns or loses
+//! trust within a batch is judged by its trust at the batch's start), the
+//! credit and trust of the voters of decided tasks after it.
+//!
 //! Everything lives in Redis, large inputs included: coordinators on
 //! different hosts share nothing else. Durability is Redis's: with
 //! `appendonly yes` a reply is sent after the write reached the AOF file,
@@ -1361,7 +1371,8 @@ impl Store for RedisStore {
         let k = self.keys();
         let groups = by_job(reports, |r| &r.task.job);
         // Votes of replicated jobs need the voter's trust (the solo rule),
-        // which lives with the agent, outside the job's slot: read first.
+        // which lives with the agent, outside the job's slot: read first,
+        // once for the batch.
         let votes_in = |i: &usize| {
             groups[*i]
                 .1
@@ -1728,3 +1739,6 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod differential;
