@@ -127,7 +127,7 @@ end
 
 for i = 4, #ARGV, stride do
   local kind, payload = ARGV[i + 2], ARGV[i + 3]
-  local slot = slot_for(ARGV[i], ARGV[i + 1])
+  local slot = slot_for(ARGV[i], ARGV[i + 1], replicated)
   -- A vote may have failed the job (and so cancelled this lease) already.
   if not kernel or not holds(slot, ARGV[i + 1], agent) then
     stale = stale + 1

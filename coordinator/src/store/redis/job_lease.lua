@@ -59,8 +59,10 @@ while not full and scanned < max_scan do
         or (replicated and has_a_say(slot, agent)) then
       skipped = skipped + 1
     else
-      local replica = math.floor(tonumber(slot) / SLOT)
-      local lease = redis.call('HINCRBY', M, 'lease_seq', 1) * MAX_REPLICAS + replica
+      local lease = redis.call('HINCRBY', M, 'lease_seq', 1)
+      if replicated then
+        lease = lease * MAX_REPLICAS + math.floor(tonumber(slot) / SLOT)
+      end
       redis.call('ZREM', PEND, slot)
       redis.call('ZADD', LIVE, deadline, slot)
       redis.call('HINCRBY', T, 'a' .. slot, 1)

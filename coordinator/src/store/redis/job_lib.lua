@@ -20,10 +20,11 @@
 local M, PEND, WAIT, LIVE, T, INP, OUTP, HELD, VOTES =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 
--- Task indexes are u32, so a slot's index and replica never mix; a lease id
--- carries its replica in its low bits (lease = n * MAX_REPLICAS + replica),
--- so results and heartbeats, which name (index, lease), find their slot
--- without a lookup.
+-- Task indexes are u32, so a slot's index and replica never mix. In a
+-- replicated job a lease id carries its replica in its low bits (lease =
+-- n * MAX_REPLICAS + replica), so results and heartbeats, which name
+-- (index, lease), find their slot without a lookup; in a job without
+-- redundancy the slot is the index and lease ids are plain.
 local SLOT = 4294967296
 local MAX_REPLICAS = __MAX_REPLICAS__
 
@@ -38,8 +39,12 @@ local function idx_of(slot)
   return string.format('%d', tonumber(slot) % SLOT)
 end
 
--- The slot an agent's (index, lease) pair names.
-local function slot_for(idx, lease)
+-- The slot an agent's (index, lease) pair names in a job that is
+-- replicated or not.
+local function slot_for(idx, lease, replicated)
+  if not replicated then
+    return idx
+  end
   return slot_of(tonumber(idx), (tonumber(lease) or 0) % MAX_REPLICAS)
 end
 

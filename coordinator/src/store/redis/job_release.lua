@@ -5,8 +5,8 @@
 -- went back, queue key, queue score, version}.
 local agent = ARGV[1]
 local released = 0
+local replicated = redundancy() > 1
 if #ARGV == 1 then
-  local replicated = redundancy() > 1
   if not replicated and not redis.call('HGET', HELD, agent) then
     return {0}
   end
@@ -31,7 +31,7 @@ if #ARGV == 1 then
   return {released, place[1], place[2], place[3]}
 end
 for i = 2, #ARGV, 2 do
-  local slot = slot_for(ARGV[i], ARGV[i + 1])
+  local slot = slot_for(ARGV[i], ARGV[i + 1], replicated)
   if holds(slot, ARGV[i + 1], agent) then
     give_back(slot)
     released = released + 1

@@ -73,9 +73,9 @@ const MAX_LEASE_SCAN: u64 = 16_384;
 /// Most CPU time credited for one task (a week), as the embedded store.
 const MAX_REPORTED_CPU_MS: u64 = 7 * 24 * 3600 * 1000;
 
-/// Most replicas one task may have in all: a lease id carries its replica
-/// in its low bits (`lease % MAX_REPLICAS`), and a slot is a task's index
-/// plus its replica times 2^32 (see `job_lib.lua`).
+/// Most replicas one task may have in all: in a replicated job a lease id
+/// carries its replica in its low bits (`lease % MAX_REPLICAS`), and a slot
+/// is a task's index plus its replica times 2^32 (see `job_lib.lua`).
 const MAX_REPLICAS: u32 = 32;
 
 /// Replicated jobs this coordinator remembers, so their results go to the
