@@ -146,13 +146,21 @@ pub fn judge(
             ds.dedup();
             ds.len()
         };
-        Verdict::GiveUp(format!(
-            "{} agents returned {distinct} different answers and no answer reached a majority of {}; \
-             check the agents list for suspect agents and remove them",
-            votes.len(),
-            quorum(redundancy)
-        ))
+        Verdict::GiveUp(give_up_reason(votes.len(), distinct, quorum(redundancy)))
     }
+}
+
+/// Why a task whose replicas never agreed failed; generic so that a store
+/// can also render it as a template (the Redis store's scripts do).
+pub fn give_up_reason(
+    votes: impl std::fmt::Display,
+    distinct: impl std::fmt::Display,
+    quorum: impl std::fmt::Display,
+) -> String {
+    format!(
+        "{votes} agents returned {distinct} different answers and no answer reached a majority of {quorum}; \
+         check the agents list for suspect agents and remove them"
+    )
 }
 
 #[cfg(test)]

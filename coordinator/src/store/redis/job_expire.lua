@@ -9,11 +9,11 @@ if not state then
   return {0, 1}
 end
 local expired = redis.call('ZRANGEBYSCORE', LIVE, '-inf', '(' .. now)
-for _, idx in ipairs(expired) do
+for _, slot in ipairs(expired) do
   -- An earlier expiry in this loop may have failed the job already.
-  if redis.call('ZSCORE', LIVE, idx) then
-    local agent = redis.call('HGET', T, 'g' .. idx) or '?'
-    retry_or_fail(idx, 'lease expired: agent ' .. agent .. ' stopped responding', false, now)
+  if redis.call('ZSCORE', LIVE, slot) then
+    local agent = redis.call('HGET', T, 'g' .. slot) or '?'
+    retry_or_fail(slot, 'lease expired: agent ' .. agent .. ' stopped responding', false, now)
   end
 end
 local finished = 0

@@ -8,7 +8,7 @@ end
 if ok == '1' then
   redis.call('HSET', M, 'state', 'succeeded', 'result', payload, 'finished_ms', now)
   -- The result holds everything now.
-  redis.call('DEL', PEND, WAIT, LIVE, HELD, INP, OUTP)
+  redis.call('DEL', PEND, WAIT, LIVE, HELD, INP, OUTP, VOTES)
 else
   fail_job(payload, now)
 end

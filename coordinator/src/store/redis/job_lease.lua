@@ -2,7 +2,8 @@
 -- ARGV: agent, now, deadline, tasks_left, max_work, max_bytes, work_so_far,
 -- bytes_so_far, granted_so_far, mem_bytes, labels (JSON), max_scan.
 -- Returns {status, timeout_s or -1, has work left (0/1), version of its
--- queue place, idx, lease, work, mem, input, ...}; status 0 leased what it
+-- queue place, idx, lease, work, mem, input, ...}; a replicated task goes
+-- to an agent only if it holds and voted on no other replica of it; status 0 leased what it
 -- could, 1 the job is gone or finished, 2 the agent lacks the job's labels.
 local agent, now, deadline = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local tasks_left, max_work, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -24,12 +25,13 @@ if required ~= '{}' then
 end
 -- Retries whose backoff ran out become leasable.
 local due = redis.call('ZRANGEBYSCORE', WAIT, '-inf', now)
-for _, idx in ipairs(due) do
-  redis.call('ZADD', PEND, idx, idx)
-  redis.call('ZREM', WAIT, idx)
+for _, slot in ipairs(due) do
+  redis.call('ZADD', PEND, slot, slot)
+  redis.call('ZREM', WAIT, slot)
 end
 
 local timeout = tonumber(redis.call('HGET', M, 'timeout_s') or '-1')
+local replicated = redundancy() > 1
 local out = {0, timeout, 1, 0}
 local leased_here = 0
 local skipped, scanned = 0, 0
@@ -39,8 +41,9 @@ while not full and scanned < max_scan do
   if #page == 0 then
     break
   end
-  for _, idx in ipairs(page) do
+  for _, slot in ipairs(page) do
     scanned = scanned + 1
+    local idx = idx_of(slot)
     if granted >= tasks_left or (granted > 0 and (work >= max_work or bytes >= max_bytes)) then
       full = true
       break
@@ -51,14 +54,19 @@ while not full and scanned < max_scan do
     local m = tonumber(string.sub(cost, sep + 1))
     -- Always at least one task, even one larger than asked for: otherwise
     -- big tasks would never run.
-    if m > mem_bytes or (granted > 0 and work + w > max_work * 3 / 2) then
+    -- (Another replica leased in this batch counts too: it is held now.)
+    if m > mem_bytes or (granted > 0 and work + w > max_work * 3 / 2)
+        or (replicated and has_a_say(slot, agent)) then
       skipped = skipped + 1
     else
       local lease = redis.call('HINCRBY', M, 'lease_seq', 1)
-      redis.call('ZREM', PEND, idx)
-      redis.call('ZADD', LIVE, deadline, idx)
-      redis.call('HINCRBY', T, 'a' .. idx, 1)
-      redis.call('HSET', T, 'l' .. idx, lease, 'g' .. idx, agent)
+      if replicated then
+        lease = lease * MAX_REPLICAS + math.floor(tonumber(slot) / SLOT)
+      end
+      redis.call('ZREM', PEND, slot)
+      redis.call('ZADD', LIVE, deadline, slot)
+      redis.call('HINCRBY', T, 'a' .. slot, 1)
+      redis.call('HSET', T, 'l' .. slot, string.format('%d', lease), 'g' .. slot, agent)
       redis.call('HINCRBY', HELD, agent, 1)
       local input = redis.call('HGET', INP, idx) or ''
       out[#out + 1] = tonumber(idx)

@@ -2,43 +2,92 @@
 -- per-job script touches only those keys (all passed in KEYS), so each
 -- script stays valid on Redis Cluster.
 --
--- m: the job's fields (hash); pend: tasks leasable now (zset, score = index);
--- wait: tasks waiting out a retry backoff (zset, score = not-before ms);
--- live: leased tasks (zset, score = deadline ms); t: per-task fields
--- (hash: a<i> attempts, c<i> "work:mem", l<i> lease id, g<i> agent,
--- e<i> last error); inp / outp: inputs and outputs by index (hash);
--- held: tasks each agent holds in this job (hash).
-local M, PEND, WAIT, LIVE, T, INP, OUTP, HELD =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+-- A task of a job with redundancy N has N replicas (more when they
+-- disagree), each with its own slot: index + replica * SLOT. A first
+-- replica's slot is its task's index, so a job without redundancy keeps
+-- one slot per task, named by its index.
+--
+-- m: the job's fields (hash); pend: slots leasable now (zset, score =
+-- slot, so every task's first replica goes out before any second one);
+-- wait: slots waiting out a retry backoff (zset, score = not-before ms);
+-- live: leased slots (zset, score = deadline ms); t: per-slot and per-task
+-- fields (hash: a<slot> attempts, l<slot> lease id, g<slot> agent,
+-- e<slot> last error; c<idx> "work:mem", n<idx> replicas so far if the
+-- job is replicated); inp / outp: inputs and outputs by index (hash);
+-- held: slots each agent holds in this job (hash); votes: returned
+-- replicas of undecided tasks (hash: a<slot> agent, d<slot> digest,
+-- c<slot> cpu ms, o<slot> output).
+local M, PEND, WAIT, LIVE, T, INP, OUTP, HELD, VOTES =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+
+-- Task indexes are u32, so a slot's index and replica never mix. In a
+-- replicated job a lease id carries its replica in its low bits (lease =
+-- n * MAX_REPLICAS + replica), so results and heartbeats, which name
+-- (index, lease), find their slot without a lookup; in a job without
+-- redundancy the slot is the index and lease ids are plain.
+local SLOT = 4294967296
+local MAX_REPLICAS = __MAX_REPLICAS__
+
+-- Slots and lease ids as Redis strings: formatted here, because Redis
+-- writes some large Lua numbers in exponent form.
+local function slot_of(idx, replica)
+  return string.format('%d', replica * SLOT + idx)
+end
+
+-- The task index of a slot, as a string.
+local function idx_of(slot)
+  return string.format('%d', tonumber(slot) % SLOT)
+end
+
+-- The slot an agent's (index, lease) pair names in a job that is
+-- replicated or not.
+local function slot_for(idx, lease, replicated)
+  if not replicated then
+    return idx
+  end
+  return slot_of(tonumber(idx), (tonumber(lease) or 0) % MAX_REPLICAS)
+end
+
+local function redundancy()
+  return tonumber(redis.call('HGET', M, 'redundancy') or '1')
+end
 
 -- Generated from retry_backoff_ms, so the two never disagree.
 local BACKOFF = {__BACKOFF__}
 -- The first byte of an encoded TaskOutput of each kernel.
 local KERNEL_TAG = {__KERNEL_TAGS__}
+-- Generated from validation.rs, so both stores judge replicas alike:
+-- agreeing votes a task needs and replicas disagreement may add, by
+-- redundancy, and why a task whose replicas never agree fails.
+local QUORUM = {__QUORUM__}
+local EXTRA_REPLICAS = {__EXTRA_REPLICAS__}
+local function give_up_reason(votes, distinct, quorum)
+  return __GIVE_UP_REASON__
+end
 
 local function is_open(state)
   return state == 'queued' or state == 'running'
 end
 
--- Forgets a leased task's lease (it must be in LIVE).
-local function unlease(idx)
-  local agent = redis.call('HGET', T, 'g' .. idx)
+-- Forgets a leased slot's lease (it must be in LIVE).
+local function unlease(slot)
+  local agent = redis.call('HGET', T, 'g' .. slot)
   if agent then
     if redis.call('HINCRBY', HELD, agent, -1) <= 0 then
       redis.call('HDEL', HELD, agent)
     end
   end
-  redis.call('HDEL', T, 'l' .. idx, 'g' .. idx)
-  redis.call('ZREM', LIVE, idx)
+  redis.call('HDEL', T, 'l' .. slot, 'g' .. slot)
+  redis.call('ZREM', LIVE, slot)
 end
 
 -- A job that ended without success: none of its tasks runs again, and its
 -- inputs and outputs are given back at once.
 local function cancel_rest()
-  for _, idx in ipairs(redis.call('ZRANGE', LIVE, 0, -1)) do
-    unlease(idx)
+  for _, slot in ipairs(redis.call('ZRANGE', LIVE, 0, -1)) do
+    unlease(slot)
   end
-  redis.call('DEL', PEND, WAIT, LIVE, HELD, INP, OUTP)
+  redis.call('DEL', PEND, WAIT, LIVE, HELD, INP, OUTP, VOTES)
 end
 
 local function fail_job(reason, now)
@@ -49,17 +98,17 @@ local function fail_job(reason, now)
   cancel_rest()
 end
 
--- Ends a leased task's attempt without a result: queued again (after a
+-- Ends a leased slot's attempt without a result: queued again (after a
 -- backoff if asked) or, out of attempts, fails the job. Returns the time it
 -- may run again, or false if it will not.
-local function retry_or_fail(idx, reason, use_backoff, now)
-  local attempts = tonumber(redis.call('HGET', T, 'a' .. idx) or '0')
+local function retry_or_fail(slot, reason, use_backoff, now)
+  local attempts = tonumber(redis.call('HGET', T, 'a' .. slot) or '0')
   local max_attempts = tonumber(redis.call('HGET', M, 'max_attempts'))
-  unlease(idx)
-  redis.call('HSET', T, 'e' .. idx, reason)
+  unlease(slot)
+  redis.call('HSET', T, 'e' .. slot, reason)
   if attempts >= max_attempts then
     redis.call('HINCRBY', M, 'failed', 1)
-    fail_job('task ' .. idx .. ' failed after ' .. attempts .. ' attempt(s): ' .. reason, now)
+    fail_job('task ' .. idx_of(slot) .. ' failed after ' .. attempts .. ' attempt(s): ' .. reason, now)
     return false
   end
   local not_before = now
@@ -70,18 +119,18 @@ local function retry_or_fail(idx, reason, use_backoff, now)
     not_before = now + BACKOFF[i]
   end
   if not_before <= now then
-    redis.call('ZADD', PEND, idx, idx)
+    redis.call('ZADD', PEND, slot, slot)
   else
-    redis.call('ZADD', WAIT, not_before, idx)
+    redis.call('ZADD', WAIT, not_before, slot)
   end
   return not_before
 end
 
--- Whether this agent holds this task under this lease.
-local function holds(idx, lease, agent)
-  return redis.call('ZSCORE', LIVE, idx)
-    and redis.call('HGET', T, 'l' .. idx) == lease
-    and redis.call('HGET', T, 'g' .. idx) == agent
+-- Whether this agent holds this slot under this lease.
+local function holds(slot, lease, agent)
+  return redis.call('ZSCORE', LIVE, slot)
+    and redis.call('HGET', T, 'l' .. slot) == lease
+    and redis.call('HGET', T, 'g' .. slot) == agent
 end
 
 -- Whether the job has tasks to lease now or after a backoff: a job without
@@ -103,13 +152,28 @@ local function queue_place()
   return {f[1], f[2], ver}
 end
 
--- Gives a leased task back without using up an attempt.
-local function give_back(idx)
-  unlease(idx)
-  local a = tonumber(redis.call('HGET', T, 'a' .. idx) or '0')
+-- Gives a leased slot back without using up an attempt.
+local function give_back(slot)
+  unlease(slot)
+  local a = tonumber(redis.call('HGET', T, 'a' .. slot) or '0')
   if a > 0 then
-    redis.call('HSET', T, 'a' .. idx, a - 1)
+    redis.call('HSET', T, 'a' .. slot, a - 1)
   end
-  redis.call('ZADD', PEND, idx, idx)
+  redis.call('ZADD', PEND, slot, slot)
+end
+
+-- Whether this agent holds or voted on another replica of this slot's
+-- task: a vote counts only if no agent casts two on one task.
+local function has_a_say(slot, agent)
+  local idx = idx_of(slot)
+  local n = tonumber(redis.call('HGET', T, 'n' .. idx) or '1')
+  for r = 0, n - 1 do
+    local s = slot_of(tonumber(idx), r)
+    if s ~= slot and (redis.call('HGET', T, 'g' .. s) == agent
+        or redis.call('HGET', VOTES, 'a' .. s) == agent) then
+      return true
+    end
+  end
+  return false
 end
 

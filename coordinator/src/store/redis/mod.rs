@@ -27,6 +27,16 @@
 //! one pipeline of one script per job they touch. The expiry loop also
 //! puts back any job with work that a crash left out of its index.
 //!
+//! Redundancy: each replica of a task has its own slot in its job
+//! (`job_lib.lua` says how slots and lease ids are formed), so leasing,
+//! heartbeats and expiry treat replicas as tasks. A returned replica of a
+//! replicated job is a vote, and the result script records it and judges
+//! the task (as [`validation::judge`]) in one atomic step. What lives with
+//! the agent is read or written by the coordinator around that script: the
+//! voter's trust before it (once per batch: an agent that earns or loses
+//! trust within a batch is judged by its trust at the batch's start), the
+//! credit and trust of the voters of decided tasks after it.
+//!
 //! Everything lives in Redis, large inputs included: coordinators on
 //! different hosts share nothing else. Durability is Redis's: with
 //! `appendonly yes` a reply is sent after the write reached the AOF file,
@@ -62,6 +72,15 @@ const MAX_LEASE_SCAN: u64 = 16_384;
 
 /// Most CPU time credited for one task (a week), as the embedded store.
 const MAX_REPORTED_CPU_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// Most replicas one task may have in all: in a replicated job a lease id
+/// carries its replica in its low bits (`lease % MAX_REPLICAS`), and a slot
+/// is a task's index plus its replica times 2^32 (see `job_lib.lua`).
+const MAX_REPLICAS: u32 = 32;
+
+/// Replicated jobs this coordinator remembers, so their results go to the
+/// script with their digests at once; forgotten all at once past this.
+const MAX_KNOWN_REPLICATED: usize = 100_000;
 
 /// How long a coordinator counts as alive after its last sign of life; its
 /// unsealed uploads are dropped by the others once it is not.
@@ -132,9 +151,31 @@ impl Scripts {
         // The variant index postcard writes first for each kernel's output
         // (as the embedded store's `output_kernel`).
         let tags = "fibonacci = 0, factorial = 1, matmul = 2, wordcount = 3";
+        // The judge's numbers by redundancy (1-based, as Lua tables), and
+        // the reason a task gives up with, as a Lua expression.
+        let redundancies = 1..=musketeer_tasks::job::MAX_REDUNDANCY;
+        let quorum: Vec<String> = redundancies
+            .clone()
+            .map(|r| validation::quorum(r).to_string())
+            .collect();
+        let extra: Vec<String> = redundancies
+            .map(|r| validation::max_extra_replicas(r).to_string())
+            .collect();
+        let give_up = format!(
+            "[[{}]]",
+            validation::give_up_reason(
+                "]] .. votes .. [[",
+                "]] .. distinct .. [[",
+                "]] .. quorum .. [["
+            )
+        );
         let lib = include_str!("job_lib.lua")
             .replace("__BACKOFF__", &backoff.join(", "))
-            .replace("__KERNEL_TAGS__", tags);
+            .replace("__KERNEL_TAGS__", tags)
+            .replace("__MAX_REPLICAS__", &MAX_REPLICAS.to_string())
+            .replace("__QUORUM__", &quorum.join(", "))
+            .replace("__EXTRA_REPLICAS__", &extra.join(", "))
+            .replace("__GIVE_UP_REASON__", &give_up);
         let job = |body: &str| Lua::new(format!("{lib}\n{body}"));
         Scripts {
             lease: job(include_str!("job_lease.lua")),
@@ -196,10 +237,12 @@ impl Keys {
     /// A job's keys, in the order the job scripts' KEYS expect.
     fn job(&self, id: &str) -> Vec<String> {
         let tag = format!("{{{}:j:{id}}}", self.prefix);
-        ["m", "pend", "wait", "live", "t", "in", "out", "held"]
-            .iter()
-            .map(|k| format!("{tag}:{k}"))
-            .collect()
+        [
+            "m", "pend", "wait", "live", "t", "in", "out", "held", "votes",
+        ]
+        .iter()
+        .map(|k| format!("{tag}:{k}"))
+        .collect()
     }
 
     fn meta(&self, id: &str) -> String {
@@ -230,6 +273,10 @@ struct Inner {
     scripts: Scripts,
     /// This store's identity: its unsealed uploads are its own to drop.
     instance: String,
+    /// Jobs known to have redundancy above 1 (it never changes): their
+    /// results need digests and the agent's trust before the script runs,
+    /// which jobs without redundancy never pay for.
+    replicated: std::sync::Mutex<HashSet<String>>,
 }
 
 /// The Redis store. Cheap to clone; every clone shares the connections.
@@ -356,6 +403,7 @@ impl RedisStore {
                 },
                 scripts: Scripts::new(),
                 instance: uuid::Uuid::now_v7().simple().to_string(),
+                replicated: std::sync::Mutex::new(HashSet::new()),
             }),
         };
         store.load_scripts().await?;
@@ -607,6 +655,81 @@ impl RedisStore {
         }
         self.run::<()>(&p).await?;
         Ok(deleted)
+    }
+
+    /// Whether this coordinator knows `job` to have redundancy above 1.
+    fn is_replicated(&self, job: &str) -> bool {
+        self.inner
+            .replicated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(job)
+    }
+
+    /// Remembers that `job` has redundancy above 1.
+    fn remember_replicated(&self, job: &str) {
+        let mut known = self
+            .inner
+            .replicated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if known.len() >= MAX_KNOWN_REPLICATED {
+            known.clear();
+        }
+        known.insert(job.to_string());
+    }
+
+    /// Whether the agent's record earns it unreplicated work.
+    async fn trusted(&self, agent_id: &str) -> StoreResult<bool> {
+        let mut c = ::redis::cmd("HMGET");
+        c.arg(self.keys().agent(agent_id))
+            .arg("results_valid")
+            .arg("results_invalid")
+            .arg("valid_streak");
+        let f: Vec<i64> = array(self.one(c).await?).iter().map(int).collect();
+        let [valid, invalid, streak] = f[..] else {
+            return Err(corrupt("malformed agent record"));
+        };
+        let record = validation::TrustRecord {
+            valid: valid as u64,
+            invalid: invalid as u64,
+            streak: streak as u64,
+        };
+        Ok(record.trust() == Trust::Trusted)
+    }
+
+    /// The result script's call for one job's reports. With `trusted`
+    /// (the job is replicated), each result also carries its digest and
+    /// whether the agent's answer may stand alone.
+    fn complete_call(
+        &self,
+        job: &str,
+        reports: &[TaskReport],
+        agent_id: &str,
+        now_ms: u64,
+        trusted: Option<bool>,
+    ) -> Cmd {
+        let mut c = self.scripts().complete.call(&self.keys().job(job));
+        c.arg(agent_id)
+            .arg(now_ms)
+            .arg(if trusted.is_some() { "v" } else { "-" });
+        for r in reports {
+            c.arg(r.task.index).arg(r.task.lease);
+            match &r.outcome {
+                TaskOutcome::Done(bytes) => c.arg("d").arg(bytes),
+                TaskOutcome::Failed(why) => c.arg("f").arg(why),
+            };
+            c.arg(r.cpu_ms.min(MAX_REPORTED_CPU_MS));
+            if let Some(trusted) = trusted {
+                match &r.outcome {
+                    TaskOutcome::Done(bytes) => c.arg(hex::encode(validation::digest(bytes))),
+                    TaskOutcome::Failed(_) => c.arg(""),
+                };
+                let solo = trusted && !validation::is_spot_check(job, r.task.index);
+                c.arg(if solo { "1" } else { "0" });
+            }
+        }
+        c
     }
 
     /// The lease script's answer for one job: its status (finished or gone),
@@ -1247,38 +1370,87 @@ impl Store for RedisStore {
     ) -> StoreResult<CompleteOutcome> {
         let k = self.keys();
         let groups = by_job(reports, |r| &r.task.job);
-        let mut p = ::redis::pipe();
-        for (job, reports) in &groups {
-            let mut c = self.scripts().complete.call(&k.job(job));
-            c.arg(agent_id).arg(now_ms);
-            for r in reports {
-                c.arg(r.task.index).arg(r.task.lease);
-                match &r.outcome {
-                    TaskOutcome::Done(bytes) => c.arg("d").arg(bytes),
-                    TaskOutcome::Failed(why) => c.arg("f").arg(why),
-                };
-                c.arg(r.cpu_ms.min(MAX_REPORTED_CPU_MS));
-            }
-            p.add_command(c);
+        // Votes of replicated jobs need the voter's trust (the solo rule),
+        // which lives with the agent, outside the job's slot: read first,
+        // once for the batch.
+        let votes_in = |i: &usize| {
+            groups[*i]
+                .1
+                .iter()
+                .any(|r| matches!(r.outcome, TaskOutcome::Done(_)))
+        };
+        let replicated: Vec<usize> = (0..groups.len())
+            .filter(|i| self.is_replicated(&groups[*i].0))
+            .collect();
+        let mut trusted = None;
+        if replicated.iter().any(votes_in) {
+            trusted = Some(self.trusted(agent_id).await?);
         }
-        let rows: Vec<Value> = if groups.is_empty() {
+        let mut p = ::redis::pipe();
+        for (i, (job, reports)) in groups.iter().enumerate() {
+            let t = replicated.contains(&i).then(|| trusted.unwrap_or(false));
+            p.add_command(self.complete_call(job, reports, agent_id, now_ms, t));
+        }
+        let mut rows: Vec<Value> = if groups.is_empty() {
             Vec::new()
         } else {
             self.run(&p).await?
         };
+        // Replicated jobs this coordinator did not know of: their script
+        // changed nothing and asked for the votes' digests.
+        let retry: Vec<usize> = rows
+            .iter()
+            .enumerate()
+            .filter(|(_, row)| matches!(row, Value::Array(a) if a.len() == 1 && int(&a[0]) == -1))
+            .map(|(i, _)| i)
+            .collect();
+        if !retry.is_empty() {
+            for &i in &retry {
+                self.remember_replicated(&groups[i].0);
+            }
+            if trusted.is_none() && retry.iter().any(votes_in) {
+                trusted = Some(self.trusted(agent_id).await?);
+            }
+            let mut p = ::redis::pipe();
+            for &i in &retry {
+                let (job, reports) = &groups[i];
+                let t = Some(trusted.unwrap_or(false));
+                p.add_command(self.complete_call(job, reports, agent_id, now_ms, t));
+            }
+            let again: Vec<Value> = self.run(&p).await?;
+            for (i, row) in retry.into_iter().zip(again) {
+                rows[i] = row;
+            }
+        }
         let mut out = CompleteOutcome::default();
         let (mut credit_tasks, mut credit_cpu) = (0i64, 0i64);
+        let mut added = 0;
+        // (agent, agreed with the answer, cpu ms) of each decided vote.
+        let mut voters: Vec<(String, bool, i64)> = Vec::new();
         let mut p = ::redis::pipe();
         for ((job, _), row) in groups.iter().zip(rows) {
-            let row = array(row);
-            let f: Vec<i64> = row.iter().take(8).map(int).collect();
-            let [accepted, stale, requeued, ready, tasks, cpu, due, _finished] = f[..] else {
+            let mut row = array(row);
+            let f: Vec<i64> = row.iter().take(9).map(int).collect();
+            let [accepted, stale, requeued, ready, tasks, cpu, due, _finished, more] = f[..] else {
                 return Err(corrupt("malformed result reply"));
             };
-            self.put_back(&mut p, job, &row, 8);
+            let decided = array(row.get_mut(9).map(std::mem::take).unwrap_or(Value::Nil));
+            for v in decided.chunks(3) {
+                let [agent, agreed, cpu] = v else {
+                    return Err(corrupt("malformed voter in a result reply"));
+                };
+                let agent = string(agent).ok_or_else(|| corrupt("voter without an agent"))?;
+                let agreed = int(agreed) == 1;
+                if !agreed {
+                    tracing::warn!(agent = %agent, job = %job, "outvoted: its result disagreed with the majority");
+                }
+                voters.push((agent, agreed, int(cpu)));
+            }
+            self.put_back(&mut p, job, &row, 10);
             out.accepted += accepted as u32;
             out.stale += stale as u32;
             out.requeued += requeued as u32;
+            added += more;
             if ready == 1 {
                 out.ready.push(job.clone());
             }
@@ -1288,7 +1460,7 @@ impl Store for RedisStore {
                 p.cmd("ZADD").arg(k.g("due")).arg(due).arg(job).ignore();
             }
         }
-        if out.requeued > 0 {
+        if out.requeued > 0 || added > 0 {
             self.bump_epoch(&mut p);
         }
         // Scripts and idempotent commands only: `run` may send it twice.
@@ -1310,6 +1482,32 @@ impl Store for RedisStore {
             .arg("last_seen_ms")
             .arg(now_ms)
             .ignore();
+        // Decided votes, in the order they were decided: credit and trust
+        // for agreeing voters, a mark for outvoted ones.
+        for (voter, agreed, cpu) in &voters {
+            let key = k.agent(voter);
+            if *agreed {
+                p.cmd("HINCRBY")
+                    .arg(&key)
+                    .arg("results_valid")
+                    .arg(1)
+                    .ignore();
+                p.cmd("HINCRBY")
+                    .arg(&key)
+                    .arg("valid_streak")
+                    .arg(1)
+                    .ignore();
+                p.cmd("HINCRBY").arg(&key).arg("tasks_done").arg(1).ignore();
+                p.cmd("HINCRBY").arg(&key).arg("cpu_ms").arg(*cpu).ignore();
+            } else {
+                p.cmd("HINCRBY")
+                    .arg(&key)
+                    .arg("results_invalid")
+                    .arg(1)
+                    .ignore();
+                p.cmd("HSET").arg(&key).arg("valid_streak").arg(0).ignore();
+            }
+        }
         self.run::<()>(&p).await?;
         Ok(out)
     }
@@ -1531,5 +1729,16 @@ mod tests {
             .code
             .contains("local BACKOFF = {1000, 2000, 4000"));
         assert!(!s.lease.code.contains("__"));
+        assert!(s.complete.code.contains("local QUORUM = {1, 2, 2, 3"));
+    }
+
+    #[test]
+    fn every_replica_fits_in_a_lease_id() {
+        for r in 1..=musketeer_tasks::job::MAX_REDUNDANCY {
+            assert!(r + validation::max_extra_replicas(r) <= MAX_REPLICAS, "{r}");
+        }
     }
 }
+
+#[cfg(test)]
+mod differential;

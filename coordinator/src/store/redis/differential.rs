@@ -1,0 +1,254 @@
+//! The Redis store against the embedded one, step by step, on one seeded
+//! run of replicated and plain jobs with honest agents, liars, failures,
+//! expiries and a removal: the embedded store defines what redundancy
+//! means, and the Redis store's scripts must judge every vote alike.
+
+use std::collections::BTreeMap;
+
+use musketeer_tasks::protocol::{Capacity, TaskOutcome, TaskReport};
+use musketeer_tasks::{Cost, JobOptions};
+
+use super::*;
+use crate::store::SqliteStore;
+
+const T0: u64 = 1_000_000;
+const TTL: u64 = 5_000;
+const AGENTS: [&str; 8] = [
+    "h0",
+    "h1",
+    "h2",
+    "h3",
+    "sometimes",
+    "liar",
+    "liar2",
+    "liar3",
+];
+
+/// A small deterministic generator (xorshift64), so a failure replays.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn query(agent: &str, now_ms: u64, max_tasks: u32) -> LeaseQuery {
+    LeaseQuery {
+        agent_id: agent.into(),
+        queues: Vec::new(),
+        labels: BTreeMap::new(),
+        mem_bytes: 1 << 30,
+        max_work: u64::MAX,
+        max_tasks,
+        max_bytes: u64::MAX,
+        now_ms,
+        ttl_ms: TTL,
+        capacity: Capacity::default(),
+    }
+}
+
+/// What `agent` answers for a task: honest agents agree, the liars never
+/// do (nor with each other), and "sometimes" lies on every third task.
+fn answer(agent: &str, job: &str, index: u32) -> Vec<u8> {
+    let truth = format!("{job}{index}");
+    let digits = match agent {
+        "liar" => "6".to_string(),
+        "liar2" => "8".to_string(),
+        "liar3" => "9".to_string(),
+        "sometimes" if index.is_multiple_of(3) => "7".to_string(),
+        _ => truth.chars().filter(char::is_ascii_digit).collect(),
+    };
+    musketeer_tasks::TaskOutput::Fibonacci(musketeer_tasks::fibonacci::FibonacciOutput {
+        ends: vec![digits.len() as u64],
+        digits,
+    })
+    .encode()
+}
+
+async fn setup(store: &dyn Store) {
+    let token_hash = musketeer_tasks::token::secret_hash("tok");
+    store.create_token("t", token_hash, T0).await.unwrap();
+    for a in AGENTS {
+        store
+            .enrol_agent(
+                token_hash,
+                NewAgent {
+                    id: a.into(),
+                    secret_hash: [1; 32],
+                    capacity: Capacity::default(),
+                    now_ms: T0,
+                },
+            )
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    for (j, redundancy) in [2, 3, 1, 2, 5, 2, 3].into_iter().enumerate() {
+        let id = format!("{}", j + 1);
+        store
+            .begin_job(NewJob {
+                id: id.clone(),
+                kernel: "fibonacci".into(),
+                options: JobOptions {
+                    redundancy,
+                    max_attempts: 4,
+                    ..JobOptions::default()
+                },
+                reduce_plan: vec![0],
+                created_ms: T0,
+            })
+            .await
+            .unwrap();
+        let tasks = (0..12)
+            .map(|i| NewTask {
+                input: vec![i as u8; 8],
+                cost: Cost {
+                    work: 10,
+                    mem_bytes: 100,
+                },
+            })
+            .collect();
+        store.add_tasks(&id, tasks).await.unwrap();
+        store.seal_job(&id).await.unwrap();
+    }
+}
+
+/// What a store shows of its jobs and agents, to compare.
+async fn view(store: &dyn Store) -> (Vec<String>, Vec<String>) {
+    let mut jobs: Vec<String> = store
+        .list_jobs(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| format!("{} {:?} {:?} {:?}", j.id, j.state, j.progress, j.error))
+        .collect();
+    jobs.sort();
+    let mut agents: Vec<String> = store
+        .list_agents()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| {
+            format!(
+                "{} {:?} done={} cpu={} valid={} invalid={} {:?} leased={}",
+                a.id,
+                a.state,
+                a.tasks_done,
+                a.cpu_ms,
+                a.results_valid,
+                a.results_invalid,
+                a.trust,
+                a.leased
+            )
+        })
+        .collect();
+    agents.sort();
+    (jobs, agents)
+}
+
+#[tokio::test]
+async fn redis_judges_votes_as_the_embedded_store_does() {
+    let url = std::env::var("MUSKETEER_TEST_REDIS_URL")
+        .expect("MUSKETEER_TEST_REDIS_URL is not set: this test needs a Redis server");
+    let prefix = format!("test-{}", uuid::Uuid::now_v7().simple());
+    let redis = RedisStore::connect(&url, &prefix).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::open(&dir.path().join("db")).unwrap();
+    setup(&sqlite).await;
+    setup(&redis).await;
+
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut now = T0;
+    let mut removed = None;
+    for step in 0..600 {
+        let agent = AGENTS[rng.below(AGENTS.len() as u64) as usize];
+        if removed == Some(agent) {
+            continue;
+        }
+        let max = 1 + rng.below(4) as u32;
+        let mut leased = Vec::new();
+        for store in [&sqlite as &dyn Store, &redis] {
+            let mut got = store.lease(query(agent, now, max)).await.unwrap();
+            got.sort_by(|a, b| (&a.task.job, a.task.index).cmp(&(&b.task.job, b.task.index)));
+            leased.push(got);
+        }
+        let keys = |l: &Vec<LeasedTask>| -> Vec<(String, u32)> {
+            l.iter()
+                .map(|t| (t.task.job.clone(), t.task.index))
+                .collect()
+        };
+        assert_eq!(
+            keys(&leased[0]),
+            keys(&leased[1]),
+            "step {step}: {agent} leased"
+        );
+        // One draw per task, used for both stores.
+        let fates: Vec<u64> = leased[0].iter().map(|_| rng.below(10)).collect();
+        let mut outcomes = Vec::new();
+        for got in &leased {
+            let reports: Vec<TaskReport> = got
+                .iter()
+                .zip(&fates)
+                .filter(|(_, fate)| **fate != 1)
+                .map(|(t, fate)| TaskReport {
+                    task: t.task.clone(),
+                    cpu_ms: 1 + t.task.index as u64,
+                    outcome: if *fate == 0 {
+                        TaskOutcome::Failed("flaky".into())
+                    } else {
+                        TaskOutcome::Done(answer(agent, &t.task.job, t.task.index))
+                    },
+                })
+                .collect();
+            outcomes.push(reports);
+        }
+        // One report per call: the Redis store reads the voter's trust once
+        // per batch, the embedded one before each vote, so a batch in
+        // which an agent earns or loses trust may differ (by design).
+        for (step_part, (a, b)) in outcomes[0].iter().zip(&outcomes[1]).enumerate() {
+            let mut x = sqlite.complete(agent, vec![a.clone()], now).await.unwrap();
+            let mut y = redis.complete(agent, vec![b.clone()], now).await.unwrap();
+            x.ready.sort();
+            y.ready.sort();
+            assert_eq!(x, y, "step {step}.{step_part}: {agent}'s result");
+        }
+        now += 700;
+        if step % 25 == 24 {
+            // Unreported leases run out.
+            now += TTL;
+            let a = sqlite.expire_leases(now).await.unwrap();
+            let b = redis.expire_leases(now).await.unwrap();
+            assert_eq!(a, b, "step {step}: expired");
+        }
+        // Not once a job failed: the embedded store then puts the removed
+        // agent's replicas of the failed job back in its queue (its votes
+        // outlive the failure), which the Redis store does not.
+        let (jobs, _) = view(&redis).await;
+        if step >= 5 && removed.is_none() && !jobs.iter().any(|j| j.contains("Failed")) {
+            removed = Some("sometimes");
+            let a = sqlite.remove_agent("sometimes", now).await.unwrap();
+            let b = redis.remove_agent("sometimes", now).await.unwrap();
+            assert_eq!(a, b);
+        }
+        assert_eq!(view(&sqlite).await, view(&redis).await, "step {step}");
+    }
+    let (jobs, agents) = view(&redis).await;
+    // The run must have reached the interesting cases.
+    assert!(removed.is_some(), "no removal");
+    assert!(jobs.iter().any(|j| j.contains("majority")), "{jobs:#?}");
+    assert!(agents.iter().any(|a| a.contains("Trusted")), "{agents:#?}");
+    assert!(agents.iter().any(|a| a.contains("Suspect")), "{agents:#?}");
+    for j in jobs.iter().filter(|j| j.contains("Running")) {
+        let id = j.split(' ').next().unwrap();
+        let a = sqlite.job_outputs(id).await;
+        let b = redis.job_outputs(id).await;
+        assert_eq!(a.is_ok(), b.is_ok(), "{id}");
+        if let (Ok(a), Ok(b)) = (a, b) {
+            assert_eq!(a, b, "{id}: outputs");
+        }
+    }
+}
