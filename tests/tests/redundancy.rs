@@ -9,21 +9,22 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lying_agent_is_outvoted_and_flagged() {
-    // The liar and one honest agent see the job first, so the liar casts
-    // about half of the first votes; two more honest agents join to break
-    // the ties its lies cause.
+    // The liar sees the job first and starts on it alone, so that it casts
+    // a good share of the votes; three honest agents then join, two votes
+    // per task and a third to break the ties its lies cause.
     let coordinator = Coordinator::start(CoordinatorOptions::default()).unwrap();
     let join = |extra: &[&str]| {
         let mut flags = vec!["--cpus", "1"];
         flags.extend_from_slice(extra);
         Agent::join(&coordinator.url, &coordinator.join_token, &flags).unwrap()
     };
-    let agents = vec![join(&["--corrupt-results", "0.5"]), join(&[])];
+    let liar = join(&["--corrupt-results", "0.5"]);
+    let liar_id = liar.wait_id().unwrap();
     let mut cluster = Cluster {
-        agents,
+        agents: vec![liar],
         coordinator,
     };
-    cluster.wait_for_agents(2).await.unwrap();
+    cluster.wait_for_agents(1).await.unwrap();
     let range = (1000u64, 1400u64);
     let id = cluster
         .coordinator
@@ -35,7 +36,12 @@ async fn a_lying_agent_is_outvoted_and_flagged() {
         }))
         .await
         .unwrap();
-    for _ in 0..2 {
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while cluster.coordinator.leased_by(&liar_id).await.unwrap() == 0 {
+        assert!(std::time::Instant::now() < end, "the liar never leased");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..3 {
         let agent = Agent::join(
             &cluster.coordinator.url,
             &cluster.coordinator.join_token,
@@ -67,14 +73,6 @@ async fn a_lying_agent_is_outvoted_and_flagged() {
         got.len(),
         want.len()
     );
-    let liar_id = {
-        let log = cluster.agents[0].log();
-        agents
-            .iter()
-            .map(|a| a["id"].as_str().unwrap().to_string())
-            .find(|id| log.contains(id.as_str()))
-            .expect("the liar's id is in its log")
-    };
     for a in &agents {
         let id = a["id"].as_str().unwrap();
         if id == liar_id {

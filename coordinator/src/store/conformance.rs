@@ -705,6 +705,14 @@ pub async fn trusted_agents_earn_unreplicated_work(store: &dyn Store) {
     let mut indexes: Vec<u32> = second.iter().map(|t| t.task.index).collect();
     indexes.sort();
     assert_eq!(indexes, checks, "only spot checks are replicated");
+
+    // A dispute costs every side its streak at once, before any tie-break:
+    // a liar must not keep trust while its lies wait for a third agent.
+    let votes = second.iter().map(|t| vote(&t.task, "3")).collect();
+    store.complete("b", votes, T0).await.unwrap();
+    let agents = store.list_agents().await.unwrap();
+    assert_eq!(agent(&agents, "a").trust, Trust::New);
+    assert_eq!(agent(&agents, "a").results_invalid, 0, "not outvoted yet");
 }
 
 /// A removed agent's votes on undecided tasks are discarded: its replicas

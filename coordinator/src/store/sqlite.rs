@@ -626,6 +626,7 @@ fn count_vote(
         validation::Verdict::Wait => Ok(VoteOutcome::Open),
         validation::Verdict::AddReplica => {
             tracing::info!(job = %b.job_id, task = b.idx, "replicas disagree: asking another agent");
+            reset_streaks(tx, &votes)?;
             tx.prepare_cached(
                 "INSERT INTO tasks (job_seq, idx, replica, state, queue, priority, work, mem)
                  SELECT job_seq, idx,
@@ -637,6 +638,7 @@ fn count_vote(
             Ok(VoteOutcome::Open)
         }
         validation::Verdict::GiveUp(why) => {
+            reset_streaks(tx, &votes)?;
             tx.execute(
                 "UPDATE jobs SET failed = failed + 1 WHERE seq = ?1",
                 [b.seq],
@@ -645,6 +647,17 @@ fn count_vote(
             Ok(VoteOutcome::Decided)
         }
     }
+}
+
+/// Every voter on a disputed task loses its streak at once, before the
+/// tie-break says who was wrong: otherwise a liar earns trust from its
+/// quick agreements while its lies wait for a third agent.
+fn reset_streaks(tx: &Transaction<'_>, votes: &[(String, [u8; 32], i64)]) -> StoreResult<()> {
+    let mut st = tx.prepare_cached("UPDATE agents SET valid_streak = 0 WHERE id = ?1")?;
+    for (voter, _, _) in votes {
+        st.execute([voter])?;
+    }
+    Ok(())
 }
 
 /// An agent's validation record.

@@ -48,7 +48,7 @@ pub struct TrustRecord {
     pub valid: u64,
     /// Results the majority outvoted.
     pub invalid: u64,
-    /// Agreeing results since the last outvoted one.
+    /// Agreeing results since the last outvoted or disputed one.
     pub streak: u64,
 }
 

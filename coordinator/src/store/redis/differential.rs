@@ -240,7 +240,10 @@ async fn redis_judges_votes_as_the_embedded_store_does() {
     // The run must have reached the interesting cases.
     assert!(removed.is_some(), "no removal");
     assert!(jobs.iter().any(|j| j.contains("majority")), "{jobs:#?}");
-    assert!(agents.iter().any(|a| a.contains("Trusted")), "{agents:#?}");
+    // No "Trusted" here: with three liars voting, disputes reset every
+    // honest streak long before 20 (the rule that stops a liar earning
+    // trust while its lies wait). The conformance rule
+    // `trusted_agents_earn_unreplicated_work` covers trust on both stores.
     assert!(agents.iter().any(|a| a.contains("Suspect")), "{agents:#?}");
     for j in jobs.iter().filter(|j| j.contains("Running")) {
         let id = j.split(' ').next().unwrap();

@@ -28,6 +28,17 @@ local accepted, stale, requeued, credit_tasks, credit_cpu, due = 0, 0, 0, 0, 0, 
 local added = 0
 local voters = {}
 local any_done = false
+-- Voters on a task whose replicas disagree, not yet resolved: each loses
+-- its streak now (code 2), not only once the tie-break names the liar, so
+-- that a liar cannot earn trust from quick agreements while its lies wait.
+local function disputed(votes)
+  for _, v in ipairs(votes) do
+    voters[#voters + 1] = v.agent
+    voters[#voters + 1] = 2
+    voters[#voters + 1] = 0
+  end
+end
+
 local function requeue(slot, reason)
   local at = retry_or_fail(slot, reason, true, now)
   if at then
@@ -108,6 +119,7 @@ local function count_vote(slot, output, digest, cpu, solo)
     return
   elseif n < replicas_wanted + EXTRA_REPLICAS[replicas_wanted] then
     -- Every replica is back and none has a majority: ask another agent.
+    disputed(votes)
     local s = slot_of(tonumber(idx), n)
     redis.call('HSET', T, 'n' .. idx, n + 1)
     redis.call('ZADD', PEND, s, s)
@@ -120,6 +132,7 @@ local function count_vote(slot, output, digest, cpu, solo)
         distinct = distinct + 1
       end
     end
+    disputed(votes)
     redis.call('HINCRBY', M, 'failed', 1)
     fail_job('task ' .. idx .. ': ' .. give_up_reason(#votes, distinct, QUORUM[replicas_wanted]), now)
   end

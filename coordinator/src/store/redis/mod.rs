@@ -102,6 +102,17 @@ const STATUS_FIELDS: [&str; 12] = [
     "sealed",
 ];
 
+/// What a judged vote came to, as the result script reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ballot {
+    /// It agreed with the accepted answer.
+    Agreed,
+    /// The majority outvoted it.
+    Outvoted,
+    /// Its task's replicas disagree and are not resolved yet.
+    Disputed,
+}
+
 /// One Lua script, called by its SHA-1.
 struct Lua {
     code: String,
@@ -1425,8 +1436,8 @@ impl Store for RedisStore {
         let mut out = CompleteOutcome::default();
         let (mut credit_tasks, mut credit_cpu) = (0i64, 0i64);
         let mut added = 0;
-        // (agent, agreed with the answer, cpu ms) of each decided vote.
-        let mut voters: Vec<(String, bool, i64)> = Vec::new();
+        // (agent, what its vote came to, cpu ms) of each judged vote.
+        let mut voters: Vec<(String, Ballot, i64)> = Vec::new();
         let mut p = ::redis::pipe();
         for ((job, _), row) in groups.iter().zip(rows) {
             let mut row = array(row);
@@ -1440,11 +1451,15 @@ impl Store for RedisStore {
                     return Err(corrupt("malformed voter in a result reply"));
                 };
                 let agent = string(agent).ok_or_else(|| corrupt("voter without an agent"))?;
-                let agreed = int(agreed) == 1;
-                if !agreed {
-                    tracing::warn!(agent = %agent, job = %job, "outvoted: its result disagreed with the majority");
-                }
-                voters.push((agent, agreed, int(cpu)));
+                let ballot = match int(agreed) {
+                    1 => Ballot::Agreed,
+                    0 => {
+                        tracing::warn!(agent = %agent, job = %job, "outvoted: its result disagreed with the majority");
+                        Ballot::Outvoted
+                    }
+                    _ => Ballot::Disputed,
+                };
+                voters.push((agent, ballot, int(cpu)));
             }
             self.put_back(&mut p, job, &row, 10);
             out.accepted += accepted as u32;
@@ -1484,9 +1499,11 @@ impl Store for RedisStore {
             .ignore();
         // Decided votes, in the order they were decided: credit and trust
         // for agreeing voters, a mark for outvoted ones.
-        for (voter, agreed, cpu) in &voters {
+        for (voter, ballot, cpu) in &voters {
             let key = k.agent(voter);
-            if *agreed {
+            if *ballot == Ballot::Disputed {
+                p.cmd("HSET").arg(&key).arg("valid_streak").arg(0).ignore();
+            } else if *ballot == Ballot::Agreed {
                 p.cmd("HINCRBY")
                     .arg(&key)
                     .arg("results_valid")
