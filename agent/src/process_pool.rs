@@ -260,9 +260,22 @@ fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// An emulator to start worker processes with (`qemu-aarch64-static`, say):
+/// an agent run under user-mode emulation without binfmt_misc cannot exec
+/// its own foreign binary, so its workers must be started the same way.
+pub const WORKER_LAUNCHER: &str = "MUSKETEER_WORKER_LAUNCHER";
+
 fn spawn_worker(exe: &PathBuf) -> std::io::Result<WorkerProcess> {
     use std::os::unix::process::CommandExt;
-    let mut child = Command::new(exe)
+    let mut command = match std::env::var_os(WORKER_LAUNCHER).filter(|l| !l.is_empty()) {
+        Some(launcher) => {
+            let mut c = Command::new(launcher);
+            c.arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let mut child = command
         .arg(worker::SUBCOMMAND)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -308,7 +308,12 @@ impl Agent {
         let log = state_dir.path().join("agent.log");
         let out = std::fs::File::create(&log)?;
         let (program, before) = launcher.split_first().context("an empty launcher")?;
-        let child = Command::new(program)
+        let mut command = Command::new(program);
+        if !before.is_empty() {
+            // An emulator: the agent's worker processes need it too.
+            command.env("MUSKETEER_WORKER_LAUNCHER", program);
+        }
+        let child = command
             .args(before)
             .arg("join")
             .arg(url)
