@@ -436,6 +436,9 @@ fn fail_job(tx: &Transaction<'_>, seq: i64, reason: &str, now: u64) -> rusqlite:
          WHERE job_seq = ?1 AND state IN (?3, ?4)",
         params![seq, CANCELLED, PENDING, LEASED],
     )?;
+    // Votes on its undecided tasks decide nothing now; left behind, a later
+    // removal of their voter would queue those replicas again.
+    tx.execute("DELETE FROM replica_outputs WHERE job_seq = ?1", [seq])?;
     Ok(())
 }
 
@@ -1094,6 +1097,7 @@ impl Store for SqliteStore {
                      WHERE job_seq = ?1 AND state IN (?3, ?4)",
                     params![seq, CANCELLED, PENDING, LEASED],
                 )?;
+                tx.execute("DELETE FROM replica_outputs WHERE job_seq = ?1", [seq])?;
             }
             Ok(tx
                 .query_row(
