@@ -122,39 +122,27 @@ CREATE TABLE IF NOT EXISTS tokens (
 /// The schema's version, in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 2;
 
-/// Brings a data directory made by an earlier version up to
-/// [`SCHEMA_VERSION`] before [`SCHEMA`] runs: version 1 had one row per
-/// task and no validation counts.
-const MIGRATE_FROM_1: &str = r#"
+/// Brings a data directory made by schema version 1 (one row per task, no
+/// validation counts) up to [`SCHEMA_VERSION`], in two halves around
+/// [`SCHEMA`]: the old task table is set aside, [`SCHEMA`] makes the new
+/// one, and its rows are copied over.
+const MIGRATE_FROM_1_BEFORE: &str = r#"
 DROP INDEX IF EXISTS tasks_pending;
 DROP INDEX IF EXISTS tasks_leased;
 DROP INDEX IF EXISTS tasks_by_agent;
 ALTER TABLE tasks RENAME TO tasks_v1;
-CREATE TABLE tasks (
-    job_seq INTEGER NOT NULL,
-    idx INTEGER NOT NULL,
-    replica INTEGER NOT NULL DEFAULT 0,
-    state INTEGER NOT NULL,
-    queue TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    work INTEGER NOT NULL,
-    mem INTEGER NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    not_before_ms INTEGER NOT NULL DEFAULT 0,
-    lease_id INTEGER,
-    agent TEXT,
-    deadline_ms INTEGER,
-    last_error TEXT,
-    PRIMARY KEY (job_seq, idx, replica)
-) WITHOUT ROWID;
+ALTER TABLE agents ADD COLUMN results_valid INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE agents ADD COLUMN results_invalid INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE agents ADD COLUMN valid_streak INTEGER NOT NULL DEFAULT 0;
+"#;
+
+/// The second half of the upgrade from version 1 (see [`MIGRATE_FROM_1_BEFORE`]).
+const MIGRATE_FROM_1_AFTER: &str = r#"
 INSERT INTO tasks (job_seq, idx, state, queue, priority, work, mem, attempts, not_before_ms,
                    lease_id, agent, deadline_ms, last_error)
     SELECT job_seq, idx, state, queue, priority, work, mem, attempts, not_before_ms,
            lease_id, agent, deadline_ms, last_error FROM tasks_v1;
 DROP TABLE tasks_v1;
-ALTER TABLE agents ADD COLUMN results_valid INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE agents ADD COLUMN results_invalid INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE agents ADD COLUMN valid_streak INTEGER NOT NULL DEFAULT 0;
 "#;
 
 const PENDING: i64 = 0;
@@ -374,11 +362,15 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
         [],
         |r| r.get(0),
     )?;
-    if has_tasks && version < 2 {
+    let upgrade = has_tasks && version < 2;
+    if upgrade {
         tracing::info!("upgrading the store to schema {SCHEMA_VERSION} (replicated tasks)");
-        tx.execute_batch(MIGRATE_FROM_1)?;
+        tx.execute_batch(MIGRATE_FROM_1_BEFORE)?;
     }
     tx.execute_batch(SCHEMA)?;
+    if upgrade {
+        tx.execute_batch(MIGRATE_FROM_1_AFTER)?;
+    }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(())
