@@ -9,7 +9,8 @@ use musketeer_tasks::{Cost, JobOptions};
 use super::*;
 
 const T0: u64 = 1_000_000;
-const TTL: u64 = 5_000;
+/// The lease TTL of every rule's queries.
+pub(crate) const TTL: u64 = 5_000;
 
 fn capacity() -> Capacity {
     Capacity {
@@ -21,7 +22,8 @@ fn capacity() -> Capacity {
     }
 }
 
-fn query(agent: &str, now_ms: u64, max_tasks: u32) -> LeaseQuery {
+/// A lease query with room for anything, as most rules want.
+pub(crate) fn query(agent: &str, now_ms: u64, max_tasks: u32) -> LeaseQuery {
     LeaseQuery {
         agent_id: agent.into(),
         queues: Vec::new(),

@@ -3,16 +3,14 @@
 //! expiries and a removal: the embedded store defines what redundancy
 //! means, and the Redis store's scripts must judge every vote alike.
 
-use std::collections::BTreeMap;
-
 use musketeer_tasks::protocol::{Capacity, TaskOutcome, TaskReport};
 use musketeer_tasks::{Cost, JobOptions};
 
 use super::*;
+use crate::store::conformance::{query, TTL};
 use crate::store::SqliteStore;
 
 const T0: u64 = 1_000_000;
-const TTL: u64 = 5_000;
 const AGENTS: [&str; 8] = [
     "h0",
     "h1",
@@ -33,21 +31,6 @@ impl Rng {
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0 % n
-    }
-}
-
-fn query(agent: &str, now_ms: u64, max_tasks: u32) -> LeaseQuery {
-    LeaseQuery {
-        agent_id: agent.into(),
-        queues: Vec::new(),
-        labels: BTreeMap::new(),
-        mem_bytes: 1 << 30,
-        max_work: u64::MAX,
-        max_tasks,
-        max_bytes: u64::MAX,
-        now_ms,
-        ttl_ms: TTL,
-        capacity: Capacity::default(),
     }
 }
 
