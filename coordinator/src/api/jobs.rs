@@ -28,11 +28,7 @@ use crate::store::{JobState, JobStatus, NewJob, NewTask};
 const STREAM_CHUNK_BYTES: usize = 4 << 20;
 
 fn job_error(e: JobError) -> ApiError {
-    let status = match e {
-        JobError::Malformed(_) => StatusCode::BAD_REQUEST,
-        JobError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-        JobError::UnknownKernel(_) | JobError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-    };
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
     ApiError::new(status, e.code(), e.to_string())
 }
 
