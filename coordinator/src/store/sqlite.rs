@@ -261,7 +261,7 @@ impl SqliteStore {
         let readers = (0..READERS)
             .map(|_| open_connection(path).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
-        let now = now_ms();
+        let now = crate::clock::now_ms();
         Ok(SqliteStore {
             writer: Arc::new(Mutex::new(Writer {
                 conn: writer,
@@ -374,14 +374,6 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(())
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn hash_of(v: Vec<u8>) -> StoreResult<[u8; 32]> {
