@@ -181,28 +181,6 @@ impl Drop for CpuHog {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_hog_shows_up_under_its_parent() {
-        let me = std::process::id();
-        let hog = CpuHog::start().unwrap();
-        let pid = hog.0.id();
-        assert!(descendants(me).contains(&pid));
-        // It burns CPU (however busy the machine, it gets some in time).
-        let end = std::time::Instant::now() + Duration::from_secs(20);
-        while cpu_of(pid, false) < Duration::from_millis(50) {
-            assert!(std::time::Instant::now() < end, "the hog never ran");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(tree_rss(me) > status_bytes(me, "VmRSS").unwrap());
-        drop(hog);
-        assert!(!descendants(me).contains(&pid));
-    }
-}
-
 /// Sets the niceness of every thread of `root` and of every process under
 /// it. Linux keeps a niceness per thread, and a child inherits the one of
 /// the thread that started it, so every thread is set, not only the main
@@ -231,5 +209,27 @@ pub fn renice_tree(root: u32, nice: i32) -> std::io::Result<()> {
         Err(std::io::Error::other(format!(
             "renice -n {nice} failed: {status}"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hog_shows_up_under_its_parent() {
+        let me = std::process::id();
+        let hog = CpuHog::start().unwrap();
+        let pid = hog.0.id();
+        assert!(descendants(me).contains(&pid));
+        // It burns CPU (however busy the machine, it gets some in time).
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        while cpu_of(pid, false) < Duration::from_millis(50) {
+            assert!(std::time::Instant::now() < end, "the hog never ran");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(tree_rss(me) > status_bytes(me, "VmRSS").unwrap());
+        drop(hog);
+        assert!(!descendants(me).contains(&pid));
     }
 }
