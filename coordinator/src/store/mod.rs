@@ -8,6 +8,7 @@ pub mod blobs;
 #[cfg(test)]
 pub mod conformance;
 pub mod redis;
+pub mod rules;
 pub mod sqlite;
 pub mod validation;
 
@@ -19,6 +20,7 @@ use musketeer_tasks::{Cost, JobOptions};
 use serde::{Deserialize, Serialize};
 
 pub use self::redis::RedisStore;
+pub use rules::retry_backoff_ms;
 pub use sqlite::SqliteStore;
 pub use validation::Trust;
 
@@ -427,13 +429,4 @@ pub trait Store: Send + Sync + 'static {
     async fn work_epoch(&self, _now_ms: u64) -> StoreResult<Option<u64>> {
         Ok(None)
     }
-}
-
-/// How long a failed task waits before its next attempt: doubling from one
-/// second, so a task that fails for a passing reason (an agent out of memory)
-/// is not retried at once on the same kind of agent, capped at five minutes.
-pub fn retry_backoff_ms(attempts: u32) -> u64 {
-    1000u64
-        .saturating_mul(1 << attempts.saturating_sub(1).min(8))
-        .min(300_000)
 }

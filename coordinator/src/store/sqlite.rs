@@ -20,6 +20,7 @@ use musketeer_tasks::{Cost, Kernel};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::blobs::{Blobs, INLINE_MAX};
+use super::rules::{self, AfterAttempt, Batch};
 use super::*;
 
 const SCHEMA: &str = r#"
@@ -158,15 +159,6 @@ const READERS: usize = 4;
 /// slack lets matching skip tasks this agent cannot take (labels) without a
 /// second query.
 const CANDIDATES_PER_TASK: u32 = 4;
-
-/// Most CPU time credited for one task (a week): the figure comes from the
-/// agent, and an absurd one must neither inflate credit nor overflow it.
-const MAX_REPORTED_CPU_MS: u64 = 7 * 24 * 3600 * 1000;
-
-/// Most candidate rows one lease looks at before giving up: bounds the
-/// time the writer is held when a queue is full of work this agent cannot
-/// take (labels it lacks); the long-poll looks again a second later.
-const MAX_LEASE_SCAN: usize = 16_384;
 
 /// Where a leased task's input is.
 enum Input {
@@ -454,25 +446,11 @@ fn retry_or_fail(tx: &Transaction<'_>, a: EndedAttempt<'_>, now: u64) -> rusqlit
     } = a;
     // Only a task still leased: an earlier step of the same transaction may
     // have failed its job and cancelled it already.
-    if attempts >= max_attempts {
-        let changed = tx.execute(
-            "UPDATE tasks SET state = ?3, last_error = ?4, lease_id = NULL, agent = NULL, deadline_ms = NULL
-             WHERE job_seq = ?1 AND idx = ?2 AND replica = ?6 AND state = ?5",
-            params![seq, idx, FAILED, reason, LEASED, replica],
-        )?;
-        if changed == 0 {
-            return Ok(false);
-        }
-        tx.execute("UPDATE jobs SET failed = failed + 1 WHERE seq = ?1", [seq])?;
-        let why = format!("task {idx} failed after {attempts} attempt(s): {reason}");
-        fail_job(tx, seq, &why, now)?;
-        Ok(false)
-    } else {
-        let not_before = if backoff {
-            now + retry_backoff_ms(attempts)
-        } else {
-            now
-        };
+    let not_before = match rules::after_attempt(attempts, max_attempts, backoff, now) {
+        AfterAttempt::Fail => None,
+        AfterAttempt::Retry { not_before_ms } => Some(not_before_ms),
+    };
+    if let Some(not_before) = not_before {
         let changed = tx.execute(
             "UPDATE tasks SET state = ?3, last_error = ?4, not_before_ms = ?5,
                  lease_id = NULL, agent = NULL, deadline_ms = NULL
@@ -488,6 +466,19 @@ fn retry_or_fail(tx: &Transaction<'_>, a: EndedAttempt<'_>, now: u64) -> rusqlit
             ],
         )?;
         Ok(changed > 0)
+    } else {
+        let changed = tx.execute(
+            "UPDATE tasks SET state = ?3, last_error = ?4, lease_id = NULL, agent = NULL, deadline_ms = NULL
+             WHERE job_seq = ?1 AND idx = ?2 AND replica = ?6 AND state = ?5",
+            params![seq, idx, FAILED, reason, LEASED, replica],
+        )?;
+        if changed == 0 {
+            return Ok(false);
+        }
+        tx.execute("UPDATE jobs SET failed = failed + 1 WHERE seq = ?1", [seq])?;
+        let why = rules::out_of_attempts_reason(idx, attempts, reason);
+        fail_job(tx, seq, &why, now)?;
+        Ok(false)
     }
 }
 
@@ -1224,9 +1215,8 @@ impl Store for SqliteStore {
             let page_size = (q.max_tasks.max(1) * CANDIDATES_PER_TASK) as i64;
             let deadline = (q.now_ms + q.ttl_ms) as i64;
             let mut granted = Vec::new();
-            let mut work = 0u64;
-            let mut bytes = 0u64;
-            let mut scanned = 0usize;
+            let mut batch = Batch::default();
+            let mut scanned = 0u64;
             let mut jobs_started = HashSet::new();
             // (position in `granted`, job, task) of inputs still in files.
             let mut files: Vec<(usize, i64, i64)> = Vec::new();
@@ -1272,9 +1262,7 @@ impl Store for SqliteStore {
                 for (c, priority) in page {
                     cursor = (priority, c.seq, c.replica, c.idx);
                     scanned += 1;
-                    if granted.len() as u32 >= q.max_tasks
-                        || (!granted.is_empty() && (work >= q.max_work || bytes >= q.max_bytes))
-                    {
+                    if batch.is_full(&q) {
                         break 'pages;
                     }
                     if !labels_match(&c.labels, &q.labels) {
@@ -1291,9 +1279,7 @@ impl Store for SqliteStore {
                     {
                         continue;
                     }
-                    // Always grant at least one task, even one larger than the
-                    // agent asked for: otherwise big tasks would never run.
-                    if !granted.is_empty() && work + c.work > q.max_work.saturating_mul(3) / 2 {
+                    if batch.overfills(&q, c.work) {
                         continue;
                     }
                     let Some(input) = locate_input(tx, &blobs, &c, q.now_ms)? else {
@@ -1319,8 +1305,7 @@ impl Store for SqliteStore {
                     if c.redundancy > 1 {
                         voting.insert((c.seq, c.idx));
                     }
-                    work += c.work;
-                    bytes += size;
+                    batch.add(c.work, size);
                     jobs_started.insert(c.seq);
                     granted.push(LeasedTask {
                         task: TaskRef {
@@ -1336,7 +1321,7 @@ impl Store for SqliteStore {
                         input: data,
                     });
                 }
-                if scanned >= MAX_LEASE_SCAN {
+                if scanned >= rules::MAX_LEASE_SCAN {
                     break;
                 }
             }
@@ -1489,7 +1474,8 @@ impl Store for SqliteStore {
                              WHERE job_seq = ?1 AND idx = ?2 AND replica = ?3",
                         )?
                         .execute(params![seq, idx, replica, DONE])?;
-                        let cpu_ms = report.cpu_ms.min(MAX_REPORTED_CPU_MS) as i64;
+                        // Clamped by the scheduler to MAX_REPORTED_CPU_MS.
+                        let cpu_ms = report.cpu_ms.min(i64::MAX as u64) as i64;
                         if redundancy <= 1 {
                             tx.prepare_cached(
                                 "INSERT OR REPLACE INTO task_outputs (job_seq, idx, data) VALUES (?1, ?2, ?3)",

@@ -54,6 +54,7 @@ use async_trait::async_trait;
 use musketeer_tasks::protocol::{HeartbeatAck, LeasedTask, TaskOutcome, TaskRef, TaskReport};
 use musketeer_tasks::{Cost, Kernel};
 
+use super::rules::{self, Batch};
 use super::*;
 
 /// Connections to Redis: Redis runs one command at a time anyway, but a
@@ -64,14 +65,6 @@ const CONNECTIONS: usize = 4;
 /// with tasks to lease are in a queue's index, so the first usually fills
 /// the batch; more are for agents that cannot take the first ones' tasks.
 const QUEUE_HEAD: isize = 64;
-
-/// Most tasks one lease call looks at before giving up (as the embedded
-/// store): bounds the time Redis is held when a queue is full of work this
-/// agent cannot take.
-const MAX_LEASE_SCAN: u64 = 16_384;
-
-/// Most CPU time credited for one task (a week), as the embedded store.
-const MAX_REPORTED_CPU_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// Most replicas one task may have in all: in a replicated job a lease id
 /// carries its replica in its low bits (`lease % MAX_REPLICAS`), and a slot
@@ -157,8 +150,6 @@ struct Scripts {
 
 impl Scripts {
     fn new() -> Scripts {
-        // The retry backoff per attempt count, from the one definition.
-        let backoff: Vec<String> = (1..=9).map(|a| retry_backoff_ms(a).to_string()).collect();
         // The variant index postcard writes first for each kernel's output,
         // from the kernel registry.
         let tags = Kernel::ALL
@@ -183,7 +174,7 @@ impl Scripts {
             )
         );
         let lib = include_str!("job_lib.lua")
-            .replace("__BACKOFF__", &backoff.join(", "))
+            .replace("__RULES__", &rules::lua_prelude())
             .replace("__KERNEL_TAGS__", &tags)
             .replace("__MAX_REPLICAS__", &MAX_REPLICAS.to_string())
             .replace("__QUORUM__", &quorum.join(", "))
@@ -732,7 +723,8 @@ impl RedisStore {
                 TaskOutcome::Done(bytes) => c.arg("d").arg(bytes),
                 TaskOutcome::Failed(why) => c.arg("f").arg(why),
             };
-            c.arg(r.cpu_ms.min(MAX_REPORTED_CPU_MS));
+            // Clamped by the scheduler to rules::MAX_REPORTED_CPU_MS.
+            c.arg(r.cpu_ms);
             if let Some(trusted) = trusted {
                 match &r.outcome {
                     TaskOutcome::Done(bytes) => c.arg(hex::encode(validation::digest(bytes))),
@@ -1323,15 +1315,13 @@ impl Store for RedisStore {
         let deadline = q.now_ms + q.ttl_ms;
         let labels = serde_json::to_string(&q.labels).map_err(|e| corrupt(e.to_string()))?;
         let mut granted: Vec<LeasedTask> = Vec::new();
-        let (mut work, mut bytes_so_far) = (0u64, 0u64);
+        let mut batch = Batch::default();
         // Jobs finished or gone, and jobs without work left: out of the
         // queue index.
         let mut finished = Vec::new();
         let mut drained_jobs = Vec::new();
         for (_, id, queue) in candidates {
-            if granted.len() as u32 >= q.max_tasks
-                || (!granted.is_empty() && (work >= q.max_work || bytes_so_far >= q.max_bytes))
-            {
+            if batch.is_full(&q) {
                 break;
             }
             let mut c = self.scripts().lease.call(&k.job(&id));
@@ -1341,12 +1331,11 @@ impl Store for RedisStore {
                 .arg(q.max_tasks)
                 .arg(q.max_work.min(1 << 52))
                 .arg(q.max_bytes.min(1 << 52))
-                .arg(work)
-                .arg(bytes_so_far)
-                .arg(granted.len())
+                .arg(batch.work)
+                .arg(batch.bytes)
+                .arg(batch.tasks)
                 .arg(q.mem_bytes.min(1 << 52))
-                .arg(&labels)
-                .arg(MAX_LEASE_SCAN);
+                .arg(&labels);
             let (status, drained, tasks) = Self::parse_lease(&id, self.one(c).await?)?;
             if status == 1 {
                 finished.push((id, queue));
@@ -1354,8 +1343,7 @@ impl Store for RedisStore {
                 drained_jobs.push((id, queue, version));
             }
             for t in tasks {
-                work += t.cost.work;
-                bytes_so_far += t.input.len() as u64;
+                batch.add(t.cost.work, t.input.len() as u64);
                 granted.push(t);
             }
         }
