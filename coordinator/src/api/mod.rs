@@ -170,3 +170,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }
+
+#[cfg(test)]
+mod tests;

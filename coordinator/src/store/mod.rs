@@ -27,9 +27,16 @@ pub use validation::Trust;
 /// A failure of the store itself (not of the caller's request).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The embedded database failed.
-    #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    /// The database (SQLite or Redis) failed or could not be reached. The
+    /// driver's error is kept as an opaque source, for the log: its type
+    /// stays inside the adapter, and its text never reaches an API caller.
+    #[error("{store} error: {source}")]
+    Database {
+        /// Which database: `SQLite` or `Redis`.
+        store: &'static str,
+        /// The driver's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Stored bytes no longer decode: a bug or a damaged data directory.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
@@ -39,9 +46,6 @@ pub enum StoreError {
     /// The blocking worker that runs database calls died.
     #[error("store worker failed: {0}")]
     Worker(String),
-    /// The shared store (Redis) failed or could not be reached.
-    #[error("Redis error: {0}")]
-    Redis(#[from] ::redis::RedisError),
     /// The store cannot be opened as configured.
     #[error("{0}")]
     Config(String),

@@ -283,6 +283,15 @@ struct Inner {
     replicated: std::sync::Mutex<HashSet<String>>,
 }
 
+impl From<::redis::RedisError> for StoreError {
+    fn from(e: ::redis::RedisError) -> StoreError {
+        StoreError::Database {
+            store: "Redis",
+            source: Box::new(e),
+        }
+    }
+}
+
 /// The Redis store. Cheap to clone; every clone shares the connections.
 #[derive(Clone)]
 pub struct RedisStore {
