@@ -49,13 +49,17 @@ impl ApiError {
     }
 }
 
+/// What a caller is told of a store failure: the detail (a driver's text,
+/// a path) is ours to read in the log, not the caller's.
+pub const STORE_ERROR_MESSAGE: &str = "internal store error; see the coordinator's log";
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         tracing::error!("store error: {e}");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "store_error",
-            e.to_string(),
+            STORE_ERROR_MESSAGE,
         )
     }
 }
