@@ -14,6 +14,7 @@ use super::auth::Anonymous;
 use super::{ApiError, AppState};
 
 /// `GET /healthz`: the coordinator answers and its store does too.
+#[utoipa::path(get, path = "/healthz", tag = "people", responses((status = 200, description = "The coordinator and its store answer", body = serde_json::Value)))]
 pub async fn healthz(
     State(st): State<Arc<AppState>>,
     _: Anonymous,
@@ -23,6 +24,7 @@ pub async fn healthz(
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "people", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
 pub async fn metrics(
     State(st): State<Arc<AppState>>,
     _: Anonymous,
@@ -136,6 +138,7 @@ fn esc(s: &str) -> String {
 
 /// `GET /`: the cluster at a glance, refreshed every two seconds. Read-only
 /// and without secrets, like the public status pages of volunteer projects.
+#[utoipa::path(get, path = "/", tag = "people", responses((status = 200, description = "The web dashboard", content_type = "text/html", body = String)))]
 pub async fn page(State(st): State<Arc<AppState>>, _: Anonymous) -> Result<Html<String>, ApiError> {
     let store = &st.scheduler.store;
     let stats = store.stats().await?;
