@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use musketeer_coordinator::api::rate_limit::{
     RateLimit, RateLimits, DEFAULT_ADDRESS_LIMIT, DEFAULT_AGENT_LIMIT,
 };
-use musketeer_coordinator::cli::{self, ApiClient, Connection};
+use musketeer_coordinator::cli::{self, Connection};
 use musketeer_coordinator::{demo, pki, server};
 
 #[derive(Debug, Parser)]
@@ -208,15 +208,15 @@ async fn main() -> Result<()> {
         Command::Token {
             command,
             connection,
-        } => cli::token(&ApiClient::connect(&connection)?, command).await,
+        } => cli::token(&cli::connect(&connection)?, command).await,
         Command::Agents {
             command,
             connection,
-        } => cli::agents(&ApiClient::connect(&connection)?, command).await,
+        } => cli::agents(&cli::connect(&connection)?, command).await,
         Command::Jobs {
             command,
             connection,
-        } => cli::jobs(&ApiClient::connect(&connection)?, command).await,
+        } => cli::jobs(&cli::connect(&connection)?, command).await,
         Command::Release { command } => cli::release::release(command).await,
     }
 }

@@ -22,7 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use musketeer_coordinator::cli::ApiClient;
+use musketeer_client::ApiClient;
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -214,14 +214,14 @@ impl Coordinator {
 
     /// Submits a JSON job; returns its id.
     pub async fn submit(&self, body: &Value) -> Result<String> {
-        musketeer_coordinator::cli::submit_json(&self.client(), serde_json::to_vec(body)?).await
+        Ok(musketeer_client::submit_json(&self.client(), serde_json::to_vec(body)?).await?)
     }
 
     /// Waits for a job to finish (up to `timeout`); returns its status.
     pub async fn wait(&self, id: &str, timeout: Duration) -> Result<Value> {
         let c = self.client();
-        match tokio::time::timeout(timeout, musketeer_coordinator::cli::wait(&c, id, false)).await {
-            Ok(r) => r,
+        match tokio::time::timeout(timeout, musketeer_client::wait(&c, id)).await {
+            Ok(r) => Ok(r?),
             Err(_) => bail!(
                 "job {id} did not finish in {timeout:?}: {}\ncoordinator log:\n{}",
                 c.get_json(&format!("/v1/jobs/{id}"))
@@ -238,7 +238,7 @@ impl Coordinator {
         if status["state"] != "succeeded" {
             bail!("job {id} ended {status}");
         }
-        let bytes = musketeer_coordinator::cli::result_bytes(&self.client(), id, "json").await?;
+        let bytes = musketeer_client::result_bytes(&self.client(), id, "json").await?;
         Ok(serde_json::from_slice(&bytes)?)
     }
 
@@ -261,7 +261,7 @@ impl Coordinator {
 
     /// A job's status, as `GET /v1/jobs/{id}` shows it.
     pub async fn job_status(&self, id: &str) -> Result<Value> {
-        self.client().get_json(&format!("/v1/jobs/{id}")).await
+        Ok(self.client().get_json(&format!("/v1/jobs/{id}")).await?)
     }
 
     /// Cancels a job (`DELETE /v1/jobs/{id}`); a finished job is left alone.
