@@ -20,6 +20,7 @@
 pub mod api;
 pub mod cli;
 pub mod clock;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod pki;
 pub mod releases;

@@ -11,7 +11,9 @@ use musketeer_coordinator::api::rate_limit::{
     RateLimit, RateLimits, DEFAULT_ADDRESS_LIMIT, DEFAULT_AGENT_LIMIT,
 };
 use musketeer_coordinator::cli::{self, Connection};
-use musketeer_coordinator::{demo, pki, server};
+#[cfg(feature = "demo")]
+use musketeer_coordinator::demo;
+use musketeer_coordinator::{pki, server};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -96,6 +98,7 @@ enum Command {
     /// Run the coordinator.
     Serve(ServeArgs),
     /// Run the whole system on this machine: a coordinator, local agents, every kernel's sample job.
+    #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
     /// Join tokens.
     Token {
@@ -204,6 +207,7 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        #[cfg(feature = "demo")]
         Command::Demo(args) => demo::run(args).await,
         Command::Token {
             command,
