@@ -6,6 +6,30 @@
 //! [`Coordinator::start`] and [`Agent::join`] for finer control), so the
 //! setup lives in one place. The binaries are found next to the test
 //! executable's target directory; `cargo build --workspace --bins` first.
+//!
+//! # Layout
+//! - This file: [`Coordinator`], [`Agent`] and [`Cluster`], real processes
+//!   on free loopback ports, and their logs for failure messages.
+//! - [`reference`]: the independent, slow references results are checked
+//!   against.
+//! - [`redis`], [`shared`], [`balancer`]: a real `redis-server`, several
+//!   coordinators sharing it, and a TCP balancer in front of them.
+//! - [`sim`]: thousands of simulated agents in one process, for load.
+//! - [`procstat`]: CPU and memory of a process tree, read from `/proc`.
+//! - [`dist`], [`docker`]: the static builds of `packaging/build` and the
+//!   container tests' Docker networks and containers.
+//! - [`bench`]: what the benchmark binaries (`src/bin/`) share.
+//! - `tests/`: one end-to-end binary per area: `kernels` (every kernel
+//!   against its reference), `bad_input` (4xx errors, nothing accepted
+//!   lost), `authz` (the route/caller matrix), `security` (CA pinning,
+//!   credentials), `redundancy` (liars outvoted), `resilience` and `soak`
+//!   (killed processes lose no work), `scaleout` (shared Redis), `limits`
+//!   (the agent's footprint from outside), `cli` (the admin CLI and demo),
+//!   `self_update`, `cross` and `containers` (the `dist/` builds).
+//!
+//! The API client is the `musketeer-client` crate; the coordinator crate
+//! is a dependency only for its route table (`authz`) and release signing
+//! (`self_update`).
 
 pub mod balancer;
 pub mod bench;
