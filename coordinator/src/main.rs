@@ -10,8 +10,10 @@ use clap::{Parser, Subcommand};
 use musketeer_coordinator::api::rate_limit::{
     RateLimit, RateLimits, DEFAULT_ADDRESS_LIMIT, DEFAULT_AGENT_LIMIT,
 };
-use musketeer_coordinator::cli::{self, ApiClient, Connection};
-use musketeer_coordinator::{demo, pki, server};
+use musketeer_coordinator::cli::{self, Connection};
+#[cfg(feature = "demo")]
+use musketeer_coordinator::demo;
+use musketeer_coordinator::{pki, server};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -96,6 +98,7 @@ enum Command {
     /// Run the coordinator.
     Serve(ServeArgs),
     /// Run the whole system on this machine: a coordinator, local agents, every kernel's sample job.
+    #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
     /// Join tokens.
     Token {
@@ -204,19 +207,20 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        #[cfg(feature = "demo")]
         Command::Demo(args) => demo::run(args).await,
         Command::Token {
             command,
             connection,
-        } => cli::token(&ApiClient::connect(&connection)?, command).await,
+        } => cli::token(&cli::connect(&connection)?, command).await,
         Command::Agents {
             command,
             connection,
-        } => cli::agents(&ApiClient::connect(&connection)?, command).await,
+        } => cli::agents(&cli::connect(&connection)?, command).await,
         Command::Jobs {
             command,
             connection,
-        } => cli::jobs(&ApiClient::connect(&connection)?, command).await,
+        } => cli::jobs(&cli::connect(&connection)?, command).await,
         Command::Release { command } => cli::release::release(command).await,
     }
 }

@@ -4,6 +4,151 @@
 //! (lease, complete) take whole batches, so a store pays one round trip or
 //! one commit per batch, never one per task.
 
+/// The `impl Store` of a store split by operation: every method delegates
+/// to the function of the same name in the store's `agents`, `jobs`,
+/// `leasing` or `results` module, written once for both stores. Methods
+/// only one store has (beyond the trait's defaults) go in the braces.
+macro_rules! store_by_operation {
+    ($store:ty { $($extra:tt)* }) => {
+        #[async_trait::async_trait]
+        impl Store for $store {
+            async fn create_token(&self, id: &str, secret_hash: [u8; 32], now_ms: u64) -> StoreResult<()> {
+                agents::create_token(self, id, secret_hash, now_ms).await
+            }
+
+            async fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+                agents::list_tokens(self).await
+            }
+
+            async fn revoke_token(&self, id: &str) -> StoreResult<bool> {
+                agents::revoke_token(self, id).await
+            }
+
+            async fn enrol_agent(
+                &self,
+                token_hash: [u8; 32],
+                agent: NewAgent,
+            ) -> StoreResult<Result<(), EnrolRefusal>> {
+                agents::enrol_agent(self, token_hash, agent).await
+            }
+
+            async fn agent_auth(&self, id: &str) -> StoreResult<Option<AgentAuth>> {
+                agents::agent_auth(self, id).await
+            }
+
+            async fn list_agents(&self) -> StoreResult<Vec<AgentRecord>> {
+                agents::list_agents(self).await
+            }
+
+            async fn drain_agent(&self, id: &str) -> StoreResult<bool> {
+                agents::drain_agent(self, id).await
+            }
+
+            async fn remove_agent(&self, id: &str, _now_ms: u64) -> StoreResult<bool> {
+                agents::remove_agent(self, id, _now_ms).await
+            }
+
+            async fn begin_job(&self, job: NewJob) -> StoreResult<()> {
+                jobs::begin_job(self, job).await
+            }
+
+            async fn add_tasks(&self, job_id: &str, tasks: Vec<NewTask>) -> StoreResult<()> {
+                jobs::add_tasks(self, job_id, tasks).await
+            }
+
+            async fn seal_job(&self, job_id: &str) -> StoreResult<(u64, bool)> {
+                jobs::seal_job(self, job_id).await
+            }
+
+            async fn abort_job(&self, job_id: &str) -> StoreResult<()> {
+                jobs::abort_job(self, job_id).await
+            }
+
+            async fn abort_unsealed_jobs(&self) -> StoreResult<u64> {
+                jobs::abort_unsealed_jobs(self).await
+            }
+
+            async fn job(&self, id: &str) -> StoreResult<Option<JobStatus>> {
+                jobs::job(self, id).await
+            }
+
+            async fn list_jobs(&self, limit: u32) -> StoreResult<Vec<JobStatus>> {
+                jobs::list_jobs(self, limit).await
+            }
+
+            async fn cancel_job(&self, id: &str, now_ms: u64) -> StoreResult<Option<JobStatus>> {
+                jobs::cancel_job(self, id, now_ms).await
+            }
+
+            async fn job_outputs(&self, id: &str) -> StoreResult<(Vec<u8>, Vec<Vec<u8>>)> {
+                jobs::job_outputs(self, id).await
+            }
+
+            async fn finish_job(
+                &self,
+                id: &str,
+                result: Result<Vec<u8>, String>,
+                now_ms: u64,
+            ) -> StoreResult<()> {
+                jobs::finish_job(self, id, result, now_ms).await
+            }
+
+            async fn job_result(&self, id: &str) -> StoreResult<Option<Vec<u8>>> {
+                jobs::job_result(self, id).await
+            }
+
+            async fn jobs_to_reduce(&self) -> StoreResult<Vec<String>> {
+                jobs::jobs_to_reduce(self).await
+            }
+
+            async fn lease(&self, q: LeaseQuery) -> StoreResult<Vec<LeasedTask>> {
+                leasing::lease(self, q).await
+            }
+
+            async fn complete(
+                &self,
+                agent_id: &str,
+                reports: Vec<TaskReport>,
+                now_ms: u64,
+            ) -> StoreResult<CompleteOutcome> {
+                results::complete(self, agent_id, reports, now_ms).await
+            }
+
+            async fn heartbeat(
+                &self,
+                agent_id: &str,
+                running: Vec<TaskRef>,
+                now_ms: u64,
+                ttl_ms: u64,
+            ) -> StoreResult<HeartbeatAck> {
+                leasing::heartbeat(self, agent_id, running, now_ms, ttl_ms).await
+            }
+
+            async fn release(&self, agent_id: &str, tasks: Vec<TaskRef>) -> StoreResult<u32> {
+                leasing::release(self, agent_id, tasks).await
+            }
+
+            async fn expire_leases(&self, now_ms: u64) -> StoreResult<u32> {
+                leasing::expire_leases(self, now_ms).await
+            }
+
+            async fn purge_finished_inputs(&self) -> StoreResult<u64> {
+                jobs::purge_finished_inputs(self).await
+            }
+
+            async fn renew_all_leases(&self, now_ms: u64, ttl_ms: u64) -> StoreResult<u64> {
+                leasing::renew_all_leases(self, now_ms, ttl_ms).await
+            }
+
+            async fn stats(&self) -> StoreResult<Stats> {
+                jobs::stats(self).await
+            }
+
+            $($extra)*
+        }
+    };
+}
+
 pub mod blobs;
 #[cfg(test)]
 pub mod conformance;

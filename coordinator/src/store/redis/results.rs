@@ -182,21 +182,7 @@ pub(super) async fn complete(
             return Err(corrupt("malformed result reply"));
         };
         let decided = reply_items(row.get_mut(9).map(std::mem::take).unwrap_or(Value::Nil));
-        for v in decided.chunks(3) {
-            let [agent, agreed, cpu] = v else {
-                return Err(corrupt("malformed voter in a result reply"));
-            };
-            let agent = reply_string(agent).ok_or_else(|| corrupt("voter without an agent"))?;
-            let ballot = match reply_i64(agreed) {
-                1 => Ballot::Agreed,
-                0 => {
-                    tracing::warn!(agent = %agent, job = %job, "outvoted: its result disagreed with the majority");
-                    Ballot::Outvoted
-                }
-                _ => Ballot::Disputed,
-            };
-            voters.push((agent, ballot, reply_i64(cpu)));
-        }
+        voters.extend(judged_votes(job, &decided)?);
         store.put_back(&mut p, job, &row, 10);
         out.accepted += accepted as u32;
         out.stale += stale as u32;
@@ -220,6 +206,44 @@ pub(super) async fn complete(
     }
     // Scripts and idempotent commands only: `run` may send it twice.
     store.run::<()>(&p).await?;
+    let p = credits(k, agent_id, now_ms, (credit_tasks, credit_cpu), &voters);
+    store.run::<()>(&p).await?;
+    Ok(out)
+}
+
+/// The votes a result script decided (agent, agreed flag, cpu ms in
+/// threes), with what each came to.
+fn judged_votes(job: &str, decided: &[Value]) -> StoreResult<Vec<(String, Ballot, i64)>> {
+    let mut voters = Vec::new();
+    for v in decided.chunks(3) {
+        let [agent, agreed, cpu] = v else {
+            return Err(corrupt("malformed voter in a result reply"));
+        };
+        let agent = reply_string(agent).ok_or_else(|| corrupt("voter without an agent"))?;
+        let ballot = match reply_i64(agreed) {
+            1 => Ballot::Agreed,
+            0 => {
+                tracing::warn!(agent = %agent, job = %job, "outvoted: its result disagreed with the majority");
+                Ballot::Outvoted
+            }
+            _ => Ballot::Disputed,
+        };
+        voters.push((agent, ballot, reply_i64(cpu)));
+    }
+    Ok(voters)
+}
+
+/// The agent's credit for its accepted tasks (`credit`: tasks and cpu ms)
+/// and its last sign of life, and each decided voter's credit and trust,
+/// as one pipeline.
+fn credits(
+    k: &Keys,
+    agent_id: &str,
+    now_ms: u64,
+    credit: (i64, i64),
+    voters: &[(String, Ballot, i64)],
+) -> Pipeline {
+    let (credit_tasks, credit_cpu) = credit;
     let mut p = ::redis::pipe();
     let agent = k.agent(agent_id);
     p.cmd("HINCRBY")
@@ -239,7 +263,7 @@ pub(super) async fn complete(
         .ignore();
     // Decided votes, in the order they were decided: credit and trust
     // for agreeing voters, a mark for outvoted ones.
-    for (voter, ballot, cpu) in &voters {
+    for (voter, ballot, cpu) in voters {
         let key = k.agent(voter);
         if *ballot == Ballot::Disputed {
             p.cmd("HSET").arg(&key).arg("valid_streak").arg(0).ignore();
@@ -265,6 +289,5 @@ pub(super) async fn complete(
             p.cmd("HSET").arg(&key).arg("valid_streak").arg(0).ignore();
         }
     }
-    store.run::<()>(&p).await?;
-    Ok(out)
+    p
 }

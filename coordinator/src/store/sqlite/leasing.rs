@@ -86,7 +86,7 @@ pub(super) async fn lease(store: &SqliteStore, q: LeaseQuery) -> StoreResult<Vec
     let next_lease = store.next_lease.clone();
     let blobs = store.blobs.clone();
     let now = q.now_ms;
-    let (mut granted, files) = store.write_relaxed(move |tx| {
+    let (granted, files) = store.write_relaxed(move |tx| {
         // Checked here, not only when the call came in: a long-poll can
         // outlast the agent's removal or drain.
         let state: Option<String> = tx
@@ -100,22 +100,7 @@ pub(super) async fn lease(store: &SqliteStore, q: LeaseQuery) -> StoreResult<Vec
         } else {
             q.queues.iter().map(String::as_str).collect()
         };
-        let placeholders = vec!["?"; queues.len()].join(",");
-        // Memory, and labels for an agent that carries none, filter in
-        // SQL; other label checks happen below, page by page, so tasks
-        // this agent cannot take never hide those behind them.
-        let labels_clause = if q.labels.is_empty() { " AND j.labels = '{}'" } else { "" };
-        let sql = format!(
-            "SELECT t.job_seq, t.idx, t.work, t.mem, j.id, j.labels, j.timeout_s, t.priority,
-                    t.replica, j.redundancy
-             FROM tasks t JOIN jobs j ON j.seq = t.job_seq
-             WHERE t.state = 0 AND t.queue IN ({placeholders}) AND t.not_before_ms <= ?
-               AND t.mem <= ?{labels_clause}
-               AND (t.priority < ? OR (t.priority = ? AND (t.job_seq > ? OR (t.job_seq = ?
-                    AND (t.replica > ? OR (t.replica = ? AND t.idx > ?))))))
-             ORDER BY t.priority DESC, t.job_seq, t.replica, t.idx
-             LIMIT ?"
-        );
+        let sql = candidate_sql(queues.len(), q.labels.is_empty());
         let page_size = (q.max_tasks.max(1) * CANDIDATES_PER_TASK) as i64;
         let deadline = (q.now_ms + q.ttl_ms) as i64;
         let mut granted = Vec::new();
@@ -132,34 +117,7 @@ pub(super) async fn lease(store: &SqliteStore, q: LeaseQuery) -> StoreResult<Vec
         // Tasks of replicated jobs granted in this batch: one replica each.
         let mut voting: HashSet<(i64, i64)> = HashSet::new();
         'pages: loop {
-            let mut st = tx.prepare_cached(&sql)?;
-            let mut args: Vec<rusqlite::types::Value> =
-                queues.iter().map(|q| (*q).to_string().into()).collect();
-            args.push((q.now_ms as i64).into());
-            args.push((q.mem_bytes.min(i64::MAX as u64) as i64).into());
-            args.extend(
-                [cursor.0, cursor.0, cursor.1, cursor.1, cursor.2, cursor.2, cursor.3, page_size]
-                    .map(Into::into),
-            );
-            let page: Vec<(Candidate, i64)> = st
-                .query_map(rusqlite::params_from_iter(args), |r| {
-                    Ok((
-                        Candidate {
-                            seq: r.get(0)?,
-                            idx: r.get(1)?,
-                            work: r.get::<_, i64>(2)? as u64,
-                            mem: r.get::<_, i64>(3)? as u64,
-                            job_id: r.get(4)?,
-                            labels: r.get(5)?,
-                            timeout_s: r.get(6)?,
-                            replica: r.get(8)?,
-                            redundancy: r.get::<_, i64>(9)? as u32,
-                        },
-                        r.get(7)?,
-                    ))
-                })?
-                .collect::<Result<_, _>>()?;
-            drop(st);
+            let page = candidate_page(tx, &sql, &queues, &q, cursor, page_size)?;
             if page.is_empty() {
                 break;
             }
@@ -245,55 +203,7 @@ pub(super) async fn lease(store: &SqliteStore, q: LeaseQuery) -> StoreResult<Vec
         Ok((granted, files))
     })
     .await?;
-    if files.is_empty() {
-        return Ok(granted);
-    }
-    let blobs = store.blobs.clone();
-    let read = tokio::task::spawn_blocking(move || {
-        files
-            .into_iter()
-            .map(|(pos, seq, idx)| (pos, seq, idx, blobs.read(seq, idx)))
-            .collect::<Vec<_>>()
-    })
-    .await
-    .map_err(|e| StoreError::Worker(e.to_string()))?;
-    let mut lost = Vec::new();
-    for (pos, seq, idx, data) in read {
-        match data {
-            Ok(data) => granted[pos].input = data,
-            Err(e) => lost.push((pos, seq, idx, e)),
-        }
-    }
-    if !lost.is_empty() {
-        // Deleted between the lease and the read: fail those jobs too.
-        let failures: Vec<(i64, i64, String, String)> = lost
-            .iter()
-            .map(|(pos, seq, idx, e)| (*seq, *idx, granted[*pos].task.job.clone(), e.to_string()))
-            .collect();
-        store
-            .write(move |tx| {
-                for (seq, idx, job, e) in &failures {
-                    fail_for_missing_input(
-                        tx,
-                        *seq,
-                        *idx,
-                        job,
-                        &std::io::Error::other(e.clone()),
-                        now,
-                    )?;
-                }
-                Ok(())
-            })
-            .await?;
-        let positions: HashSet<usize> = lost.iter().map(|l| l.0).collect();
-        granted = granted
-            .into_iter()
-            .enumerate()
-            .filter(|(i, _)| !positions.contains(i))
-            .map(|(_, t)| t)
-            .collect();
-    }
-    Ok(granted)
+    read_input_files(store, granted, files, now).await
 }
 
 pub(super) async fn heartbeat(
@@ -420,4 +330,132 @@ pub(super) async fn renew_all_leases(
             )? as u64)
         })
         .await
+}
+
+/// The query for one page of lease candidates: pending tasks of these
+/// queues past their backoff that fit the agent's memory, after a keyset
+/// cursor, in lease order.
+fn candidate_sql(queues: usize, no_labels: bool) -> String {
+    // Memory, and labels for an agent that carries none, filter in
+    // SQL; other label checks happen in `lease`, page by page, so tasks
+    // this agent cannot take never hide those behind them.
+    let placeholders = vec!["?"; queues].join(",");
+    let labels_clause = if no_labels {
+        " AND j.labels = '{}'"
+    } else {
+        ""
+    };
+    format!(
+        "SELECT t.job_seq, t.idx, t.work, t.mem, j.id, j.labels, j.timeout_s, t.priority,
+                t.replica, j.redundancy
+         FROM tasks t JOIN jobs j ON j.seq = t.job_seq
+         WHERE t.state = 0 AND t.queue IN ({placeholders}) AND t.not_before_ms <= ?
+           AND t.mem <= ?{labels_clause}
+           AND (t.priority < ? OR (t.priority = ? AND (t.job_seq > ? OR (t.job_seq = ?
+                AND (t.replica > ? OR (t.replica = ? AND t.idx > ?))))))
+         ORDER BY t.priority DESC, t.job_seq, t.replica, t.idx
+         LIMIT ?"
+    )
+}
+
+/// One page of lease candidates after `cursor` (priority, job, replica,
+/// index), with each one's priority.
+fn candidate_page(
+    tx: &Transaction<'_>,
+    sql: &str,
+    queues: &[&str],
+    q: &LeaseQuery,
+    cursor: (i64, i64, i64, i64),
+    page_size: i64,
+) -> rusqlite::Result<Vec<(Candidate, i64)>> {
+    let mut st = tx.prepare_cached(sql)?;
+    let mut args: Vec<rusqlite::types::Value> =
+        queues.iter().map(|q| (*q).to_string().into()).collect();
+    args.push((q.now_ms as i64).into());
+    args.push((q.mem_bytes.min(i64::MAX as u64) as i64).into());
+    args.extend(
+        [
+            cursor.0, cursor.0, cursor.1, cursor.1, cursor.2, cursor.2, cursor.3, page_size,
+        ]
+        .map(Into::into),
+    );
+    let page = st
+        .query_map(rusqlite::params_from_iter(args), |r| {
+            Ok((
+                Candidate {
+                    seq: r.get(0)?,
+                    idx: r.get(1)?,
+                    work: r.get::<_, i64>(2)? as u64,
+                    mem: r.get::<_, i64>(3)? as u64,
+                    job_id: r.get(4)?,
+                    labels: r.get(5)?,
+                    timeout_s: r.get(6)?,
+                    replica: r.get(8)?,
+                    redundancy: r.get::<_, i64>(9)? as u32,
+                },
+                r.get(7)?,
+            ))
+        })?
+        .collect();
+    page
+}
+
+/// Reads the granted inputs that live in files, after the lease committed
+/// (so the writer is not held for file reads); a task whose file is gone
+/// fails its job and leaves the batch.
+async fn read_input_files(
+    store: &SqliteStore,
+    mut granted: Vec<LeasedTask>,
+    files: Vec<(usize, i64, i64)>,
+    now: u64,
+) -> StoreResult<Vec<LeasedTask>> {
+    if files.is_empty() {
+        return Ok(granted);
+    }
+    let blobs = store.blobs.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        files
+            .into_iter()
+            .map(|(pos, seq, idx)| (pos, seq, idx, blobs.read(seq, idx)))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| StoreError::Worker(e.to_string()))?;
+    let mut lost = Vec::new();
+    for (pos, seq, idx, data) in read {
+        match data {
+            Ok(data) => granted[pos].input = data,
+            Err(e) => lost.push((pos, seq, idx, e)),
+        }
+    }
+    if !lost.is_empty() {
+        // Deleted between the lease and the read: fail those jobs too.
+        let failures: Vec<(i64, i64, String, String)> = lost
+            .iter()
+            .map(|(pos, seq, idx, e)| (*seq, *idx, granted[*pos].task.job.clone(), e.to_string()))
+            .collect();
+        store
+            .write(move |tx| {
+                for (seq, idx, job, e) in &failures {
+                    fail_for_missing_input(
+                        tx,
+                        *seq,
+                        *idx,
+                        job,
+                        &std::io::Error::other(e.clone()),
+                        now,
+                    )?;
+                }
+                Ok(())
+            })
+            .await?;
+        let positions: HashSet<usize> = lost.iter().map(|l| l.0).collect();
+        granted = granted
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !positions.contains(i))
+            .map(|(_, t)| t)
+            .collect();
+    }
+    Ok(granted)
 }
