@@ -13,6 +13,8 @@
 //! - [`cli`]: the admin CLI, a client of the API.
 //! - [`demo`]: the whole system on one machine.
 //! - [`releases`]: signed agent releases and the operator's release key.
+//! - [`space`]: running out of disk or Redis memory: the free-disk reserve,
+//!   the degraded state `/healthz` reports, what counts as "full".
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
@@ -23,4 +25,5 @@ pub mod pki;
 pub mod releases;
 pub mod scheduler;
 pub mod server;
+pub mod space;
 pub mod store;

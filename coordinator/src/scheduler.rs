@@ -121,7 +121,14 @@ impl Scheduler {
     /// Starts the background work: lease expiry, and the reduce of jobs a
     /// previous run left finished but unreduced.
     pub async fn start(self: &Arc<Self>) -> StoreResult<()> {
-        let dropped = self.store.abort_unsealed_jobs().await?;
+        // On a full disk the coordinator still starts, read-only: what
+        // these writes tidy up can wait (unsealed jobs stay invisible, and
+        // the sweep below purges inputs again).
+        use crate::space::unless_full;
+        let dropped = unless_full(
+            "dropping cut-off uploads",
+            self.store.abort_unsealed_jobs().await,
+        )?;
         if dropped > 0 {
             tracing::warn!(
                 dropped,
@@ -129,8 +136,14 @@ impl Scheduler {
             );
         }
         let ttl = self.lease_ttl.as_millis() as u64;
-        let renewed = self.store.renew_all_leases(now_ms(), ttl).await?;
-        self.store.purge_finished_inputs().await?;
+        let renewed = unless_full(
+            "renewing leases",
+            self.store.renew_all_leases(now_ms(), ttl).await,
+        )?;
+        unless_full(
+            "purging the inputs of finished jobs",
+            self.store.purge_finished_inputs().await,
+        )?;
         if renewed > 0 {
             tracing::info!(
                 renewed,

@@ -49,8 +49,16 @@ impl ApiError {
     }
 }
 
+/// The error code of a response, kept as an extension so that layers (the
+/// space watch, logs) can tell errors apart without parsing the body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ErrorCode(pub &'static str);
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
+        if e.is_out_of_space() {
+            return super::space::store_full(&e);
+        }
         tracing::error!("store error: {e}");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -67,6 +75,7 @@ impl IntoResponse for ApiError {
             body["state"] = json!(state);
         }
         let mut response = (self.status, Json(body)).into_response();
+        response.extensions_mut().insert(ErrorCode(self.code));
         if let Some(s) = self.retry_after_s {
             response
                 .headers_mut()

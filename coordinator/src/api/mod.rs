@@ -11,6 +11,7 @@ mod error;
 mod jobs;
 pub mod rate_limit;
 mod releases;
+mod space;
 
 use std::sync::Arc;
 
@@ -49,6 +50,8 @@ pub struct AppState {
     pub limits: rate_limit::RateLimiters,
     /// Signed agent releases and the key agents learn at enrolment.
     pub releases: Arc<crate::releases::Releases>,
+    /// Free disk, the upload reserve, and whether the store is full.
+    pub space: Arc<crate::space::Space>,
 }
 
 /// Who may call a route: the authorisation matrix test checks each route
@@ -168,5 +171,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(error::method_not_allowed)
         // Each handler reads its body with its own limit (see `body`).
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            space::watch,
+        ))
         .with_state(state)
 }

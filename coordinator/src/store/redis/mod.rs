@@ -1115,6 +1115,9 @@ impl Store for RedisStore {
         };
         let (total, done) = (int(total) as u64, int(done) as u64);
         let mut p = ::redis::pipe();
+        // Both or neither: an index entry refused for lack of memory must
+        // not go while the upload's entry is deleted.
+        p.atomic();
         p.cmd("ZADD")
             .arg(k.g("jobs"))
             .arg(int(seq))
@@ -1122,7 +1125,21 @@ impl Store for RedisStore {
             .ignore();
         p.cmd("HDEL").arg(k.g("unsealed")).arg(job_id).ignore();
         self.bump_epoch(&mut p);
-        self.run::<()>(&p).await?;
+        if let Err(e) = self.run::<()>(&p).await {
+            if !e.is_out_of_space() {
+                return Err(e);
+            }
+            // The script sealed the job: it is accepted, whole, and its
+            // tasks run; only its place in the job list waits for memory.
+            tracing::warn!(job = %job_id, "Redis is out of memory: the job is accepted, its entry in the job list follows once Redis has room");
+            let store = self.clone();
+            tokio::spawn(async move {
+                while let Err(e) = store.run::<()>(&p).await {
+                    tracing::debug!("the job list still waits for Redis memory: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+        }
         Ok((total, total > 0 && done == total))
     }
 
