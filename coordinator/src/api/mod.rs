@@ -6,6 +6,7 @@
 mod admin;
 mod agent;
 mod auth;
+mod connection;
 mod dashboard;
 mod error;
 mod jobs;
@@ -175,5 +176,6 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             space::watch,
         ))
+        .layer(axum::middleware::from_fn(connection::close_if_body_unread))
         .with_state(state)
 }

@@ -5,12 +5,10 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::body::BodyDataStream;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
-use futures::StreamExt;
 
 use super::error::ErrorCode;
 use super::{ApiError, AppState};
@@ -69,22 +67,6 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
 /// Refuses a write of `bytes` (0: unknown) that would not leave the reserve.
 pub fn check_room(st: &AppState, bytes: u64) -> Result<(), ApiError> {
     Ok(st.space.room_for(bytes)?)
-}
-
-/// The longest a refused upload's remaining bytes are read (and dropped).
-const LINGER: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Reads and drops what is left of a refused upload, in the background, up
-/// to [`LINGER`]: closing a socket with unread bytes resets it, and the
-/// client, still sending, would see "connection reset" instead of the 507.
-/// Nothing of it is stored.
-pub fn linger(mut body: BodyDataStream) {
-    tokio::spawn(async move {
-        let _ = tokio::time::timeout(LINGER, async {
-            while let Some(Ok(_)) = body.next().await {}
-        })
-        .await;
-    });
 }
 
 /// Counts every `507` for `/metrics`, marks the store full when a write
