@@ -251,9 +251,11 @@ impl Scheduler {
     /// Stores a whole planned job and makes it visible; returns its task count.
     pub async fn submit(self: &Arc<Self>, job: NewJob, tasks: Vec<NewTask>) -> StoreResult<u64> {
         let id = job.id.clone();
-        self.store.begin_job(job).await?;
-        // Also when this future is dropped mid-way (the client hung up).
+        // Also when this future is dropped mid-way (the client hung up), and
+        // before the job is begun: a begin cut short (Redis out of memory
+        // between its writes) leaves pieces too.
         let guard = UnsealedJob::new(self.store.clone(), &id);
+        self.store.begin_job(job).await?;
         let result = async {
             let mut batch = Vec::new();
             let mut bytes = 0;

@@ -312,15 +312,9 @@ async fn a_small_disk_refuses_what_cannot_fit_keeps_reads_and_recovers_without_a
         .unwrap();
     assert!(refused >= 2, "{refused} refusals counted since the restart");
 
-    // It starts on the full disk, read-only, and says so. (With a few
-    // pages free, for the harness: it waits for the URL file.)
-    let full = std::fs::metadata(&filler).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&filler)
-        .unwrap()
-        .set_len(full - (256 << 10))
-        .unwrap();
+    // It starts on the full disk, read-only, and says so. (The harness
+    // deletes the URL file first: the coordinator writes it into the page
+    // that frees, and nothing else.)
     c.restart().unwrap();
     assert!(c.log().contains("starting read-only"), "{}", c.log());
     assert_eq!(healthz(&c).await.0, StatusCode::SERVICE_UNAVAILABLE);

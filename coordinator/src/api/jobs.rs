@@ -210,8 +210,9 @@ pub async fn submit_wordcount_stream(
     );
     let id = job.id.clone();
     let store = st.scheduler.store.clone();
-    store.begin_job(job).await?;
+    // Armed first: a begin cut short leaves pieces to remove too.
     let guard = UnsealedJob::new(store.clone(), &id);
+    store.begin_job(job).await?;
 
     // Receiving and storing run side by side: while chunks are written and
     // committed, the socket keeps being read (a sequential loop stalled the
