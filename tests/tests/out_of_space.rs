@@ -336,6 +336,53 @@ async fn a_small_disk_refuses_what_cannot_fit_keeps_reads_and_recovers_without_a
     assert!(log.contains("disk space is back"), "{log}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_reserve_a_disk_filled_by_an_upload_is_a_clean_507_and_its_bytes_go() {
+    let disk = Tmpfs::mount("16m");
+    let data = disk.path().join("data");
+    let mut c = Coordinator::start_with_data_dir(
+        CoordinatorOptions {
+            extra: vec!["--min-free-disk".into(), "0".into()],
+            ..Default::default()
+        },
+        Some(data.clone()),
+    )
+    .unwrap();
+    let _agent = Agent::join(&c.url, &c.join_token, &[]).unwrap();
+    let client = c.client();
+
+    // Nothing refuses it early: the disk itself fills under the blob files.
+    let free_before = free_bytes(&data);
+    let (s, v) = post_stream(&client, "/v1/jobs/wordcount", text(40 * MIB)).await;
+    assert_eq!(s, StatusCode::INSUFFICIENT_STORAGE, "{v}");
+    assert_507(
+        &v,
+        "store_full",
+        &["disk is full", "reads still work", "Purge finished jobs"],
+    );
+    wait_until(
+        "the failed upload's files are removed",
+        Duration::from_secs(10),
+        async || blob_jobs(&data) == 0,
+    )
+    .await;
+    assert!(
+        free_bytes(&data) + 4 * MIB >= free_before,
+        "the failed upload's bytes still take the disk: {} free, {} before",
+        free_bytes(&data),
+        free_before
+    );
+    let v = client.get_json("/v1/jobs").await.unwrap();
+    assert_eq!(v["jobs"], json!([]), "a failed upload shows");
+
+    // The next job is accepted and runs; so does a restart.
+    let id = c.submit(&small_job()).await.unwrap();
+    c.result(&id, JOB_TIMEOUT).await.unwrap();
+    c.restart().unwrap();
+    let id = c.submit(&small_job()).await.unwrap();
+    c.result(&id, JOB_TIMEOUT).await.unwrap();
+}
+
 /// `redis-cli -p PORT ARGS...`'s output.
 fn redis_cli(redis: &RedisServer, args: &[&str]) -> String {
     let out = Command::new("redis-cli")
