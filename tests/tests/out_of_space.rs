@@ -288,6 +288,11 @@ async fn a_small_disk_refuses_what_cannot_fit_keeps_reads_and_recovers_without_a
         .await
         .unwrap();
     assert_eq!(page.status(), StatusCode::OK);
+    let page = page.text().await.unwrap();
+    assert!(
+        page.contains("Degraded:") && page.contains("disk space low"),
+        "{page}"
+    );
     let (s, v) = healthz(&c).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
     assert_eq!(v["status"], "degraded", "{v}");

@@ -174,6 +174,13 @@ pub async fn page(State(st): State<Arc<AppState>>, _: Anonymous) -> Result<Html<
          .bar{background:#eee;width:12em;height:.8em}.bar div{background:#3a7;height:100%}</style></head><body>\
          <h1>Musketeer</h1>",
     );
+    if let Some(d) = st.space.degraded() {
+        let _ = write!(
+            h,
+            "<p style=\"color:#b00\"><b>Degraded:</b> {}</p>",
+            esc(&d.message())
+        );
+    }
     let active = stats.agents.get("active").copied().unwrap_or(0);
     let cores: u64 = agents
         .iter()
