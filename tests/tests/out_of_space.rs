@@ -386,6 +386,44 @@ async fn with_no_reserve_a_disk_filled_by_an_upload_is_a_clean_507_and_its_bytes
     c.restart().unwrap();
     let id = c.submit(&small_job()).await.unwrap();
     c.result(&id, JOB_TIMEOUT).await.unwrap();
+
+    // A crash mid-upload, then a disk filled to the last page: the restart
+    // removes the upload's files before it writes anything, and works.
+    let slow = futures::stream::unfold(0u32, |sent| async move {
+        if sent >= 32 {
+            // Then the client goes quiet, as a crash would find it.
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        Some((Ok::<_, std::io::Error>(text(256 << 10)), sent + 1))
+    });
+    let upload = {
+        let client = c.client();
+        tokio::spawn(async move {
+            let _ = client
+                .request(Method::POST, "/v1/jobs/wordcount?queue=parked")
+                .body(reqwest::Body::wrap_stream(slow))
+                .send()
+                .await;
+        })
+    };
+    wait_until(
+        "the upload's first chunk is on disk",
+        Duration::from_secs(30),
+        async || blob_jobs(&data) > 0,
+    )
+    .await;
+    c.kill();
+    upload.abort();
+    let _filler = fill(&data);
+    c.restart().unwrap();
+    assert_eq!(
+        blob_jobs(&data),
+        0,
+        "the cut-off upload's files are still there"
+    );
+    let id = c.submit(&small_job()).await.unwrap();
+    c.result(&id, JOB_TIMEOUT).await.unwrap();
 }
 
 /// `redis-cli -p PORT ARGS...`'s output.
