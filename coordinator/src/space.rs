@@ -181,9 +181,10 @@ pub struct Space {
     dir: PathBuf,
     /// Bytes every upload must leave free.
     min_free: u64,
-    /// Whether uploads land on this disk (the embedded store) or elsewhere
-    /// (Redis): only then does an upload's size count against the reserve.
-    uploads_on_disk: bool,
+    /// Whether the store lives on this disk (the embedded one) or elsewhere
+    /// (Redis): only then does an upload's size count against the reserve,
+    /// and does space coming back mean the store has room again.
+    store_on_disk: bool,
     /// Free bytes at the last measure.
     free: AtomicU64,
     /// The last measure was below the reserve (for the log's transitions).
@@ -199,15 +200,15 @@ pub struct Space {
 
 impl Space {
     /// The room under `dir`, keeping `min_free` bytes (or the default
-    /// reserve) free; `uploads_on_disk` as for the embedded store.
-    pub fn new(dir: &Path, min_free: Option<u64>, uploads_on_disk: bool) -> io::Result<Space> {
+    /// reserve) free; `store_on_disk` for the embedded store.
+    pub fn new(dir: &Path, min_free: Option<u64>, store_on_disk: bool) -> io::Result<Space> {
         let now = usage(dir)?;
         let min_free =
             min_free.unwrap_or_else(|| DEFAULT_MIN_FREE.min(now.total / DEFAULT_MAX_FRACTION));
         Ok(Space {
             dir: dir.to_path_buf(),
             min_free,
-            uploads_on_disk,
+            store_on_disk,
             free: AtomicU64::new(now.free),
             low: AtomicBool::new(false),
             store_full_at: AtomicU64::new(0),
@@ -252,6 +253,11 @@ impl Space {
                     "disk space is back ({} free): accepting jobs again",
                     human(free)
                 );
+                // The embedded store is on this disk: what filled it was
+                // this disk, which has room again.
+                if self.store_on_disk {
+                    self.store_full_at.store(0, Ordering::Relaxed);
+                }
             }
         }
         free
@@ -263,7 +269,7 @@ impl Space {
         if self.min_free == 0 {
             return Ok(());
         }
-        let needed = if self.uploads_on_disk { bytes } else { 0 };
+        let needed = if self.store_on_disk { bytes } else { 0 };
         let free = self.measure();
         if free < self.min_free.saturating_add(needed) {
             return Err(NoRoom {

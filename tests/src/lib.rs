@@ -196,6 +196,11 @@ impl Coordinator {
         Ok(())
     }
 
+    /// The coordinator's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The coordinator's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("coordinator.log")).unwrap_or_default()
