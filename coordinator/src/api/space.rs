@@ -85,3 +85,47 @@ pub async fn watch(State(st): State<Arc<AppState>>, request: Request, next: Next
     }
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enospc() -> std::io::Error {
+        std::io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error())
+    }
+
+    #[test]
+    fn a_full_disk_is_a_507_without_the_drivers_text() {
+        let from_store = ApiError::from(StoreError::Io(enospc()));
+        let from_release = ApiError::from(crate::releases::ReleaseError::Io {
+            path: "releases/x".into(),
+            source: enospc(),
+        });
+        for e in [from_store, from_release] {
+            assert_eq!(e.status, StatusCode::INSUFFICIENT_STORAGE);
+            assert_eq!(e.code, STORE_FULL);
+            assert!(!e.message.contains("os error"), "{}", e.message);
+            assert!(e.message.contains("free disk space"), "{}", e.message);
+        }
+        // Another I/O failure is not mistaken for a full disk.
+        let denied = StoreError::Io(std::io::ErrorKind::PermissionDenied.into());
+        assert_eq!(
+            ApiError::from(denied).status,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+
+    #[test]
+    fn an_upload_that_does_not_fit_is_a_507_with_the_numbers() {
+        let e = ApiError::from(NoRoom {
+            free: 3 << 20,
+            needed: 40 << 20,
+            min_free: 256 << 20,
+        });
+        assert_eq!(e.status, StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(e.code, INSUFFICIENT_STORAGE);
+        for part in ["3.0 MiB free", "needs 40.0 MiB", "256.0 MiB must stay free"] {
+            assert!(e.message.contains(part), "{part:?} in {}", e.message);
+        }
+    }
+}
