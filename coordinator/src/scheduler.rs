@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::clock::{Clock, SystemClock};
+use crate::store::rules::MAX_REPORTED_CPU_MS;
 use crate::store::{CompleteOutcome, LeaseQuery, NewJob, NewTask, Store, StoreResult};
 
 /// The longest an agent's lease call is held open: below common proxy and
@@ -331,6 +332,8 @@ impl Scheduler {
         // is the agent's failure, not a result.
         reports = tokio::task::spawn_blocking(move || {
             for r in &mut reports {
+                // The one clamp of an agent's CPU figure: the stores take it as is.
+                r.cpu_ms = r.cpu_ms.min(MAX_REPORTED_CPU_MS);
                 if let TaskOutcome::Done(bytes) = &r.outcome {
                     if let Err(e) = TaskOutput::decode(bytes) {
                         r.outcome = TaskOutcome::Failed(format!(
@@ -416,3 +419,6 @@ impl Scheduler {
         self.store.finish_job(id, result, self.now_ms()).await
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,8 @@
 //! Running out of room: a full disk under the data directory, or a Redis at
-//! its `maxmemory`. This module owns the one rule for what counts as "full"
-//! ([`StoreError::is_out_of_space`]), the free-disk reserve uploads must
+//! its `maxmemory`. Each store adapter tells a full database from a broken
+//! one ([`StoreError::Full`]); this module answers whether any store error
+//! means "full" ([`StoreError::is_out_of_space`]), and owns the free-disk
+//! reserve uploads must
 //! leave (`serve --min-free-disk`), and the degraded state `/healthz`
 //! reports. A full store refuses writes with `507 Insufficient Storage`;
 //! reads go on, and writes work again as soon as space returns, without a
@@ -64,21 +66,8 @@ impl StoreError {
     /// bug: such a write can succeed later, once space is freed.
     pub fn is_out_of_space(&self) -> bool {
         match self {
-            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
-                e.code == rusqlite::ErrorCode::DiskFull
-                    // The shared-memory index of the WAL could not grow:
-                    // on Linux, a full tmpfs or /dev/shm.
-                    || e.extended_code == rusqlite::ffi::SQLITE_IOERR_SHMSIZE
-            }
+            StoreError::Full { .. } => true,
             StoreError::Io(e) => is_no_space(e),
-            // OOM: maxmemory reached. MISCONF: Redis cannot persist (its
-            // own disk is full) and refuses writes until it can.
-            // A pipeline's or a transaction's failures come as a list.
-            StoreError::Redis(e) => e.clone().into_server_errors().is_some_and(|errors| {
-                errors
-                    .iter()
-                    .any(|(_, e)| matches!(e.code(), "OOM" | "MISCONF"))
-            }),
             _ => false,
         }
     }
@@ -393,17 +382,17 @@ mod tests {
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
             None,
         );
-        assert!(StoreError::Sqlite(full).is_out_of_space());
+        assert!(StoreError::from(full).is_out_of_space());
         let busy = rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
             None,
         );
-        assert!(!StoreError::Sqlite(busy).is_out_of_space());
+        assert!(!StoreError::from(busy).is_out_of_space());
         assert!(!StoreError::Corrupt("x".into()).is_out_of_space());
         let oom = ::redis::make_extension_error("OOM".into(), Some("maxmemory".into()));
-        assert!(StoreError::Redis(oom).is_out_of_space());
+        assert!(StoreError::from(oom).is_out_of_space());
         let other = ::redis::make_extension_error("ERR_NO_JOB".into(), None);
-        assert!(!StoreError::Redis(other).is_out_of_space());
+        assert!(!StoreError::from(other).is_out_of_space());
     }
 
     #[test]

@@ -54,6 +54,10 @@ impl ApiError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ErrorCode(pub &'static str);
 
+/// What a caller is told of a store failure: the detail (a driver's text,
+/// a path) is ours to read in the log, not the caller's.
+pub const STORE_ERROR_MESSAGE: &str = "internal store error; see the coordinator's log";
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         if e.is_out_of_space() {
@@ -63,7 +67,7 @@ impl From<StoreError> for ApiError {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "store_error",
-            e.to_string(),
+            STORE_ERROR_MESSAGE,
         )
     }
 }

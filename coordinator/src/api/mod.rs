@@ -179,3 +179,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn(connection::close_if_body_unread))
         .with_state(state)
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,6 +8,7 @@ pub mod blobs;
 #[cfg(test)]
 pub mod conformance;
 pub mod redis;
+pub mod rules;
 pub mod sqlite;
 pub mod validation;
 
@@ -19,15 +20,33 @@ use musketeer_tasks::{Cost, JobOptions};
 use serde::{Deserialize, Serialize};
 
 pub use self::redis::RedisStore;
+pub use rules::retry_backoff_ms;
 pub use sqlite::SqliteStore;
 pub use validation::Trust;
 
 /// A failure of the store itself (not of the caller's request).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The embedded database failed.
-    #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    /// The database (SQLite or Redis) failed or could not be reached. The
+    /// driver's error is kept as an opaque source, for the log: its type
+    /// stays inside the adapter, and its text never reaches an API caller.
+    #[error("{store} error: {source}")]
+    Database {
+        /// Which database: `SQLite` or `Redis`.
+        store: &'static str,
+        /// The driver's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The database is out of room: a full disk under SQLite, or Redis at
+    /// its `maxmemory`. The adapter decides; a write succeeds again once
+    /// space is freed (see [`crate::space`]).
+    #[error("{store} is out of space: {source}")]
+    Full {
+        /// Which database: `SQLite` or `Redis`.
+        store: &'static str,
+        /// The driver's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Stored bytes no longer decode: a bug or a damaged data directory.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
@@ -37,9 +56,6 @@ pub enum StoreError {
     /// The blocking worker that runs database calls died.
     #[error("store worker failed: {0}")]
     Worker(String),
-    /// The shared store (Redis) failed or could not be reached.
-    #[error("Redis error: {0}")]
-    Redis(#[from] ::redis::RedisError),
     /// The store cannot be opened as configured.
     #[error("{0}")]
     Config(String),
@@ -427,13 +443,4 @@ pub trait Store: Send + Sync + 'static {
     async fn work_epoch(&self, _now_ms: u64) -> StoreResult<Option<u64>> {
         Ok(None)
     }
-}
-
-/// How long a failed task waits before its next attempt: doubling from one
-/// second, so a task that fails for a passing reason (an agent out of memory)
-/// is not retried at once on the same kind of agent, capped at five minutes.
-pub fn retry_backoff_ms(attempts: u32) -> u64 {
-    1000u64
-        .saturating_mul(1 << attempts.saturating_sub(1).min(8))
-        .min(300_000)
 }
