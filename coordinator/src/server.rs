@@ -150,15 +150,19 @@ fn write_url_file(path: &std::path::Path, url: &str) -> Result<()> {
     if std::fs::read_to_string(path).is_ok_and(|saved| saved == url) {
         return Ok(());
     }
-    match std::fs::write(path, url) {
+    // Whole or not at all: a reader (a script waiting for the coordinator)
+    // must never read an empty or half-written URL.
+    let tmp = path.with_extension("tmp");
+    match std::fs::write(&tmp, url).and_then(|()| std::fs::rename(&tmp, path)) {
         Ok(()) => Ok(()),
-        Err(e) if crate::space::is_no_space(&e) => {
-            // No empty file for a reader to take for the URL.
-            let _ = std::fs::remove_file(path);
-            tracing::warn!("cannot write {} (the disk is full): {e}", path.display());
-            Ok(())
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            if crate::space::is_no_space(&e) {
+                tracing::warn!("cannot write {} (the disk is full): {e}", path.display());
+                return Ok(());
+            }
+            Err(e).with_context(|| format!("cannot write {}", path.display()))
         }
-        Err(e) => Err(e).with_context(|| format!("cannot write {}", path.display())),
     }
 }
 
