@@ -25,6 +25,8 @@
 //! - `demo` (feature `demo`, on by default): the whole system on one
 //!   machine, with agents in-process; the static coordinator leaves it out.
 //! - [`releases`]: signed agent releases and the operator's release key.
+//! - [`space`]: running out of disk or Redis memory: the free-disk reserve,
+//!   the degraded state `/healthz` reports, what counts as "full".
 //!
 //! Kernels, their names and wire tags live in `musketeer-tasks`
 //! (`musketeer_tasks::registry`): nothing here lists them.
@@ -40,4 +42,5 @@ pub mod pki;
 pub mod releases;
 pub mod scheduler;
 pub mod server;
+pub mod space;
 pub mod store;

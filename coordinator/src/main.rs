@@ -49,6 +49,11 @@ struct ServeArgs {
     /// Largest streamed word-count upload, in MiB.
     #[arg(long, env = "MUSKETEER_MAX_UPLOAD_MIB", default_value_t = 4096)]
     max_upload_mib: u64,
+    /// Disk space every upload must leave free on the data directory's disk
+    /// (e.g. 256M, 2G; 0 turns the check off); below it new jobs are refused
+    /// with 507 [default: 256M, at most a tenth of the disk].
+    #[arg(long, env = "MUSKETEER_MIN_FREE_DISK", value_name = "SIZE", value_parser = parse_min_free)]
+    min_free_disk: Option<u64>,
     /// Requests per second each agent may make on average; 0 turns the limit off.
     #[arg(long, env = "MUSKETEER_AGENT_REQUESTS_PER_S", default_value_t = DEFAULT_AGENT_LIMIT.per_s)]
     agent_requests_per_s: f64,
@@ -77,6 +82,14 @@ struct ServeArgs {
         requires = "redis"
     )]
     redis_prefix: String,
+}
+
+/// A `--min-free-disk` size: the agent's size syntax, and 0 for "off".
+fn parse_min_free(s: &str) -> Result<u64, String> {
+    if s.trim().parse::<f64>() == Ok(0.0) {
+        return Ok(0);
+    }
+    musketeer::config::parse_size(s)
 }
 
 /// A rate limit from its flags, checked.
@@ -143,6 +156,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tls_key: args.tls_key,
         lease_ttl: Duration::from_secs_f64(args.lease_ttl),
         max_upload: args.max_upload_mib << 20,
+        min_free_disk: args.min_free_disk,
         rate_limits: RateLimits {
             per_agent: rate_limit(args.agent_requests_per_s, args.agent_burst, "agent")?,
             per_address: rate_limit(args.address_requests_per_s, args.address_burst, "address")?,

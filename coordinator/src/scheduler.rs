@@ -139,7 +139,14 @@ impl Scheduler {
     /// Starts the background work: lease expiry, and the reduce of jobs a
     /// previous run left finished but unreduced.
     pub async fn start(self: &Arc<Self>) -> StoreResult<()> {
-        let dropped = self.store.abort_unsealed_jobs().await?;
+        // On a full disk the coordinator still starts, read-only: what
+        // these writes tidy up can wait (unsealed jobs stay invisible, and
+        // the sweep below purges inputs again).
+        use crate::space::unless_full;
+        let dropped = unless_full(
+            "dropping cut-off uploads",
+            self.store.abort_unsealed_jobs().await,
+        )?;
         if dropped > 0 {
             tracing::warn!(
                 dropped,
@@ -147,8 +154,14 @@ impl Scheduler {
             );
         }
         let ttl = self.lease_ttl.as_millis() as u64;
-        let renewed = self.store.renew_all_leases(self.now_ms(), ttl).await?;
-        self.store.purge_finished_inputs().await?;
+        let renewed = unless_full(
+            "renewing leases",
+            self.store.renew_all_leases(self.now_ms(), ttl).await,
+        )?;
+        unless_full(
+            "purging the inputs of finished jobs",
+            self.store.purge_finished_inputs().await,
+        )?;
         if renewed > 0 {
             tracing::info!(
                 renewed,
@@ -239,9 +252,11 @@ impl Scheduler {
     /// Stores a whole planned job and makes it visible; returns its task count.
     pub async fn submit(self: &Arc<Self>, job: NewJob, tasks: Vec<NewTask>) -> StoreResult<u64> {
         let id = job.id.clone();
-        self.store.begin_job(job).await?;
-        // Also when this future is dropped mid-way (the client hung up).
+        // Also when this future is dropped mid-way (the client hung up), and
+        // before the job is begun: a begin cut short (Redis out of memory
+        // between its writes) leaves pieces too.
         let guard = UnsealedJob::new(self.store.clone(), &id);
+        self.store.begin_job(job).await?;
         let result = async {
             let mut batch = Vec::new();
             let mut bytes = 0;

@@ -129,11 +129,23 @@ pub struct Coordinator {
     /// The CA, PEM.
     pub ca_pem: String,
     options: CoordinatorOptions,
+    /// Where its state lives when not in `dir` (a small filesystem a test
+    /// mounted); its log stays in `dir`.
+    data_dir: Option<PathBuf>,
 }
 
 impl Coordinator {
     /// Starts a coordinator on a free port and waits until it serves.
     pub fn start(options: CoordinatorOptions) -> Result<Coordinator> {
+        Coordinator::start_with_data_dir(options, None)
+    }
+
+    /// Like [`Coordinator::start`], with the store, CA and tokens in
+    /// `data_dir` (if given) and only the log in the temporary directory.
+    pub fn start_with_data_dir(
+        options: CoordinatorOptions,
+        data_dir: Option<PathBuf>,
+    ) -> Result<Coordinator> {
         let dir = tempfile::Builder::new()
             .prefix("musketeer-coord-")
             .tempdir()?;
@@ -146,13 +158,22 @@ impl Coordinator {
             admin_token: String::new(),
             ca_pem: String::new(),
             options,
+            data_dir,
         };
         c.spawn()?;
         Ok(c)
     }
 
+    /// Its data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.path().to_path_buf())
+    }
+
     fn spawn(&mut self) -> Result<()> {
-        let url_file = self.dir.path().join("url");
+        let data_dir = self.data_dir();
+        let url_file = data_dir.join("url");
         let _ = std::fs::remove_file(&url_file);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -163,7 +184,7 @@ impl Coordinator {
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--data-dir")
-            .arg(self.dir.path())
+            .arg(&data_dir)
             .arg("--lease-ttl")
             .arg(self.options.lease_ttl.to_string())
             .args(&self.options.extra)
@@ -191,9 +212,8 @@ impl Coordinator {
         }
         self.url = std::fs::read_to_string(&url_file)?;
         self.port = self.url.rsplit(':').next().unwrap_or("0").parse()?;
-        let read = |name: &str| {
-            std::fs::read_to_string(self.dir.path().join(name)).map(|s| s.trim().to_string())
-        };
+        let read =
+            |name: &str| std::fs::read_to_string(data_dir.join(name)).map(|s| s.trim().to_string());
         self.join_token = read("join.token")?;
         self.admin_token = read("admin.token")?;
         self.ca_pem = read("ca.pem")?;

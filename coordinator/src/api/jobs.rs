@@ -1,11 +1,12 @@
 //! Submitters' endpoints: submit (JSON, or a streamed text for word count),
 //! list, status, result and cancel.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
@@ -17,6 +18,7 @@ use serde_json::json;
 
 use super::auth::Admin;
 use super::error::read_body;
+use super::space::{check_room, content_length};
 use super::{ApiError, AppState, MAX_JOB_BODY};
 use crate::scheduler::UnsealedJob;
 use crate::store::{JobState, JobStatus, NewJob, NewTask};
@@ -53,8 +55,10 @@ fn created(id: &str, tasks: u64) -> (StatusCode, Json<serde_json::Value>) {
 pub async fn submit(
     State(st): State<Arc<AppState>>,
     _: Admin,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    check_room(&st, content_length(&headers).unwrap_or(0))?;
     let body = read_body(
         body,
         MAX_JOB_BODY,
@@ -89,21 +93,26 @@ pub async fn submit(
     Ok(created(&id, total))
 }
 
+/// How often a streamed upload looks at the free disk space: often enough
+/// that the reserve absorbs what arrives in between.
+const ROOM_CHECK_BYTES: u64 = 1 << 20;
+
 /// How many chunks may wait for the store while the upload goes on: enough
 /// to ride out one slow commit, few enough to bound memory (16 MiB).
 const STORE_QUEUE_CHUNKS: usize = 4;
 
-/// Reads the body, cuts it into chunks and hands them to the store task;
-/// returns the bytes received.
+/// Reads the body, cuts it into chunks and hands them to the store task
+/// (which counts in `stored` the bytes it wrote); returns the bytes received.
 async fn receive_text(
     st: &AppState,
-    body: Body,
+    stream: &mut axum::body::BodyDataStream,
     options: WordcountOptions,
     chunks: tokio::sync::mpsc::Sender<Vec<u8>>,
+    stored: &AtomicU64,
 ) -> Result<u64, ApiError> {
     let mut chunker = Chunker::new(options, STREAM_CHUNK_BYTES);
-    let mut stream = body.into_data_stream();
     let mut received = 0u64;
+    let mut next_room_check = ROOM_CHECK_BYTES;
     let store_gone = || {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -124,6 +133,11 @@ async fn receive_text(
                     st.max_upload >> 20
                 ),
             ));
+        }
+        if received >= next_room_check {
+            next_room_check = received + ROOM_CHECK_BYTES;
+            // What is received but not stored yet will need the disk too.
+            check_room(st, received.saturating_sub(stored.load(Ordering::Relaxed)))?;
         }
         for chunk in chunker.push(&data).map_err(job_error)? {
             chunks.send(chunk).await.map_err(|_| store_gone())?;
@@ -176,9 +190,12 @@ pub async fn submit_wordcount_stream(
     State(st): State<Arc<AppState>>,
     _: Admin,
     params: Result<Query<StreamParams>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let Query(p) = params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    // Refused before a byte is read when the announced text cannot fit.
+    check_room(&st, content_length(&headers).unwrap_or(0))?;
     let defaults = WordcountOptions::default();
     let wc = WordcountOptions {
         min_len: p.min_len.unwrap_or(defaults.min_len),
@@ -208,15 +225,18 @@ pub async fn submit_wordcount_stream(
     );
     let id = job.id.clone();
     let store = st.scheduler.store.clone();
-    store.begin_job(job).await?;
+    // Armed first: a begin cut short leaves pieces to remove too.
     let guard = UnsealedJob::new(store.clone(), &id);
+    store.begin_job(job).await?;
 
     // Receiving and storing run side by side: while chunks are written and
     // committed, the socket keeps being read (a sequential loop stalled the
     // sender on every commit). The store task takes every chunk queued
     // since its last commit into one transaction.
     let (chunk_tx, mut chunk_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(STORE_QUEUE_CHUNKS);
+    let stored = Arc::new(AtomicU64::new(0));
     let storer = {
+        let stored = stored.clone();
         let store = store.clone();
         let scheduler = st.scheduler.clone();
         let id = id.clone();
@@ -227,6 +247,7 @@ pub async fn submit_wordcount_stream(
                     chunks.push(more);
                 }
                 let wc = wc.clone();
+                let bytes: usize = chunks.iter().map(Vec::len).sum();
                 let tasks = tokio::task::spawn_blocking(move || {
                     chunks
                         .into_iter()
@@ -242,12 +263,14 @@ pub async fn submit_wordcount_stream(
                 .await
                 .map_err(|e| crate::store::StoreError::Worker(e.to_string()))?;
                 store.add_tasks(&id, tasks).await?;
+                stored.fetch_add(bytes as u64, Ordering::Relaxed);
                 scheduler.signal_work();
             }
             Ok::<(), crate::store::StoreError>(())
         })
     };
-    let received = receive_text(&st, body, chunker_options, chunk_tx).await;
+    let mut stream = body.into_data_stream();
+    let received = receive_text(&st, &mut stream, chunker_options, chunk_tx, &stored).await;
     let stored = storer
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
@@ -303,7 +326,9 @@ pub async fn status(
     Ok(Json(find(&st, &id).await?))
 }
 
-/// `DELETE /v1/jobs/{id}`: cancel.
+/// `DELETE /v1/jobs/{id}`: cancel, and free the disk the inputs of
+/// finished jobs hold at once (an operator out of space deletes jobs to
+/// make room, and must not wait for the next sweep).
 #[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "The job's id")), responses((status = 200, description = "Cancelled (again, if it already was)", body = JobStatus)))]
 pub async fn cancel(
     State(st): State<Arc<AppState>>,
@@ -316,6 +341,10 @@ pub async fn cancel(
         .cancel_job(&id, st.scheduler.now_ms())
         .await?
         .ok_or_else(|| ApiError::not_found("job", &id))?;
+    let purged = st.scheduler.store.purge_finished_inputs().await?;
+    if purged > 0 {
+        tracing::info!(job = %id, purged, "inputs of finished jobs deleted");
+    }
     match job.state {
         JobState::Cancelled => Ok(Json(job)),
         state => Err(ApiError {

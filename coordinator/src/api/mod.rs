@@ -13,6 +13,7 @@ mod jobs;
 mod openapi;
 pub mod rate_limit;
 mod releases;
+mod space;
 
 use std::sync::Arc;
 
@@ -51,6 +52,8 @@ pub struct AppState {
     pub limits: rate_limit::RateLimiters,
     /// Signed agent releases and the key agents learn at enrolment.
     pub releases: Arc<crate::releases::Releases>,
+    /// Free disk, the upload reserve, and whether the store is full.
+    pub space: Arc<crate::space::Space>,
 }
 
 /// Who may call a route: the authorisation matrix test checks each route
@@ -171,6 +174,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(error::method_not_allowed)
         // Each handler reads its body with its own limit (see `body`).
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            space::watch,
+        ))
         .layer(axum::middleware::from_fn(connection::close_if_body_unread))
         .with_state(state)
 }

@@ -29,6 +29,9 @@ impl From<ReleaseError> for ApiError {
             ReleaseError::BadSignature => (StatusCode::UNPROCESSABLE_ENTITY, "bad_signature"),
             ReleaseError::NoKey => (StatusCode::CONFLICT, "no_release_key"),
             ReleaseError::Conflict { .. } => (StatusCode::CONFLICT, "release_exists"),
+            ReleaseError::Io { source, .. } if crate::space::is_no_space(source) => {
+                return super::space::disk_full(&e);
+            }
             ReleaseError::Io { .. } => {
                 tracing::error!("releases: {e}");
                 (StatusCode::INTERNAL_SERVER_ERROR, "release_store")
@@ -63,6 +66,7 @@ pub async fn publish(
             )
         })?
         .to_string();
+    super::space::check_room(&st, super::space::content_length(&headers).unwrap_or(0))?;
     let bytes = read_body(body, MAX_RELEASE_BYTES, "an agent binary is a few MiB").await?;
     let releases = st.releases.clone();
     let (info, new) = tokio::task::spawn_blocking(move || {

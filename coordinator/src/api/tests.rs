@@ -36,6 +36,7 @@ fn fixture() -> Fixture {
         max_upload: 1 << 20,
         limits: rate_limit::RateLimiters::new(Default::default()),
         releases: Arc::new(crate::releases::Releases::open(dir.path(), None).unwrap()),
+        space: Arc::new(crate::space::Space::new(dir.path(), Some(0), true).unwrap()),
     });
     Fixture {
         router: router(state),

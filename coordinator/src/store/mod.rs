@@ -182,6 +182,16 @@ pub enum StoreError {
         /// The driver's error.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The database is out of room: a full disk under SQLite, or Redis at
+    /// its `maxmemory`. The adapter decides; a write succeeds again once
+    /// space is freed (see [`crate::space`]).
+    #[error("{store} is out of space: {source}")]
+    Full {
+        /// Which database: `SQLite` or `Redis`.
+        store: &'static str,
+        /// The driver's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Stored bytes no longer decode: a bug or a damaged data directory.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),

@@ -176,6 +176,9 @@ pub(super) async fn seal_job(store: &RedisStore, job_id: &str) -> StoreResult<(u
     };
     let (total, done) = (reply_i64(total) as u64, reply_i64(done) as u64);
     let mut p = ::redis::pipe();
+    // Both or neither: an index entry refused for lack of memory must not
+    // go while the upload's entry is deleted.
+    p.atomic();
     p.cmd("ZADD")
         .arg(k.shared("jobs"))
         .arg(reply_i64(seq))
@@ -183,7 +186,21 @@ pub(super) async fn seal_job(store: &RedisStore, job_id: &str) -> StoreResult<(u
         .ignore();
     p.cmd("HDEL").arg(k.shared("unsealed")).arg(job_id).ignore();
     store.bump_epoch(&mut p);
-    store.run::<()>(&p).await?;
+    if let Err(e) = store.run::<()>(&p).await {
+        if !e.is_out_of_space() {
+            return Err(e);
+        }
+        // The script sealed the job: it is accepted, whole, and its tasks
+        // run; only its place in the job list waits for memory.
+        tracing::warn!(job = %job_id, "Redis is out of memory: the job is accepted, its entry in the job list follows once Redis has room");
+        let store = store.clone();
+        tokio::spawn(async move {
+            while let Err(e) = store.run::<()>(&p).await {
+                tracing::debug!("the job list still waits for Redis memory: {e}");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
+    }
     Ok((total, total > 0 && done == total))
 }
 

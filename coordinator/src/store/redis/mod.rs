@@ -116,11 +116,30 @@ struct Inner {
 
 impl From<::redis::RedisError> for StoreError {
     fn from(e: ::redis::RedisError) -> StoreError {
+        let full = is_full(&e);
+        let source = Box::new(e);
+        if full {
+            return StoreError::Full {
+                store: "Redis",
+                source,
+            };
+        }
         StoreError::Database {
             store: "Redis",
-            source: Box::new(e),
+            source,
         }
     }
+}
+
+/// Whether Redis refused for lack of room: `OOM` (maxmemory reached) or
+/// `MISCONF` (it cannot persist, its own disk full, and refuses writes
+/// until it can); a pipeline's or a transaction's failures come as a list.
+fn is_full(e: &::redis::RedisError) -> bool {
+    e.clone().into_server_errors().is_some_and(|errors| {
+        errors
+            .iter()
+            .any(|(_, e)| matches!(e.code(), "OOM" | "MISCONF"))
+    })
 }
 
 /// The Redis store. Cheap to clone; every clone shares the connections.

@@ -25,6 +25,36 @@ fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobStatus> {
     })
 }
 
+/// The sequence number of job `id` if it is not sealed yet.
+fn unsealed_seq(c: &Connection, id: &str) -> rusqlite::Result<Option<i64>> {
+    c.query_row(
+        "SELECT seq FROM jobs WHERE id = ?1 AND sealed = 0",
+        [id],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// The sealed jobs that have input files.
+fn sealed_blob_jobs(c: &Connection) -> rusqlite::Result<HashSet<i64>> {
+    c.prepare(
+        "SELECT DISTINCT i.job_seq FROM task_inputs i JOIN jobs j ON j.seq = i.job_seq
+         WHERE i.external = 1 AND j.sealed = 1",
+    )?
+    .query_map([], |r| r.get(0))?
+    .collect()
+}
+
+/// Failed and cancelled jobs that still hold inputs.
+fn finished_with_inputs(c: &Connection) -> rusqlite::Result<Vec<i64>> {
+    c.prepare(
+        "SELECT seq FROM jobs WHERE state IN ('failed', 'cancelled')
+         AND EXISTS (SELECT 1 FROM task_inputs i WHERE i.job_seq = jobs.seq)",
+    )?
+    .query_map([], |r| r.get(0))?
+    .collect()
+}
+
 fn delete_job(tx: &Transaction<'_>, seq: i64) -> rusqlite::Result<()> {
     for table in ["task_inputs", "task_outputs", "replica_outputs", "tasks"] {
         tx.execute(&format!("DELETE FROM {table} WHERE job_seq = ?1"), [seq])?;
@@ -174,6 +204,13 @@ pub(super) async fn seal_job(store: &SqliteStore, job_id: &str) -> StoreResult<(
 }
 
 pub(super) async fn abort_job(store: &SqliteStore, job_id: &str) -> StoreResult<()> {
+    // Files first: on a full disk the rows' deletion may fail, and the
+    // upload's bytes must go at once all the same (its rows are invisible,
+    // and the next start drops them).
+    let id = job_id.to_string();
+    if let Some(seq) = store.read(move |c| Ok(unsealed_seq(c, &id)?)).await? {
+        store.blobs.remove_job(seq);
+    }
     let job_id = job_id.to_string();
     let seq = store
         .write_relaxed(move |tx| {
@@ -198,6 +235,15 @@ pub(super) async fn abort_job(store: &SqliteStore, job_id: &str) -> StoreResult<
 }
 
 pub(super) async fn abort_unsealed_jobs(store: &SqliteStore) -> StoreResult<u64> {
+    // Before anything is written: the files no sealed job points to
+    // (uploads cut off, jobs whose removal was interrupted) go first, which
+    // is what lets a coordinator restarted on a full disk breathe.
+    let sealed = store.read(|c| Ok(sealed_blob_jobs(c)?)).await?;
+    for seq in store.blobs.jobs()? {
+        if !sealed.contains(&seq) {
+            store.blobs.remove_job(seq);
+        }
+    }
     let (dropped, known) = store
         .write_relaxed(|tx| {
             let seqs: Vec<i64> = tx
@@ -382,15 +428,14 @@ pub(super) async fn jobs_to_reduce(store: &SqliteStore) -> StoreResult<Vec<Strin
 }
 
 pub(super) async fn purge_finished_inputs(store: &SqliteStore) -> StoreResult<u64> {
+    // Files first, read-only: on a full disk the rows' deletion may fail,
+    // and freeing the files is what gives the disk back.
+    for seq in store.read(|c| Ok(finished_with_inputs(c)?)).await? {
+        store.blobs.remove_job(seq);
+    }
     let seqs = store
         .write_relaxed(|tx| {
-            let seqs: Vec<i64> = tx
-                .prepare(
-                    "SELECT seq FROM jobs WHERE state IN ('failed', 'cancelled')
-                     AND EXISTS (SELECT 1 FROM task_inputs i WHERE i.job_seq = jobs.seq)",
-                )?
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
+            let seqs = finished_with_inputs(tx)?;
             for &seq in &seqs {
                 for table in ["task_inputs", "task_outputs", "replica_outputs"] {
                     tx.execute(&format!("DELETE FROM {table} WHERE job_seq = ?1"), [seq])?;

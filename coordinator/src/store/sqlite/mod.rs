@@ -74,11 +74,27 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> StoreError {
+        let source = Box::new(e);
+        if is_full(&source) {
+            return StoreError::Full {
+                store: "SQLite",
+                source,
+            };
+        }
         StoreError::Database {
             store: "SQLite",
-            source: Box::new(e),
+            source,
         }
     }
+}
+
+/// Whether SQLite failed for lack of disk space.
+fn is_full(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(e, _)
+        if e.code == rusqlite::ErrorCode::DiskFull
+            // The shared-memory index of the WAL could not grow: on Linux,
+            // a full tmpfs or /dev/shm.
+            || e.extended_code == rusqlite::ffi::SQLITE_IOERR_SHMSIZE)
 }
 
 impl SqliteStore {

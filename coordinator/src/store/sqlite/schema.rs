@@ -150,7 +150,11 @@ pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
     if upgrade {
         tx.execute_batch(MIGRATE_FROM_1_AFTER)?;
     }
-    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    // Only when it changes: setting it rewrites the header page, and a
+    // store that writes nothing at start opens on a full disk.
+    if version != SCHEMA_VERSION {
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    }
     tx.commit()?;
     Ok(())
 }
