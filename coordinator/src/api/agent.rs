@@ -221,3 +221,21 @@ pub async fn release(
     }
     Ok(Json(ReleaseAck { released }))
 }
+
+/// `GET /v1/agent/self`: the calling agent's own record, as `GET
+/// /v1/agents` lists it, for `musketeer status` (its credit, leases, trust).
+pub async fn whoami(
+    State(st): State<Arc<AppState>>,
+    agent: Agent,
+) -> Result<Json<crate::store::AgentRecord>, ApiError> {
+    // A scan of the agent list: `status` is asked for by a person now and
+    // then, not on any hot path, and the store needs no query of its own.
+    st.scheduler
+        .store
+        .list_agents()
+        .await?
+        .into_iter()
+        .find(|a| a.id == agent.id)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("agent", &agent.id))
+}
