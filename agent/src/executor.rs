@@ -231,28 +231,16 @@ pub fn run_input(input: &[u8]) -> (Option<&'static str>, TaskOutcome) {
 }
 
 /// The kernel of an encoded task input, read from its first byte without
-/// decoding the rest (which may be megabytes of text or matrix).
-///
-/// postcard writes an enum's variant index first, as a varint that is one
-/// byte below 128; `kernel_of_matches_decoding` keeps this in step with
-/// [`TaskInput`]'s variants.
+/// decoding the rest (which may be megabytes of text or matrix), by the
+/// kernel registry's tags.
 pub fn kernel_of(input: &[u8]) -> Option<&'static str> {
-    match input.first()? {
-        0 => Some("fibonacci"),
-        1 => Some("factorial"),
-        2 => Some("matmul"),
-        3 => Some("wordcount"),
-        _ => None,
-    }
+    musketeer_tasks::Kernel::of_encoded(input).map(musketeer_tasks::Kernel::name)
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use musketeer_tasks::factorial::FactorialTask;
     use musketeer_tasks::fibonacci::FibonacciTask;
-    use musketeer_tasks::matmul::{MatmulTask, RandomMatrices, Tile};
-    use musketeer_tasks::wordcount::{WordcountOptions, WordcountTask};
     use musketeer_tasks::TaskOutput;
 
     pub(crate) fn fib_task(index: u32, ns: Vec<u64>) -> LeasedTask {
@@ -295,37 +283,6 @@ pub(crate) mod tests {
         let (kernel, outcome) = run_input(&[0xff, 0xff, 0xff]);
         assert_eq!(kernel, None);
         assert!(matches!(outcome, TaskOutcome::Failed(m) if m.contains("invalid task input")));
-    }
-
-    #[test]
-    fn kernel_of_matches_decoding() {
-        let tile = Tile {
-            row: 0,
-            rows: 1,
-            col: 0,
-            cols: 1,
-        };
-        let inputs = [
-            TaskInput::Fibonacci(FibonacciTask::List(vec![1])),
-            TaskInput::Factorial(FactorialTask { lo: 1, hi: 5 }),
-            TaskInput::Matmul(MatmulTask::Random {
-                tile,
-                matrices: RandomMatrices {
-                    m: 1,
-                    k: 1,
-                    n: 1,
-                    seed: 1,
-                },
-            }),
-            TaskInput::Wordcount(WordcountTask {
-                text: b"a b".to_vec(),
-                options: WordcountOptions::default(),
-            }),
-        ];
-        for input in inputs {
-            assert_eq!(kernel_of(&input.encode()), Some(input.kernel()));
-        }
-        assert_eq!(kernel_of(&[]), None);
     }
 
     #[test]

@@ -24,46 +24,6 @@ pub struct DemoArgs {
     pub serve: bool,
 }
 
-/// The job result, shortened for a terminal.
-fn summary(kernel: &str, result: &Value) -> String {
-    match kernel {
-        "fibonacci" => {
-            let values: Vec<&str> = result["values"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
-            format!("{} values: {}", values.len(), values.join(", "))
-        }
-        "factorial" => {
-            let value = result["value"].as_str().unwrap_or("");
-            format!(
-                "{}! has {} digits: {}...{}",
-                result["n"],
-                result["digits"],
-                &value[..value.len().min(24)],
-                &value[value.len().saturating_sub(12)..]
-            )
-        }
-        "matmul" => {
-            let rows = result["c"].as_array().map(Vec::len).unwrap_or(0);
-            let cols = result["c"][0].as_array().map(Vec::len).unwrap_or(0);
-            format!(
-                "C is {rows}x{cols}; C[0][0] = {}, C[{}][{}] = {}",
-                result["c"][0][0],
-                rows - 1,
-                cols - 1,
-                result["c"][rows - 1][cols - 1]
-            )
-        }
-        _ => format!(
-            "{} words, {} distinct; top: {}",
-            result["total_words"], result["distinct"], result["top"]
-        ),
-    }
-}
-
 /// Runs the demo; fails unless every sample job succeeds.
 pub async fn run(args: DemoArgs) -> Result<()> {
     let dir = tempfile::Builder::new()
@@ -137,7 +97,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             "{kernel:<10} {} tasks, {:.2} s: {}",
             status["progress"]["total"],
             submitted.elapsed().as_secs_f64(),
-            summary(kernel, &result)
+            musketeer_tasks::samples::summary(kernel, &result)
         );
     }
     if let Ok(v) = client.get_json("/v1/agents").await {

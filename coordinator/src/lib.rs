@@ -7,6 +7,7 @@
 //! - [`pki`]: the self-made CA, the server certificate, the admin token.
 //! - [`api`]: the HTTP API (jobs, tokens, agents, the agent protocol,
 //!   dashboard and metrics).
+//! - [`clock`]: the time in ms since the epoch, and a clock tests move.
 //! - [`scheduler`]: long-poll leasing, result intake, lease expiry, reduce.
 //! - [`store`]: all state behind one trait; [`store::sqlite`] is the
 //!   embedded, durable default.
@@ -18,6 +19,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod clock;
 pub mod demo;
 pub mod pki;
 pub mod releases;

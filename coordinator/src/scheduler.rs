@@ -13,7 +13,7 @@ use musketeer_tasks::{ReducePlan, TaskOutput};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::store::sqlite::now_ms;
+use crate::clock::{Clock, SystemClock};
 use crate::store::{CompleteOutcome, LeaseQuery, NewJob, NewTask, Store, StoreResult};
 
 /// The longest an agent's lease call is held open: below common proxy and
@@ -103,11 +103,22 @@ pub struct Scheduler {
     /// or never (until its wait ends) when the store reports every change
     /// through [`Store::work_epoch`].
     repoll_ms: AtomicU64,
+    /// The time every lease, result and expiry is stamped with.
+    clock: Arc<dyn Clock>,
 }
 
 impl Scheduler {
     /// A scheduler over `store`.
     pub fn new(store: Arc<dyn Store>, lease_ttl: Duration) -> Arc<Scheduler> {
+        Scheduler::with_clock(store, lease_ttl, Arc::new(SystemClock))
+    }
+
+    /// A scheduler over `store` that reads the time from `clock`.
+    pub fn with_clock(
+        store: Arc<dyn Store>,
+        lease_ttl: Duration,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<Scheduler> {
         Arc::new(Scheduler {
             store,
             work_ready: Notify::new(),
@@ -115,7 +126,13 @@ impl Scheduler {
             reducing: Mutex::new(HashSet::new()),
             counters: Counters::default(),
             repoll_ms: AtomicU64::new(REPOLL.as_millis() as u64),
+            clock,
         })
+    }
+
+    /// The scheduler's clock now, in milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     /// Starts the background work: lease expiry, and the reduce of jobs a
@@ -129,7 +146,7 @@ impl Scheduler {
             );
         }
         let ttl = self.lease_ttl.as_millis() as u64;
-        let renewed = self.store.renew_all_leases(now_ms(), ttl).await?;
+        let renewed = self.store.renew_all_leases(self.now_ms(), ttl).await?;
         self.store.purge_finished_inputs().await?;
         if renewed > 0 {
             tracing::info!(
@@ -140,7 +157,7 @@ impl Scheduler {
         for id in self.store.jobs_to_reduce().await? {
             self.spawn_reduce(id);
         }
-        if let Some(epoch) = self.store.work_epoch(now_ms()).await? {
+        if let Some(epoch) = self.store.work_epoch(self.now_ms()).await? {
             self.watch_epoch(epoch);
         }
         let me = self.clone();
@@ -165,7 +182,7 @@ impl Scheduler {
                         tracing::error!("cannot purge the inputs of finished jobs: {e}");
                     }
                 }
-                match me.store.expire_leases(now_ms()).await {
+                match me.store.expire_leases(me.now_ms()).await {
                     Ok(0) => {}
                     Ok(n) => {
                         tracing::info!(expired = n, "returned expired leases to the queue");
@@ -195,7 +212,7 @@ impl Scheduler {
             loop {
                 tick.tick().await;
                 let Some(me) = me.upgrade() else { return };
-                match me.store.work_epoch(now_ms()).await {
+                match me.store.work_epoch(me.now_ms()).await {
                     Ok(Some(now)) if now != epoch => {
                         epoch = now;
                         me.work_ready.notify_waiters();
@@ -275,7 +292,7 @@ impl Scheduler {
             let notified = self.work_ready.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            query.now_ms = now_ms();
+            query.now_ms = self.now_ms();
             let granted = self.store.lease(query.clone()).await?;
             if !granted.is_empty() || Instant::now() >= deadline {
                 tracing::debug!(agent = %query.agent_id, tasks = granted.len(), "lease granted");
@@ -311,7 +328,10 @@ impl Scheduler {
         })
         .await
         .map_err(|e| crate::store::StoreError::Worker(e.to_string()))?;
-        let outcome = self.store.complete(agent_id, reports, now_ms()).await?;
+        let outcome = self
+            .store
+            .complete(agent_id, reports, self.now_ms())
+            .await?;
         tracing::debug!(agent = %agent_id, accepted = outcome.accepted, stale = outcome.stale, ready = outcome.ready.len(), "results recorded");
         let c = &self.counters;
         c.results_accepted
@@ -378,6 +398,6 @@ impl Scheduler {
         })
         .await
         .map_err(|e| crate::store::StoreError::Worker(e.to_string()))?;
-        self.store.finish_job(id, result, now_ms()).await
+        self.store.finish_job(id, result, self.now_ms()).await
     }
 }

@@ -3,7 +3,6 @@
 use num_bigint::BigUint;
 use serde::{Deserialize, Serialize};
 
-use crate::fibonacci::output_kernel;
 use crate::job::JobError;
 use crate::kernel::{
     Cost, JobPlan, KernelError, ReducePlan, TaskInput, TaskOutput, TARGET_TASK_WORK,
@@ -260,7 +259,7 @@ impl FactorialReduce {
                 other => {
                     return Err(KernelError::Reduce(format!(
                         "output {i} is not a factorial output: {}",
-                        output_kernel(&other)
+                        other.kind()
                     )))
                 }
             }

@@ -505,7 +505,7 @@ impl FibonacciReduce {
                 other => {
                     return Err(KernelError::Reduce(format!(
                         "output {i} is not a fibonacci output: {}",
-                        output_kernel(&other)
+                        other.kind()
                     )))
                 }
             }
@@ -555,16 +555,6 @@ impl FibonacciOutput {
             return Err("it holds bytes that are not its values' digits".into());
         }
         Ok(())
-    }
-}
-
-/// The kernel name of an output, for error messages.
-pub(crate) fn output_kernel(o: &TaskOutput) -> &'static str {
-    match o {
-        TaskOutput::Fibonacci(_) => "fibonacci",
-        TaskOutput::Factorial(_) => "factorial",
-        TaskOutput::Matmul(_) => "matmul",
-        TaskOutput::Wordcount(_) => "wordcount",
     }
 }
 

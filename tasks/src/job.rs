@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::registry::Kernel;
 use crate::{factorial, fibonacci, matmul, wordcount};
 
 /// The queue a job goes to when it names none.
@@ -39,7 +40,7 @@ pub enum JobError {
     #[error("the body is not a valid JSON job: {0}")]
     Malformed(String),
     /// The `kernel` field is missing or names no kernel we have.
-    #[error("unknown kernel {0:?}: use one of fibonacci, factorial, matmul, wordcount")]
+    #[error("unknown kernel {0:?}: use one of {kernels}", kernels = Kernel::names())]
     UnknownKernel(String),
     /// A field has the wrong type, is missing, or is not known.
     #[error("invalid job: {0}")]
@@ -57,6 +58,16 @@ impl JobError {
             JobError::UnknownKernel(_) => "unknown_kernel",
             JobError::Invalid(_) => "invalid_job",
             JobError::TooLarge(_) => "job_too_large",
+        }
+    }
+
+    /// The HTTP status the API answers this error with: 400 for a body that
+    /// is not JSON, 413 for a job past the limits, 422 for the rest.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            JobError::Malformed(_) => 400,
+            JobError::TooLarge(_) => 413,
+            JobError::UnknownKernel(_) | JobError::Invalid(_) => 422,
         }
     }
 }
@@ -215,12 +226,7 @@ pub enum JobSpec {
 impl JobSpec {
     /// The kernel's name as the API spells it.
     pub fn kernel(&self) -> &'static str {
-        match self {
-            JobSpec::Fibonacci(_) => "fibonacci",
-            JobSpec::Factorial(_) => "factorial",
-            JobSpec::Matmul(_) => "matmul",
-            JobSpec::Wordcount(_) => "wordcount",
-        }
+        self.kind().name()
     }
 }
 
@@ -236,14 +242,15 @@ pub fn parse_job(body: &[u8]) -> Result<(JobSpec, JobOptions), JobError> {
     };
     let kernel = match fields.get("kernel") {
         None => {
-            return Err(JobError::Invalid(
-                "missing field `kernel`: use one of fibonacci, factorial, matmul, wordcount".into(),
-            ))
+            return Err(JobError::Invalid(format!(
+                "missing field `kernel`: use one of {}",
+                Kernel::names()
+            )))
         }
         Some(Value::String(k)) => k.clone(),
         Some(other) => return Err(JobError::UnknownKernel(other.to_string())),
     };
-    if !["fibonacci", "factorial", "matmul", "wordcount"].contains(&kernel.as_str()) {
+    if Kernel::from_name(&kernel).is_none() {
         return Err(JobError::UnknownKernel(kernel));
     }
     let mut options = Map::new();

@@ -95,12 +95,7 @@ impl TaskInput {
 
     /// The kernel's name, for metrics and per-kernel speed estimates.
     pub fn kernel(&self) -> &'static str {
-        match self {
-            TaskInput::Fibonacci(_) => "fibonacci",
-            TaskInput::Factorial(_) => "factorial",
-            TaskInput::Matmul(_) => "matmul",
-            TaskInput::Wordcount(_) => "wordcount",
-        }
+        self.kind().name()
     }
 
     /// The compact encoding stored by the coordinator and sent to agents.

@@ -4,6 +4,8 @@
 //! every kernel can be tested against an independent reference in-process.
 //!
 //! # Layout
+//! - [`registry`]: the one table of kernels (name, wire tag) that job
+//!   parsing, the agent and both stores derive theirs from.
 //! - [`job`]: the job bodies a submitter posts, their options and limits.
 //! - [`kernel`]: one job's plan (its tasks and how to reduce them), the
 //!   task inputs an agent runs and the outputs it returns.
@@ -21,6 +23,7 @@ pub mod job;
 pub mod kernel;
 pub mod matmul;
 pub mod protocol;
+pub mod registry;
 pub mod result;
 pub mod samples;
 pub mod token;
@@ -28,4 +31,5 @@ pub mod wordcount;
 
 pub use job::{JobError, JobOptions, JobSpec};
 pub use kernel::{Cost, JobPlan, KernelError, ReducePlan, TaskInput, TaskOutput};
+pub use registry::Kernel;
 pub use result::JobResult;

@@ -3,7 +3,6 @@
 use ndarray::{ArrayView2, ArrayViewMut2};
 use serde::{Deserialize, Serialize};
 
-use crate::fibonacci::output_kernel;
 use crate::job::JobError;
 use crate::kernel::{
     Cost, JobPlan, KernelError, ReducePlan, TaskInput, TaskOutput, TARGET_TASK_WORK,
@@ -490,7 +489,7 @@ impl MatmulReduce {
                 other => {
                     return Err(KernelError::Reduce(format!(
                         "output {i} is not a matmul output: {}",
-                        output_kernel(&other)
+                        other.kind()
                     )))
                 }
             };

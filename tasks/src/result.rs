@@ -44,12 +44,6 @@ impl JobResult {
     /// Renders the result in `format` (`json`, `tsv`, `npy`), with the
     /// content type to serve it under.
     pub fn render(&self, format: &str) -> Result<(Vec<u8>, &'static str), FormatError> {
-        let (kernel, offered) = match self {
-            JobResult::Fibonacci(_) => ("fibonacci", "json"),
-            JobResult::Factorial(_) => ("factorial", "json"),
-            JobResult::Matmul(_) => ("matmul", "json or npy"),
-            JobResult::Wordcount(_) => ("wordcount", "json or tsv"),
-        };
         let mut out = Vec::new();
         let content_type = match (format, self) {
             ("json", JobResult::Fibonacci(r)) => r.write_json(&mut out),
@@ -61,8 +55,8 @@ impl JobResult {
             _ => {
                 return Err(FormatError {
                     format: format.to_string(),
-                    kernel,
-                    offered,
+                    kernel: self.kind().name(),
+                    offered: self.kind().result_formats(),
                 })
             }
         };

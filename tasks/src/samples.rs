@@ -73,6 +73,53 @@ pub fn sample_jobs() -> Vec<(&'static str, Value)> {
     ]
 }
 
+/// The job result, shortened for a terminal.
+pub fn summary(kernel: &str, result: &Value) -> String {
+    match kernel {
+        "fibonacci" => {
+            let values: Vec<&str> = result["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            format!("{} values: {}", values.len(), values.join(", "))
+        }
+        "factorial" => {
+            let value = result["value"].as_str().unwrap_or("");
+            format!(
+                "{}! has {} digits: {}...{}",
+                result["n"],
+                result["digits"],
+                &value[..value.len().min(24)],
+                &value[value.len().saturating_sub(12)..]
+            )
+        }
+        "matmul" => {
+            let rows = result["c"].as_array().map(Vec::len).unwrap_or(0);
+            let cols = result["c"][0].as_array().map(Vec::len).unwrap_or(0);
+            format!(
+                "C is {rows}x{cols}; C[0][0] = {}, C[{}][{}] = {}",
+                result["c"][0][0],
+                rows - 1,
+                cols - 1,
+                result["c"][rows - 1][cols - 1]
+            )
+        }
+        "wordcount" => format!(
+            "{} words, {} distinct; top: {}",
+            result["total_words"], result["distinct"], result["top"]
+        ),
+        _ => {
+            let text = result.to_string();
+            match text.char_indices().nth(80) {
+                Some((cut, _)) => format!("{}...", &text[..cut]),
+                None => text,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fibonacci::output_kernel;
 use crate::job::JobError;
 use crate::kernel::{Cost, JobPlan, KernelError, ReducePlan, TaskInput, TaskOutput};
 use crate::result::JobResult;
@@ -731,7 +730,7 @@ impl WordcountReduce {
                 other => {
                     return Err(KernelError::Reduce(format!(
                         "output {i} is not a wordcount output: {}",
-                        output_kernel(&other)
+                        other.kind()
                     )))
                 }
             };

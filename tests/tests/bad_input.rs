@@ -363,3 +363,125 @@ async fn cut_off_and_oversized_uploads_leave_no_job_behind() {
         "{page}"
     );
 }
+
+/// A body the coordinator refuses without reading it to the end closes its
+/// connection (`Connection: close`), so a keep-alive client's next request
+/// goes out on a fresh one and works: for a submitter and for an agent, a
+/// hundred times in a row on one client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_bodies_leave_a_keep_alive_client_working() {
+    let c = musketeer_tests::Coordinator::start(CoordinatorOptions {
+        // A hundred rounds of refusals would otherwise meet the rate limits.
+        extra: [
+            "--agent-requests-per-s",
+            "0",
+            "--address-requests-per-s",
+            "0",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..CoordinatorOptions::default()
+    })
+    .unwrap();
+    let agent = c.enrol_manual().await.unwrap();
+    let job = c
+        .submit(&serde_json::json!({"kernel": "factorial", "n": 50}))
+        .await
+        .unwrap();
+
+    // One client, so one connection pool, for every call; each call carries
+    // its own token.
+    let client = c.client_with_token("");
+    let admin = format!("Bearer {}", c.admin_token);
+    let credential = format!("Bearer {}", agent.credential);
+    let oversized_job = bytes::Bytes::from(vec![b' '; (64 << 20) + 1]);
+    let oversized_control = vec![b' '; (4 << 20) + 1];
+    let lease = serde_json::to_vec(&serde_json::json!({
+        "max_work": 1, "max_tasks": 1, "wait_ms": 0,
+        "capacity": musketeer_tests::capacity("nowhere", &[]),
+    }))
+    .unwrap();
+    let small = vec![b'x'; 4096];
+    let refusals: Vec<(&str, &str, Vec<u8>, StatusCode)> = vec![
+        (
+            "/v1/jobs",
+            admin.as_str(),
+            Vec::new(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            "/v1/agent/lease",
+            credential.as_str(),
+            oversized_control,
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            "/v1/jobs",
+            "Bearer nope",
+            small.clone(),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "/v1/agent/results",
+            "Bearer nope",
+            small,
+            StatusCode::UNAUTHORIZED,
+        ),
+    ];
+    for round in 0..100 {
+        // Every kind of refusal a quarter of the time; the 64 MiB body, which
+        // the coordinator drains, in ten rounds.
+        let kind = if round % 10 == 0 { 0 } else { 1 + round % 3 };
+        {
+            let (path, token, body, status) = &refusals[kind];
+            let body = if body.is_empty() {
+                // The 64 MiB body is shared, not copied, round after round.
+                reqwest::Body::from(oversized_job.clone())
+            } else {
+                reqwest::Body::from(body.clone())
+            };
+            let resp = client
+                .request(Method::POST, path)
+                .header("authorization", *token)
+                .body(body)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: POST {path} -> {e:?}"));
+            assert_eq!(resp.status(), *status, "round {round}: POST {path}");
+            assert_eq!(
+                resp.headers().get("connection").map(|v| v.as_bytes()),
+                Some(&b"close"[..]),
+                "round {round}: POST {path} left the connection open"
+            );
+            let v: Value = resp.json().await.unwrap();
+            assert!(v["error"]["code"].is_string(), "round {round}: {v}");
+
+            // The very next request on the same client works.
+            let resp = client
+                .request(Method::GET, &format!("/v1/jobs/{job}"))
+                .header("authorization", &admin)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: GET after POST {path} -> {e:?}"));
+            assert_eq!(resp.status(), StatusCode::OK, "round {round}");
+            assert!(resp.headers().get("connection").is_none());
+            let resp = client
+                .request(Method::POST, "/v1/agent/lease")
+                .header("authorization", &credential)
+                .body(lease.clone())
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: lease after POST {path} -> {e:?}"));
+            assert_eq!(resp.status(), StatusCode::OK, "round {round}");
+        }
+    }
+    // Nothing refused became a job; the one accepted job is still there.
+    let jobs = c.client().get_json("/v1/jobs").await.unwrap();
+    let ids: Vec<&str> = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|j| j["id"].as_str())
+        .collect();
+    assert_eq!(ids, [job.as_str()], "{jobs}");
+}

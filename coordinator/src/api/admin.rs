@@ -11,7 +11,6 @@ use serde_json::json;
 use super::auth::Admin;
 use super::{ApiError, AppState};
 use crate::pki::random_secret;
-use crate::store::sqlite::now_ms;
 
 /// Makes a join token for this coordinator and stores its hash.
 pub async fn make_token(st: &AppState) -> Result<JoinToken, ApiError> {
@@ -21,7 +20,11 @@ pub async fn make_token(st: &AppState) -> Result<JoinToken, ApiError> {
     };
     st.scheduler
         .store
-        .create_token(&token.id(), secret_hash(&token.secret), now_ms())
+        .create_token(
+            &token.id(),
+            secret_hash(&token.secret),
+            st.scheduler.now_ms(),
+        )
         .await?;
     Ok(token)
 }
@@ -67,7 +70,9 @@ pub async fn list_agents(
     _: Admin,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let agents = st.scheduler.store.list_agents().await?;
-    Ok(Json(json!({ "now_ms": now_ms(), "agents": agents })))
+    Ok(Json(
+        json!({ "now_ms": st.scheduler.now_ms(), "agents": agents }),
+    ))
 }
 
 /// `POST /v1/agents/{id}/drain`: finish what it holds, take nothing new.
@@ -90,7 +95,12 @@ pub async fn remove_agent(
     _: Admin,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if st.scheduler.store.remove_agent(&id, now_ms()).await? {
+    if st
+        .scheduler
+        .store
+        .remove_agent(&id, st.scheduler.now_ms())
+        .await?
+    {
         st.scheduler.signal_work();
         Ok(Json(json!({"id": id, "state": "removed"})))
     } else {

@@ -21,7 +21,6 @@ use super::auth::{Agent, Anonymous};
 use super::error::read_body;
 use super::{ApiError, AppState, MAX_CONTROL_BODY, MAX_RESULT_BODY};
 use crate::pki::random_secret;
-use crate::store::sqlite::now_ms;
 use crate::store::{EnrolRefusal, LeaseQuery, NewAgent};
 
 /// Most tasks one lease call may take: bounds the response and the
@@ -107,7 +106,7 @@ pub async fn enrol(
         id: cred.agent_id.clone(),
         secret_hash: secret_hash(&cred.secret),
         capacity: req.capacity,
-        now_ms: now_ms(),
+        now_ms: st.scheduler.now_ms(),
     };
     match st
         .scheduler
@@ -152,7 +151,7 @@ pub async fn lease(
             max_work: req.max_work.max(1),
             max_tasks: req.max_tasks.clamp(1, MAX_TASKS_PER_LEASE),
             max_bytes: MAX_LEASE_BYTES,
-            now_ms: now_ms(),
+            now_ms: st.scheduler.now_ms(),
             ttl_ms: st.scheduler.lease_ttl.as_millis() as u64,
             capacity: req.capacity,
         };
@@ -203,7 +202,7 @@ pub async fn heartbeat(
     let ack = st
         .scheduler
         .store
-        .heartbeat(&agent.id, hb.running, now_ms(), ttl)
+        .heartbeat(&agent.id, hb.running, st.scheduler.now_ms(), ttl)
         .await?;
     Ok(Json(ack))
 }

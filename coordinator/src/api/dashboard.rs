@@ -12,7 +12,6 @@ use serde_json::json;
 
 use super::auth::Anonymous;
 use super::{ApiError, AppState};
-use crate::store::sqlite::now_ms;
 
 /// `GET /healthz`: the coordinator answers and its store does too.
 pub async fn healthz(
@@ -142,7 +141,7 @@ pub async fn page(State(st): State<Arc<AppState>>, _: Anonymous) -> Result<Html<
     let stats = store.stats().await?;
     let agents = store.list_agents().await?;
     let jobs = store.list_jobs(20).await?;
-    let now = now_ms();
+    let now = st.scheduler.now_ms();
     let mut h = String::from(
         "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=2>\
          <title>Musketeer</title><style>body{font-family:system-ui,sans-serif;margin:2em;color:#222}\

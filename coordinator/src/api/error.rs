@@ -107,19 +107,26 @@ pub async fn read_body(
     limit: usize,
     hint: &str,
 ) -> Result<bytes::Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body is larger than {} MiB: {hint}", limit >> 20),
+        )
+    };
+    // A declared length over the limit is refused before a byte is read.
+    if http_body::Body::size_hint(&body).lower() > limit as u64 {
+        return Err(too_large());
+    }
     match axum::body::to_bytes(body, limit).await {
         Ok(b) => Ok(b),
         Err(e) => {
-            let too_large = std::error::Error::source(&e)
+            let over_limit = std::error::Error::source(&e)
                 .map(|s| s.is::<http_body_util::LengthLimitError>())
                 .unwrap_or(false)
                 || e.to_string().contains("length limit");
-            if too_large {
-                Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    format!("the body is larger than {} MiB: {hint}", limit >> 20),
-                ))
+            if over_limit {
+                Err(too_large())
             } else {
                 Err(ApiError::bad_request(
                     "bad_body",

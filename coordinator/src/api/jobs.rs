@@ -19,7 +19,6 @@ use super::auth::Admin;
 use super::error::read_body;
 use super::{ApiError, AppState, MAX_JOB_BODY};
 use crate::scheduler::UnsealedJob;
-use crate::store::sqlite::now_ms;
 use crate::store::{JobState, JobStatus, NewJob, NewTask};
 
 /// Streamed text is cut into chunks of about this size: a few milliseconds
@@ -28,15 +27,11 @@ use crate::store::{JobState, JobStatus, NewJob, NewTask};
 const STREAM_CHUNK_BYTES: usize = 4 << 20;
 
 fn job_error(e: JobError) -> ApiError {
-    let status = match e {
-        JobError::Malformed(_) => StatusCode::BAD_REQUEST,
-        JobError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-        JobError::UnknownKernel(_) | JobError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-    };
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
     ApiError::new(status, e.code(), e.to_string())
 }
 
-fn new_job(kernel: &str, mut options: JobOptions, reduce_plan: Vec<u8>) -> NewJob {
+fn new_job(st: &AppState, kernel: &str, mut options: JobOptions, reduce_plan: Vec<u8>) -> NewJob {
     // `agent` and `arch` are matched as the reserved labels every agent
     // carries (see `agent::lease`), so the store needs no rule of its own.
     options.labels = options.required_labels();
@@ -45,7 +40,7 @@ fn new_job(kernel: &str, mut options: JobOptions, reduce_plan: Vec<u8>) -> NewJo
         kernel: kernel.to_string(),
         options,
         reduce_plan,
-        created_ms: now_ms(),
+        created_ms: st.scheduler.now_ms(),
     }
 }
 
@@ -86,7 +81,7 @@ pub async fn submit(
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
     .map_err(job_error)?;
-    let job = new_job(kernel, options, reduce);
+    let job = new_job(&st, kernel, options, reduce);
     let id = job.id.clone();
     let total = st.scheduler.submit(job, tasks).await?;
     tracing::info!(job = %id, kernel, tasks = total, "job accepted");
@@ -190,7 +185,12 @@ pub async fn submit_wordcount_stream(
     options.validate().map_err(job_error)?;
 
     let chunker_options = wc.clone();
-    let job = new_job("wordcount", options, wordcount::reduce_plan(&wc).encode());
+    let job = new_job(
+        &st,
+        "wordcount",
+        options,
+        wordcount::reduce_plan(&wc).encode(),
+    );
     let id = job.id.clone();
     let store = st.scheduler.store.clone();
     store.begin_job(job).await?;
@@ -295,7 +295,7 @@ pub async fn cancel(
     let job = st
         .scheduler
         .store
-        .cancel_job(&id, now_ms())
+        .cancel_job(&id, st.scheduler.now_ms())
         .await?
         .ok_or_else(|| ApiError::not_found("job", &id))?;
     match job.state {

@@ -6,6 +6,7 @@
 mod admin;
 mod agent;
 mod auth;
+mod connection;
 mod dashboard;
 mod error;
 mod jobs;
@@ -169,5 +170,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(error::method_not_allowed)
         // Each handler reads its body with its own limit (see `body`).
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(connection::close_if_body_unread))
         .with_state(state)
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use musketeer_tasks::protocol::{HeartbeatAck, LeasedTask, TaskOutcome, TaskRef, TaskReport};
-use musketeer_tasks::Cost;
+use musketeer_tasks::{Cost, Kernel};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::blobs::{Blobs, INLINE_MAX};
@@ -261,7 +261,7 @@ impl SqliteStore {
         let readers = (0..READERS)
             .map(|_| open_connection(path).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
-        let now = now_ms();
+        let now = crate::clock::now_ms();
         Ok(SqliteStore {
             writer: Arc::new(Mutex::new(Writer {
                 conn: writer,
@@ -374,14 +374,6 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(())
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn hash_of(v: Vec<u8>) -> StoreResult<[u8; 32]> {
@@ -1481,7 +1473,7 @@ impl Store for SqliteStore {
                         // later: treat it as a failed attempt now, with the
                         // reason. (The API decoded the output already, outside
                         // this lock; the variant tag is its first byte.)
-                        let valid = output_kernel(&bytes) == Some(kernel.as_str());
+                        let valid = Kernel::of_encoded(&bytes).map(Kernel::name) == Some(kernel.as_str());
                         if !valid {
                             let reason = format!("agent {agent_id} returned an invalid {kernel} output");
                             let ended = EndedAttempt { seq, idx, replica, attempts, max_attempts, reason: &reason, backoff: true };
@@ -1720,16 +1712,4 @@ fn delete_job(tx: &Transaction<'_>, seq: i64) -> rusqlite::Result<()> {
     }
     tx.execute("DELETE FROM jobs WHERE seq = ?1", [seq])?;
     Ok(())
-}
-
-/// The kernel of an encoded [`musketeer_tasks::TaskOutput`]: postcard writes
-/// an enum's variant index first, and there are fewer than 128 variants.
-fn output_kernel(bytes: &[u8]) -> Option<&'static str> {
-    match bytes.first()? {
-        0 => Some("fibonacci"),
-        1 => Some("factorial"),
-        2 => Some("matmul"),
-        3 => Some("wordcount"),
-        _ => None,
-    }
 }

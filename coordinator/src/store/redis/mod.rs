@@ -52,7 +52,7 @@ use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Cmd, ErrorKind, Pipeline, ServerErrorKind, Value};
 use async_trait::async_trait;
 use musketeer_tasks::protocol::{HeartbeatAck, LeasedTask, TaskOutcome, TaskRef, TaskReport};
-use musketeer_tasks::Cost;
+use musketeer_tasks::{Cost, Kernel};
 
 use super::*;
 
@@ -159,9 +159,11 @@ impl Scripts {
     fn new() -> Scripts {
         // The retry backoff per attempt count, from the one definition.
         let backoff: Vec<String> = (1..=9).map(|a| retry_backoff_ms(a).to_string()).collect();
-        // The variant index postcard writes first for each kernel's output
-        // (as the embedded store's `output_kernel`).
-        let tags = "fibonacci = 0, factorial = 1, matmul = 2, wordcount = 3";
+        // The variant index postcard writes first for each kernel's output,
+        // from the kernel registry.
+        let tags = Kernel::ALL
+            .map(|k| format!("{} = {}", k.name(), k.tag()))
+            .join(", ");
         // The judge's numbers by redundancy (1-based, as Lua tables), and
         // the reason a task gives up with, as a Lua expression.
         let redundancies = 1..=musketeer_tasks::job::MAX_REDUNDANCY;
@@ -182,7 +184,7 @@ impl Scripts {
         );
         let lib = include_str!("job_lib.lua")
             .replace("__BACKOFF__", &backoff.join(", "))
-            .replace("__KERNEL_TAGS__", tags)
+            .replace("__KERNEL_TAGS__", &tags)
             .replace("__MAX_REPLICAS__", &MAX_REPLICAS.to_string())
             .replace("__QUORUM__", &quorum.join(", "))
             .replace("__EXTRA_REPLICAS__", &extra.join(", "))
