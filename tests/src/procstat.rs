@@ -181,6 +181,25 @@ impl Drop for CpuHog {
     }
 }
 
+/// Sets the niceness of `root` and every process under it (children it
+/// starts later inherit it from `root`). Needs root for a negative value.
+pub fn renice_tree(root: u32, nice: i32) -> std::io::Result<()> {
+    let mut pids = descendants(root);
+    pids.push(root);
+    let status = std::process::Command::new("renice")
+        .args(["-n", &nice.to_string(), "-p"])
+        .args(pids.iter().map(u32::to_string))
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "renice -n {nice} failed: {status}"
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,24 +219,5 @@ mod tests {
         assert!(tree_rss(me) > status_bytes(me, "VmRSS").unwrap());
         drop(hog);
         assert!(!descendants(me).contains(&pid));
-    }
-}
-
-/// Sets the niceness of `root` and every process under it (children it
-/// starts later inherit it from `root`). Needs root for a negative value.
-pub fn renice_tree(root: u32, nice: i32) -> std::io::Result<()> {
-    let mut pids = descendants(root);
-    pids.push(root);
-    let status = std::process::Command::new("renice")
-        .args(["-n", &nice.to_string(), "-p"])
-        .args(pids.iter().map(u32::to_string))
-        .stdout(std::process::Stdio::null())
-        .status()?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(std::io::Error::other(format!(
-            "renice -n {nice} failed: {status}"
-        )))
     }
 }
