@@ -133,6 +133,9 @@ pub struct Limits {
 impl Limits {
     /// Parses the limits from `source`, keyed by the environment variables' names.
     pub fn from_source(source: &impl Source) -> Result<Limits, ConfigError> {
+        // A variable set empty is not given: compose files pass
+        // `${MUSKETEER_CPUS:-}` through, and images set defaults empty.
+        let source = NonEmpty(source);
         let mut limits = Limits::default();
         if let Some(v) = source.get(CPUS) {
             limits.cpus = Some(parse_cpus(&v).map_err(|r| err("--cpus", CPUS, &v, r))?);
@@ -161,7 +164,7 @@ impl Limits {
         if let Some(v) = source.get(LABELS) {
             limits.labels = parse_labels(&v).map_err(|r| err("--label", LABELS, &v, r))?;
         }
-        if let Some(v) = source.get(SCHEDULE).filter(|v| !v.trim().is_empty()) {
+        if let Some(v) = source.get(SCHEDULE) {
             limits.schedule =
                 Some(Schedule::parse(&v).map_err(|r| err("--schedule", SCHEDULE, &v, r))?);
         }
@@ -176,6 +179,15 @@ impl Limits {
             );
         }
         Ok(limits)
+    }
+}
+
+/// A [`Source`] that reads empty values as unset.
+struct NonEmpty<'a, S>(&'a S);
+
+impl<S: Source> Source for NonEmpty<'_, S> {
+    fn get(&self, key: &str) -> Option<String> {
+        self.0.get(key).filter(|v| !v.trim().is_empty())
     }
 }
 
@@ -543,6 +555,13 @@ mod tests {
             Limits::from_source(&HashMap::new()).unwrap(),
             Limits::default()
         );
+        let empty = HashMap::from([
+            (CPUS, ""),
+            (MEMORY, " "),
+            (SCHEDULE, ""),
+            (PAUSE_ON_BATTERY, ""),
+        ]);
+        assert_eq!(Limits::from_source(&empty).unwrap(), Limits::default());
     }
 
     #[test]
