@@ -16,9 +16,15 @@ COPY musketeer /musketeer
 COPY --chown=65532:65532 data /data
 USER 65532:65532
 # Configured by environment alone. Self-update is off: an image is replaced
-# by pulling a newer image, not by rewriting its binary.
+# by pulling a newer image, not by rewriting its binary. The volunteer's
+# controls: MUSKETEER_SCHEDULE="mon-fri 18:00-08:00,sat-sun" (empty: always;
+# the image has no time zone, so UTC unless /etc/localtime is mounted),
+# MUSKETEER_PAUSE_ON_BATTERY=true (reads /sys/class/power_supply, which
+# containers see), and `docker exec NAME /musketeer pause 1h|resume|status`.
 ENV MUSKETEER_STATE_DIR=/data \
     MUSKETEER_AUTO_UPDATE=0 \
+    MUSKETEER_SCHEDULE= \
+    MUSKETEER_PAUSE_ON_BATTERY=false \
     MUSKETEER_COORDINATOR=${MUSKETEER_COORDINATOR} \
     MUSKETEER_TOKEN=${MUSKETEER_TOKEN}
 VOLUME /data

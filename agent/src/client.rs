@@ -138,6 +138,13 @@ impl Client {
         json_body(resp).await
     }
 
+    /// `GET /v1/agent/self`: what the coordinator knows of this agent (its
+    /// record as `GET /v1/agents` lists it: state, leases, credit, trust).
+    pub async fn whoami(&self) -> Result<serde_json::Value, ClientError> {
+        let resp = self.send(self.get("/v1/agent/self"), CALL_TIMEOUT).await?;
+        json_body(resp).await
+    }
+
     /// `GET /v1/agent/update?target=`: the newest release for `target`, or
     /// `None` when the coordinator has none.
     pub async fn latest_release(&self, target: &str) -> Result<Option<ReleaseInfo>, ClientError> {

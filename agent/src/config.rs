@@ -10,6 +10,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
+use std::time::Duration;
+
+use crate::volunteer::Schedule;
 use crate::work_loop::Tuning;
 
 /// The coordinator's URL, for `run` in a container configured by `-e` alone.
@@ -34,6 +37,12 @@ pub const QUEUES: &str = "MUSKETEER_QUEUES";
 pub const LABELS: &str = "MUSKETEER_LABELS";
 /// The tracing filter (`info`, `musketeer=debug`, ...).
 pub const LOG: &str = "MUSKETEER_LOG";
+/// `--schedule`: compute only in these windows (host local time).
+pub const SCHEDULE: &str = "MUSKETEER_SCHEDULE";
+/// `--pause-on-battery`.
+pub const PAUSE_ON_BATTERY: &str = "MUSKETEER_PAUSE_ON_BATTERY";
+/// `--hold-leases-when-paused`.
+pub const HOLD_LEASES: &str = "MUSKETEER_HOLD_LEASES_WHEN_PAUSED";
 /// `--auto-update`: install signed releases from the coordinator.
 pub const AUTO_UPDATE: &str = "MUSKETEER_AUTO_UPDATE";
 /// `--update-interval`: seconds between looks for a release.
@@ -112,11 +121,21 @@ pub struct Limits {
     pub queues: Vec<String>,
     /// Labels jobs can require.
     pub labels: BTreeMap<String, String>,
+    /// Compute only in these windows; `None` is always.
+    pub schedule: Option<Schedule>,
+    /// Pause while the host runs on battery.
+    pub pause_on_battery: bool,
+    /// While paused, keep running tasks' leases this long, then give them
+    /// back; `None` is [`crate::volunteer::DEFAULT_HOLD_LEASES`].
+    pub hold_leases: Option<Duration>,
 }
 
 impl Limits {
     /// Parses the limits from `source`, keyed by the environment variables' names.
     pub fn from_source(source: &impl Source) -> Result<Limits, ConfigError> {
+        // A variable set empty is not given: compose files pass
+        // `${MUSKETEER_CPUS:-}` through, and images set defaults empty.
+        let source = NonEmpty(source);
         let mut limits = Limits::default();
         if let Some(v) = source.get(CPUS) {
             limits.cpus = Some(parse_cpus(&v).map_err(|r| err("--cpus", CPUS, &v, r))?);
@@ -145,7 +164,30 @@ impl Limits {
         if let Some(v) = source.get(LABELS) {
             limits.labels = parse_labels(&v).map_err(|r| err("--label", LABELS, &v, r))?;
         }
+        if let Some(v) = source.get(SCHEDULE) {
+            limits.schedule =
+                Some(Schedule::parse(&v).map_err(|r| err("--schedule", SCHEDULE, &v, r))?);
+        }
+        if let Some(v) = source.get(PAUSE_ON_BATTERY) {
+            limits.pause_on_battery =
+                parse_bool(&v).map_err(|r| err("--pause-on-battery", PAUSE_ON_BATTERY, &v, r))?;
+        }
+        if let Some(v) = source.get(HOLD_LEASES) {
+            limits.hold_leases = Some(
+                parse_duration(&v)
+                    .map_err(|r| err("--hold-leases-when-paused", HOLD_LEASES, &v, r))?,
+            );
+        }
         Ok(limits)
+    }
+}
+
+/// A [`Source`] that reads empty values as unset.
+struct NonEmpty<'a, S>(&'a S);
+
+impl<S: Source> Source for NonEmpty<'_, S> {
+    fn get(&self, key: &str) -> Option<String> {
+        self.0.get(key).filter(|v| !v.trim().is_empty())
     }
 }
 
@@ -184,6 +226,16 @@ pub struct LimitArgs {
     /// Carry the label k=v, which jobs can require (repeatable; the variable is comma-separated).
     #[arg(long = "label", env = LABELS, value_name = "K=V", value_delimiter = ',')]
     pub labels: Vec<String>,
+    /// Compute only in these windows of the host's local time, e.g. "mon-fri 18:00-08:00,sat-sun".
+    #[arg(long, env = SCHEDULE, value_name = "WINDOWS")]
+    pub schedule: Option<String>,
+    /// Pause while the host runs on battery (true/false; the flag alone is true).
+    #[arg(long, env = PAUSE_ON_BATTERY, value_name = "BOOL", num_args = 0..=1,
+          default_missing_value = "true", require_equals = true)]
+    pub pause_on_battery: Option<String>,
+    /// While paused, keep running tasks' leases this long (e.g. 10m, 1h, 0), then give them back.
+    #[arg(long = "hold-leases-when-paused", env = HOLD_LEASES, value_name = "DURATION")]
+    pub hold_leases: Option<String>,
 }
 
 impl Source for LimitArgs {
@@ -196,6 +248,9 @@ impl Source for LimitArgs {
             CORRUPT_RESULTS => self.corrupt_results.clone(),
             QUEUES => self.queues.clone(),
             LABELS if !self.labels.is_empty() => Some(self.labels.join(",")),
+            SCHEDULE => self.schedule.clone(),
+            PAUSE_ON_BATTERY => self.pause_on_battery.clone(),
+            HOLD_LEASES => self.hold_leases.clone(),
             _ => None,
         }
     }
@@ -333,6 +388,47 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
+/// Parses a duration: `90s`, `30m`, `1h30m`, `2d`, or a number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let bad = || format!("{s:?} is not a duration: use e.g. 90s, 30m, 1h30m or 2d");
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let (mut total, mut number) = (0u64, String::new());
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c.to_ascii_lowercase() {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return Err(bad()),
+        };
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+        number.clear();
+    }
+    if !number.is_empty() || s.is_empty() {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(total))
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" | "" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
 fn parse_cpus(s: &str) -> Result<u32, String> {
     match s.trim().parse::<u32>() {
         Ok(0) | Err(_) => Err("expected a whole number of cores, 1 or more".into()),
@@ -431,6 +527,9 @@ mod tests {
             (CORRUPT_RESULTS, "0.5"),
             (QUEUES, "gpu, default,gpu"),
             (LABELS, "zone=eu, arch = arm"),
+            (SCHEDULE, "mon-fri 18:00-08:00,sat-sun"),
+            (PAUSE_ON_BATTERY, "yes"),
+            (HOLD_LEASES, "1h30m"),
             ("UNRELATED", "x"),
         ]);
         let limits = Limits::from_source(&env).unwrap();
@@ -447,12 +546,22 @@ mod tests {
                     ("zone".into(), "eu".into()),
                     ("arch".into(), "arm".into())
                 ]),
+                schedule: Some(Schedule::parse("mon-fri 18:00-08:00,sat-sun").unwrap()),
+                pause_on_battery: true,
+                hold_leases: Some(Duration::from_secs(5400)),
             }
         );
         assert_eq!(
             Limits::from_source(&HashMap::new()).unwrap(),
             Limits::default()
         );
+        let empty = HashMap::from([
+            (CPUS, ""),
+            (MEMORY, " "),
+            (SCHEDULE, ""),
+            (PAUSE_ON_BATTERY, ""),
+        ]);
+        assert_eq!(Limits::from_source(&empty).unwrap(), Limits::default());
     }
 
     #[test]
@@ -469,12 +578,30 @@ mod tests {
             (QUEUES, " , ", "--queues"),
             (LABELS, "novalue", "--label"),
             (LABELS, "=v", "--label"),
+            (SCHEDULE, "nightly", "--schedule"),
+            (PAUSE_ON_BATTERY, "maybe", "--pause-on-battery"),
+            (HOLD_LEASES, "10 minutes", "--hold-leases-when-paused"),
         ];
         for (key, value, flag) in cases {
             let e = Limits::from_source(&HashMap::from([(key, value)])).unwrap_err();
             assert_eq!((e.flag, e.env), (flag, key), "{key}={value}");
             let text = e.to_string();
             assert!(text.contains(flag) && text.contains(key), "{text}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration(" 2d "), Ok(Duration::from_secs(172_800)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "m", "1h30", "5x", "-1s", "99999999999999999999d"] {
+            assert!(
+                parse_duration(bad).unwrap_err().contains("duration"),
+                "{bad}"
+            );
         }
     }
 

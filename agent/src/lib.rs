@@ -35,6 +35,8 @@
 //! - [`corrupt`]: the hidden `--corrupt-results` test flag (a lying agent).
 //! - [`mod@bench`]: `musketeer bench`.
 //! - [`update`]: signed self-update from the coordinator.
+//! - [`volunteer`]: the schedule, pausing on battery, `musketeer pause`.
+//! - [`control`]: the control socket behind `pause`, `resume` and `status`.
 // Denied rather than forbidden so that `memory_cap`, a global allocator,
 // can allow it; nothing else may.
 #![deny(unsafe_code)]
@@ -42,20 +44,24 @@
 #![warn(missing_docs)]
 
 use std::future::Future;
+use std::sync::Arc;
 
 pub mod bench;
 pub mod capacity;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod corrupt;
 pub mod enrol;
 pub mod executor;
 pub mod memory_cap;
 pub mod process_pool;
 pub mod procfs;
+pub mod status;
 pub mod supervisor;
 pub mod trust;
 pub mod update;
+pub mod volunteer;
 pub mod work_loop;
 pub mod worker;
 
@@ -93,6 +99,9 @@ pub enum AgentError {
     /// Talking to the coordinator failed for good (an untrusted server).
     #[error(transparent)]
     Client(ClientError),
+    /// The control socket cannot be had.
+    #[error(transparent)]
+    Control(control::ControlError),
 }
 
 /// Why [`run_until_update`] returned.
@@ -151,7 +160,27 @@ pub async fn run_until_update(
         enrolment.agent_id,
         enrolment.coordinator
     );
-    let isolation = isolation(&config, &capacity);
+    let limits = &config.limits;
+    let controls = Arc::new(volunteer::Controls::new(
+        limits.schedule.clone(),
+        limits.pause_on_battery,
+        std::env::var_os(volunteer::POWER_SUPPLY_DIR_ENV)
+            .map_or_else(|| volunteer::POWER_SUPPLY_DIR.into(), Into::into),
+    ));
+    let hold_leases = limits.hold_leases.unwrap_or(volunteer::DEFAULT_HOLD_LEASES);
+    log_controls(&controls, hold_leases);
+    let link = work_loop::Link {
+        hold: controls.subscribe(),
+        hold_leases,
+        snapshot: Arc::default(),
+    };
+    let watching = {
+        let controls = controls.clone();
+        tokio::spawn(async move { controls.watch().await })
+    };
+    let control_socket =
+        start_control_socket(&config, &enrolment, &client, &controls, &link, &capacity)?;
+    let isolation = isolation(&config, &capacity, &link);
     let (installed_tx, installed_rx) = tokio::sync::oneshot::channel();
     let watcher = start_updates(&config, &enrolment, &client).map(|(updater, interval)| {
         tokio::spawn(async move {
@@ -181,10 +210,13 @@ pub async fn run_until_update(
                 fraction * 100.0
             );
             let liar = corrupt::Lying::new(client, enrolment.agent_id.clone(), fraction);
-            work_loop::work(liar, capacity, isolation, config.tuning, stop).await
+            work_loop::work_linked(liar, capacity, isolation, config.tuning, link, stop).await
         }
-        None => work_loop::work(client, capacity, isolation, config.tuning, stop).await,
-    }    .map_err(|e| match e {
+        None => {
+            work_loop::work_linked(client, capacity, isolation, config.tuning, link, stop).await
+        }
+    }
+    .map_err(|e| match e {
         ClientError::Unauthorized(message) => AgentError::Revoked {
             url: enrolment.coordinator.clone(),
             agent_id: enrolment.agent_id.clone(),
@@ -202,10 +234,74 @@ pub async fn run_until_update(
     if let Some(w) = &watcher {
         w.abort();
     }
+    watching.abort();
+    if let Some(socket) = control_socket {
+        socket.abort();
+    }
     Ok(match installed {
         Some(installed) => Exit::Updated(stats, installed),
         None => Exit::Stopped(stats),
     })
+}
+
+/// Says which volunteer controls are on, once at start.
+fn log_controls(controls: &volunteer::Controls, hold_leases: std::time::Duration) {
+    if let Some(s) = controls.schedule() {
+        tracing::info!(
+            "computing only in the windows {:?} (host local time, now {})",
+            s.as_str(),
+            chrono::Local::now().format("%a %H:%M %Z")
+        );
+    }
+    if controls.pauses_on_battery() {
+        tracing::info!("pausing while the host runs on battery");
+    }
+    tracing::debug!(
+        "a paused agent keeps its frozen tasks' leases for {}",
+        process_pool::seconds(hold_leases)
+    );
+}
+
+/// Starts answering `musketeer pause|resume|status` on the state
+/// directory's control socket. Without a socket (a path too long for one,
+/// a file system that has none) the agent still works, with a warning; a
+/// second agent on the same state directory is an error.
+fn start_control_socket(
+    config: &AgentConfig,
+    enrolment: &Enrolment,
+    client: &client::Client,
+    controls: &Arc<volunteer::Controls>,
+    link: &work_loop::Link,
+    capacity: &Capacity,
+) -> Result<Option<tokio::task::JoinHandle<()>>, AgentError> {
+    let listener = match control::bind(&config.state_dir) {
+        Ok(l) => l,
+        Err(e @ control::ControlError::AlreadyRunning(_)) => return Err(AgentError::Control(e)),
+        Err(e) => {
+            tracing::warn!(
+                "{e}; `musketeer pause`, `resume` and `status` will not reach this agent"
+            );
+            return Ok(None);
+        }
+    };
+    let limits = &config.limits;
+    let context = Arc::new(control::Context {
+        controls: controls.clone(),
+        snapshot: link.snapshot.clone(),
+        client: client.clone(),
+        agent_id: enrolment.agent_id.clone(),
+        version: config.version.clone(),
+        limits: serde_json::json!({
+            "cpus": capacity.cpus,
+            "memory_bytes": capacity.memory_bytes,
+            "max_cpu_percent": limits.max_cpu_percent,
+            "yield_to_host_percent": limits.yield_to_host_percent,
+            "queues": capacity.queues,
+            "labels": capacity.labels,
+        }),
+        hold_leases: link.hold_leases,
+    });
+    Ok(Some(tokio::spawn(control::serve(listener, context))))
 }
 
 /// The updater, if updates are wanted and the coordinator gave a release key.
@@ -237,7 +333,11 @@ fn start_updates(
 
 /// Where tasks run: worker processes held to every limit when there is a
 /// `musketeer` binary to start them from, else threads.
-fn isolation(config: &AgentConfig, capacity: &Capacity) -> executor::Isolation {
+fn isolation(
+    config: &AgentConfig,
+    capacity: &Capacity,
+    link: &work_loop::Link,
+) -> executor::Isolation {
     let limits = &config.limits;
     match &config.worker_exe {
         Some(exe) => executor::Isolation::Processes(process_pool::PoolConfig {
@@ -247,6 +347,7 @@ fn isolation(config: &AgentConfig, capacity: &Capacity) -> executor::Isolation {
                 memory_limit: capacity.memory_bytes,
                 duty: supervisor::DutyBudget::new(limits.max_cpu_percent, capacity.cpus),
                 host: supervisor::HostYield::new(limits.yield_to_host_percent),
+                hold: Some(link.hold.clone()),
             },
         }),
         None => executor::Isolation::Threads(executor::DutyCycle::new(limits.max_cpu_percent)),

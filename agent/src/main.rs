@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use musketeer::config::{self, default_state_dir, LimitArgs, Limits, UpdateArgs};
-use musketeer::{capacity, AgentConfig, Exit, UpdatePolicy};
+use musketeer::{capacity, control, AgentConfig, Exit, UpdatePolicy};
 
 /// This build's version. `MUSKETEER_VERSION` at compile time overrides the
 /// crate's, so that a test can build a genuinely newer agent by rebuilding
@@ -67,6 +67,19 @@ enum Command {
     },
     /// Run each built-in kernel on a sample here and print its speed.
     Bench,
+    /// Pause the running agent's tasks (frozen, leases kept for a while), for DURATION or until `resume`.
+    Pause {
+        /// How long: 90s, 30m, 1h30m, 2d, or seconds; none pauses until `musketeer resume`.
+        duration: Option<String>,
+    },
+    /// Lift a `musketeer pause` (the schedule and the battery still apply).
+    Resume,
+    /// Show the running agent: coordinator, state, tasks, limits, and the work and credit the coordinator counts.
+    Status {
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Counts the heap of worker processes and holds them to their memory
@@ -149,6 +162,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut info = serde_json::to_value(&capacity)?;
             info["target"] = musketeer::update::TARGET.into();
             println!("{}", serde_json::to_string_pretty(&info)?);
+            Ok(())
+        }
+        Command::Pause { duration } => {
+            let seconds = duration
+                .map(|d| config::parse_duration(&d).map(|d| d.as_secs()))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("invalid pause: {e}"))?;
+            let status = control::call(&state_dir, &control::Request::Pause { seconds })?;
+            print!("{}", musketeer::status::render(&status));
+            Ok(())
+        }
+        Command::Resume => {
+            let status = control::call(&state_dir, &control::Request::Resume)?;
+            print!("{}", musketeer::status::render(&status));
+            Ok(())
+        }
+        Command::Status { json } => {
+            let status = control::call(&state_dir, &control::Request::Status)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", musketeer::status::render(&status));
+            }
             Ok(())
         }
         Command::Bench => {

@@ -120,6 +120,14 @@ impl Shared {
         }
     }
 
+    /// Moves every running task's start `by` later, so that time spent
+    /// paused does not count towards its timeout.
+    pub(crate) fn postpone_timeouts(&mut self, by: Duration) {
+        for task in self.slots.iter_mut().filter_map(|s| s.task.as_mut()) {
+            task.started += by;
+        }
+    }
+
     /// Ends the workers whose task has run past its timeout.
     pub(crate) fn enforce_timeouts(&mut self, now: Instant) {
         for slot in &mut self.slots {
@@ -127,7 +135,7 @@ impl Shared {
             let Some(timeout) = task.timeout else {
                 continue;
             };
-            if now - task.started > timeout && slot.kill_reason.is_none() {
+            if now.saturating_duration_since(task.started) > timeout && slot.kill_reason.is_none() {
                 slot.end(format!("ran past its timeout of {}", seconds(timeout)));
             }
         }

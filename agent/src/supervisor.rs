@@ -13,8 +13,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
 use crate::process_pool::Shared;
 use crate::procfs;
+use crate::volunteer::Hold;
 
 /// How often the supervisor measures and decides. Short enough that the
 /// duty cycle's bursts are invisible (a worker never runs more than this
@@ -133,6 +136,9 @@ pub struct Policy {
     pub duty: Option<DutyBudget>,
     /// `--yield-to-host-percent`.
     pub host: Option<HostYield>,
+    /// The volunteer's controls ([`crate::volunteer`]): workers stay
+    /// stopped while this holds a [`Hold`].
+    pub hold: Option<watch::Receiver<Option<Hold>>>,
 }
 
 /// The agent's own CPU time (every thread), from `getrusage`.
@@ -230,8 +236,14 @@ pub fn run(shared: Arc<Mutex<Shared>>, mut policy: Policy) {
                 }
             }
         }
-        let suspend = !run_duty || policy.host.as_ref().is_some_and(HostYield::paused);
+        let held = policy.hold.as_ref().is_some_and(|h| h.borrow().is_some());
+        let suspend = held || !run_duty || policy.host.as_ref().is_some_and(HostYield::paused);
         shared.suspend_all(suspend);
+        if held {
+            // A volunteer's pause may last an hour: it must not count
+            // against a task's timeout, as a short CPU-limit pause does.
+            shared.postpone_timeouts(wall);
+        }
         shared.enforce_timeouts(now);
         shared.enforce_memory(policy.memory_limit);
     }

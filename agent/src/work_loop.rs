@@ -18,11 +18,17 @@
 //! - **Outages** (unreachable, 5xx) are retried with backoff and logged once;
 //!   finished results stay buffered until the coordinator is back. Only a
 //!   refused credential or an untrusted server ends the loop with an error.
+//! - **Holds** (the volunteer's pause, schedule or battery, see
+//!   [`crate::volunteer`]) stop leasing and dispatching and give queued
+//!   tasks back at once; running tasks stay leased (heartbeats go on) while
+//!   their workers are frozen, for [`Link::hold_leases`], then are given
+//!   back too.
 //! - **Shutdown** releases queued tasks at once, gives running ones
 //!   [`Tuning::grace`] to finish and upload, and releases the rest.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use musketeer_tasks::protocol::{
@@ -30,12 +36,14 @@ use musketeer_tasks::protocol::{
     ReleaseAck, ResultAck, ResultBatch, TaskOutcome, TaskRef, TaskReport,
 };
 use musketeer_tasks::Cost;
-use tokio::sync::mpsc;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::client::{AgentApi, Backoff, ClientError, Outage};
 use crate::executor::{kernel_of, Executor, Finished, Isolation};
+use crate::volunteer::Hold;
 
 /// Weight of the newest observation in the speed estimate: enough to follow
 /// a host that gets busier within a few batches, not so much that one odd
@@ -153,7 +161,7 @@ pub fn batch_work(batch: Duration, cpus: u32, ns_per_work: f64) -> u64 {
 }
 
 /// What came of the work loop.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct WorkStats {
     /// Tasks that produced an output.
     pub done: u64,
@@ -163,6 +171,41 @@ pub struct WorkStats {
     pub accepted: u64,
     /// Leases given back unfinished.
     pub released: u64,
+}
+
+/// What the loop is doing, for `musketeer status`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Snapshot {
+    /// Tasks on a worker now (frozen ones included).
+    pub running: Vec<TaskRef>,
+    /// Tasks leased and waiting for a worker.
+    pub queued: usize,
+    /// Results waiting for upload.
+    pub pending_upload: usize,
+    /// So far in this run.
+    pub stats: WorkStats,
+}
+
+/// The loop's link to the volunteer's controls.
+#[derive(Clone, Debug)]
+pub struct Link {
+    /// Whether tasks must not run now, and why.
+    pub hold: watch::Receiver<Option<Hold>>,
+    /// How long frozen tasks keep their leases.
+    pub hold_leases: Duration,
+    /// Where the loop shows what it does.
+    pub snapshot: Arc<Mutex<Snapshot>>,
+}
+
+impl Default for Link {
+    /// Never held.
+    fn default() -> Link {
+        Link {
+            hold: watch::channel(None).1,
+            hold_leases: crate::volunteer::DEFAULT_HOLD_LEASES,
+            snapshot: Arc::default(),
+        }
+    }
 }
 
 /// A network call's answer, back in the loop.
@@ -204,15 +247,35 @@ pub async fn work<A: AgentApi>(
     tuning: Tuning,
     shutdown: impl Future<Output = ()>,
 ) -> Result<WorkStats, ClientError> {
+    work_linked(api, capacity, isolation, tuning, Link::default(), shutdown).await
+}
+
+/// [`work`], held back by the volunteer's controls and showing what it does
+/// through `link`.
+pub async fn work_linked<A: AgentApi>(
+    api: A,
+    capacity: Capacity,
+    isolation: Isolation,
+    tuning: Tuning,
+    link: Link,
+    shutdown: impl Future<Output = ()>,
+) -> Result<WorkStats, ClientError> {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let executor = Executor::with_isolation(capacity.cpus.max(1) as usize, isolation, done_tx);
     let mut state = State::new(api, capacity, tuning, executor);
+    state.hold_leases = link.hold_leases;
+    let mut hold = link.hold;
+    // A sender gone means no more changes: stop asking.
+    let mut hold_live = true;
     let mut calls: JoinSet<Event> = JoinSet::new();
     tokio::pin!(shutdown);
     let mut shutdown_seen = false;
+    let initial = *hold.borrow_and_update();
+    state.on_hold(Instant::now(), initial, &mut calls);
     loop {
         let now = Instant::now();
         state.step(now, &mut calls);
+        state.publish(&link.snapshot);
         if state.finished(now) {
             break;
         }
@@ -226,6 +289,13 @@ pub async fn work<A: AgentApi>(
                 Ok(event) => state.on_event(Instant::now(), event, &mut calls)?,
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                 Err(_) => {}
+            },
+            changed = hold.changed(), if hold_live => match changed {
+                Ok(()) => {
+                    let h = *hold.borrow_and_update();
+                    state.on_hold(Instant::now(), h, &mut calls);
+                }
+                Err(_) => hold_live = false,
             },
             () = &mut shutdown, if !shutdown_seen => {
                 shutdown_seen = true;
@@ -312,6 +382,13 @@ struct State<A> {
     releasing: usize,
     stop: Stop,
     outage: Outage,
+
+    /// Why tasks must not run now, if they must not.
+    held: Option<Hold>,
+    /// Since when they must not.
+    held_since: Option<Instant>,
+    /// How long frozen tasks keep their leases.
+    hold_leases: Duration,
 }
 
 impl<A: AgentApi> State<A> {
@@ -350,6 +427,9 @@ impl<A: AgentApi> State<A> {
             releasing: 0,
             stop: Stop::No,
             outage: Outage::default(),
+            held: None,
+            held_since: None,
+            hold_leases: crate::volunteer::DEFAULT_HOLD_LEASES,
         }
     }
 
@@ -362,6 +442,7 @@ impl<A: AgentApi> State<A> {
     fn step(&mut self, now: Instant, calls: &mut JoinSet<Event>) {
         self.wake_rested(now);
         self.expire_overdue(now);
+        self.give_back_frozen(now, calls);
         self.dispatch(now);
         self.advance_stop(now, calls);
         self.maybe_lease(now, calls);
@@ -416,12 +497,15 @@ impl<A: AgentApi> State<A> {
             Stop::Grace(d) | Stop::Final(d) => consider(d),
             Stop::No => {}
         }
+        if let Some(since) = self.held_since.filter(|_| !self.running.is_empty()) {
+            consider(since + self.hold_leases);
+        }
         wake
     }
 
     /// Hands queued tasks to idle workers, as long as their memory fits.
     fn dispatch(&mut self, now: Instant) {
-        if self.stop != Stop::No {
+        if self.stop != Stop::No || self.held.is_some() {
             return;
         }
         while self.busy < self.cpus() {
@@ -515,7 +599,12 @@ impl<A: AgentApi> State<A> {
     }
 
     fn maybe_lease(&mut self, now: Instant, calls: &mut JoinSet<Event>) {
-        if self.leasing || self.draining || self.stop != Stop::No || now < self.lease_not_before {
+        if self.leasing
+            || self.draining
+            || self.held.is_some()
+            || self.stop != Stop::No
+            || now < self.lease_not_before
+        {
             return;
         }
         let cpus = self.cpus() as u32;
@@ -638,6 +727,74 @@ impl<A: AgentApi> State<A> {
         });
     }
 
+    /// The volunteer's controls changed: hold (lease and start nothing, give
+    /// queued tasks back, keep running ones frozen) or go on.
+    fn on_hold(&mut self, now: Instant, hold: Option<Hold>, calls: &mut JoinSet<Event>) {
+        if hold == self.held {
+            return;
+        }
+        let was = std::mem::replace(&mut self.held, hold);
+        match (was, hold) {
+            (None, Some(h)) => {
+                self.held_since = Some(now);
+                let queued: Vec<TaskRef> = self.queue.drain(..).map(|t| t.task).collect();
+                tracing::info!(
+                    "{}: freezing {} running tasks (keeping their leases for up to {}), giving back {} queued",
+                    h.describe(),
+                    self.running.len(),
+                    crate::process_pool::seconds(self.hold_leases),
+                    queued.len()
+                );
+                self.release(queued, calls);
+            }
+            (Some(_), Some(h)) => tracing::info!("still holding: now {}", h.describe()),
+            (Some(h), None) => {
+                self.held_since = None;
+                tracing::info!(
+                    "no longer {}: resuming {} tasks",
+                    h.describe(),
+                    self.running.len()
+                );
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// Held for longer than the leases are kept: gives the frozen tasks
+    /// back, so that other agents can do them. Their workers finish them
+    /// after the hold, and those results are dropped.
+    fn give_back_frozen(&mut self, now: Instant, calls: &mut JoinSet<Event>) {
+        let Some(since) = self.held_since else {
+            return;
+        };
+        if self.running.is_empty() || now < since + self.hold_leases {
+            return;
+        }
+        let frozen: Vec<TaskRef> = self.running.keys().cloned().collect();
+        tracing::info!(
+            "held for {}: giving back the leases of {} frozen tasks",
+            crate::process_pool::seconds(self.hold_leases),
+            frozen.len()
+        );
+        for task in &frozen {
+            let r = self.running.remove(task).expect("listed above");
+            self.abandoned.insert(task.clone(), r.cost.mem_bytes);
+        }
+        self.release(frozen, calls);
+    }
+
+    /// Shows what the loop does in `snapshot`.
+    fn publish(&self, snapshot: &Mutex<Snapshot>) {
+        if let Ok(mut s) = snapshot.lock() {
+            s.running.clear();
+            s.running.extend(self.running.keys().cloned());
+            s.running.sort();
+            s.queued = self.queue.len();
+            s.pending_upload = self.pending.len();
+            s.stats = self.stats.clone();
+        }
+    }
+
     /// Shutdown asked: lease nothing more, give queued tasks back at once.
     fn begin_stop(&mut self, now: Instant, calls: &mut JoinSet<Event>) {
         if self.stop != Stop::No {
@@ -753,7 +910,7 @@ impl<A: AgentApi> State<A> {
                 }
                 self.cluster_empty = false;
                 tracing::debug!("leased {} tasks", resp.tasks.len());
-                if self.stop != Stop::No {
+                if self.stop != Stop::No || self.held.is_some() {
                     let refs = resp.tasks.into_iter().map(|t| t.task).collect();
                     self.release(refs, calls);
                 } else {

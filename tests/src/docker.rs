@@ -135,6 +135,28 @@ impl Docker {
         Ok(tag)
     }
 
+    /// Builds the Redis image of `packaging/redis-image` (Debian's
+    /// redis-server, FROM scratch) as this run's, removed with the run.
+    pub fn build_redis_image(&mut self) -> Result<String> {
+        let tag = format!("{}:{}", self.name("redis"), "test");
+        self.images.push(tag.clone());
+        run(
+            Command::new(crate::dist::packaging_file("redis-image")).args([
+                "--tag",
+                &tag,
+                "--label",
+                &self.label(),
+            ]),
+            None,
+        )?;
+        Ok(tag)
+    }
+
+    /// The label of this run's objects, `musketeer.test=<run id>`.
+    pub fn run_label(&self) -> String {
+        self.label()
+    }
+
     /// The size of an image in bytes, as `docker images` shows it.
     pub fn image_size(&self, tag: &str) -> Result<u64> {
         Ok(self

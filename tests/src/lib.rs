@@ -343,6 +343,66 @@ impl Agent {
         Agent::join_using(&[bin("musketeer").into()], url, token, extra)
     }
 
+    /// Like [`Agent::join`], with extra environment variables.
+    pub fn join_env(url: &str, token: &str, extra: &[&str], env: &[(&str, &str)]) -> Result<Agent> {
+        let state_dir = tempfile::Builder::new()
+            .prefix("musketeer-agent-")
+            .tempdir()?;
+        let mut args: Vec<String> = vec!["join".into(), url.into(), "--token".into(), token.into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = Agent::spawn(&state_dir, &args, env)?;
+        Ok(Agent {
+            child,
+            log: state_dir.path().join("agent.log"),
+            state_dir,
+        })
+    }
+
+    /// Stops the agent (SIGTERM, then SIGKILL after 15 s) and starts
+    /// `musketeer run` on the same state directory, so with the saved
+    /// credential, with `extra` flags.
+    pub fn restart_with(&mut self, extra: &[&str]) -> Result<()> {
+        terminate(&self.child);
+        if wait_exit(&mut self.child, Duration::from_secs(15)).is_none() {
+            self.kill();
+        }
+        let mut args = vec!["run".to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.child = Agent::spawn(&self.state_dir, &args, &[])?;
+        Ok(())
+    }
+
+    fn spawn(state_dir: &TempDir, args: &[String], env: &[(&str, &str)]) -> Result<Child> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(state_dir.path().join("agent.log"))?;
+        Command::new(bin("musketeer"))
+            .args(args)
+            .arg("--state-dir")
+            .arg(state_dir.path())
+            .env("MUSKETEER_LOG", "info")
+            .env("MUSKETEER_YIELD_TO_HOST_PERCENT", "off")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("cannot start musketeer")
+    }
+
+    /// Runs `musketeer ARGS --state-dir <this agent's>` (e.g. `status`)
+    /// and returns its output.
+    pub fn command(&self, args: &[&str]) -> Result<std::process::Output> {
+        Command::new(bin("musketeer"))
+            .args(args)
+            .arg("--state-dir")
+            .arg(self.state_dir.path())
+            .env("MUSKETEER_LOG", "warn")
+            .output()
+            .context("cannot run musketeer")
+    }
+
     /// Like [`Agent::join`], with the agent started by `launcher`: another
     /// binary (`[path]`) or an emulator and a binary (`[qemu-aarch64-static, path]`).
     pub fn join_using(

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use musketeer_tasks::matmul::{random_a_rows, random_b, RandomMatrices};
 use num_bigint::BigUint;
 
 /// F(n) for each n, by plain iteration up to the largest one.
@@ -100,6 +101,77 @@ pub fn wordcount(
     let mut list: Vec<(String, u64)> = counts.into_iter().collect();
     list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     (total, list)
+}
+
+/// Checks C against the seeded operands: Freivalds' check of every entry
+/// (C·x = A·(B·x) for a random ±1 vector x), and the textbook product of the
+/// harness's reference for one row in every 64.
+pub fn check_random_product(spec: &RandomMatrices, result: &serde_json::Value) {
+    let (m, k, n) = (spec.m as usize, spec.k as usize, spec.n as usize);
+    let c: Vec<Vec<f64>> = result["c"]
+        .as_array()
+        .expect("a matrix")
+        .iter()
+        .map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect()
+        })
+        .collect();
+    assert_eq!(c.len(), m);
+    assert!(c.iter().all(|r| r.len() == n));
+
+    let x: Vec<f64> = (0..n)
+        .map(|j| if (j * 7919 + 13) % 5 < 2 { -1.0 } else { 1.0 })
+        .collect();
+    let mut bx = vec![0.0; k];
+    for (p, slot) in bx.iter_mut().enumerate() {
+        *slot = (0..n)
+            .map(|j| random_b(spec, p as u64, j as u64) * x[j])
+            .sum();
+    }
+    let a = random_a_rows(spec, 0, spec.m);
+    for i in 0..m {
+        let abx: f64 = (0..k).map(|p| a[i * k + p] * bx[p]).sum();
+        let cx: f64 = (0..n).map(|j| c[i][j] * x[j]).sum();
+        let scale: f64 = (0..n).map(|j| c[i][j].abs()).sum::<f64>() + 1.0;
+        assert!(
+            (abx - cx).abs() <= 1e-9 * scale,
+            "row {i}: C·x = {cx}, A·(B·x) = {abx}"
+        );
+    }
+
+    // The reference product of the sampled rows, over blocks of k so that
+    // B is never held whole.
+    const BLOCK: usize = 4096;
+    let rows: Vec<usize> = (0..m).step_by(64).map(|i| i + (i / 64) % 64).collect();
+    let mut want = vec![vec![0.0; n]; rows.len()];
+    for start in (0..k).step_by(BLOCK) {
+        let b: Vec<Vec<f64>> = (start..start + BLOCK)
+            .map(|p| (0..n).map(|j| random_b(spec, p as u64, j as u64)).collect())
+            .collect();
+        let a_rows: Vec<Vec<f64>> = rows
+            .iter()
+            .map(|&i| a[i * k + start..i * k + start + BLOCK].to_vec())
+            .collect();
+        for (acc, part) in want.iter_mut().zip(matmul(&a_rows, &b)) {
+            for (x, y) in acc.iter_mut().zip(part) {
+                *x += y;
+            }
+        }
+    }
+    for (r, &i) in rows.iter().enumerate() {
+        for j in 0..n {
+            assert!(
+                close(c[i][j], want[r][j]),
+                "C[{i}][{j}] = {}, want {}",
+                c[i][j],
+                want[r][j]
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 /// Who may call each route, written down independently of the code.
-const MATRIX: [(&str, &str, Access); 25] = [
+const MATRIX: [(&str, &str, Access); 26] = [
     ("GET", "/", Access::Public),
     ("GET", "/healthz", Access::Public),
     ("GET", "/metrics", Access::Public),
@@ -38,6 +38,7 @@ const MATRIX: [(&str, &str, Access); 25] = [
     ("POST", "/v1/agent/results", Access::Agent),
     ("POST", "/v1/agent/heartbeat", Access::Agent),
     ("POST", "/v1/agent/release", Access::Agent),
+    ("GET", "/v1/agent/self", Access::Agent),
     ("GET", "/v1/releases", Access::Admin),
     ("POST", "/v1/releases/{target}/{version}", Access::Admin),
     ("GET", "/v1/agent/update", Access::Agent),

@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use musketeer_tasks::matmul::{random_a_rows, random_b, RandomMatrices};
+use musketeer_tasks::matmul::RandomMatrices;
 use musketeer_tests::dist::{self, REQUIRE_DOCKER, X86_64};
 use musketeer_tests::docker::{self, Docker};
 use musketeer_tests::reference;
@@ -265,7 +265,7 @@ fn container_cluster_survives_agents_coming_and_going() {
     assert_eq!(job["state"], "succeeded", "{job}\n{}", cluster.logs());
     let result: Value =
         serde_json::from_str(&cluster.admin(&["jobs", "result", &id]).unwrap()).unwrap();
-    check_product(&result);
+    reference::check_random_product(&SPEC, &result);
 
     // Only the agents added mid-job were left to finish it: they did work.
     let table = cluster.admin(&["agents", "list"]).unwrap();
@@ -297,79 +297,4 @@ fn container_cluster_survives_agents_coming_and_going() {
         containers.is_empty() && networks.is_empty(),
         "run {run_id} left containers {containers:?} and networks {networks:?}"
     );
-}
-
-/// Checks C against the seeded operands: Freivalds' check of every entry
-/// (C·x = A·(B·x) for a random ±1 vector x), and the textbook product of the
-/// harness's reference for one row in every 64.
-fn check_product(result: &Value) {
-    let (m, k, n) = (SPEC.m as usize, SPEC.k as usize, SPEC.n as usize);
-    let c: Vec<Vec<f64>> = result["c"]
-        .as_array()
-        .expect("a matrix")
-        .iter()
-        .map(|row| {
-            row.as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect()
-        })
-        .collect();
-    assert_eq!(c.len(), m);
-    assert!(c.iter().all(|r| r.len() == n));
-
-    let x: Vec<f64> = (0..n)
-        .map(|j| if (j * 7919 + 13) % 5 < 2 { -1.0 } else { 1.0 })
-        .collect();
-    let mut bx = vec![0.0; k];
-    for (p, slot) in bx.iter_mut().enumerate() {
-        *slot = (0..n)
-            .map(|j| random_b(&SPEC, p as u64, j as u64) * x[j])
-            .sum();
-    }
-    let a = random_a_rows(&SPEC, 0, SPEC.m);
-    for i in 0..m {
-        let abx: f64 = (0..k).map(|p| a[i * k + p] * bx[p]).sum();
-        let cx: f64 = (0..n).map(|j| c[i][j] * x[j]).sum();
-        let scale: f64 = (0..n).map(|j| c[i][j].abs()).sum::<f64>() + 1.0;
-        assert!(
-            (abx - cx).abs() <= 1e-9 * scale,
-            "row {i}: C·x = {cx}, A·(B·x) = {abx}"
-        );
-    }
-
-    // The reference product of the sampled rows, over blocks of k so that
-    // B is never held whole.
-    const BLOCK: usize = 4096;
-    let rows: Vec<usize> = (0..m).step_by(64).map(|i| i + (i / 64) % 64).collect();
-    let mut want = vec![vec![0.0; n]; rows.len()];
-    for start in (0..k).step_by(BLOCK) {
-        let b: Vec<Vec<f64>> = (start..start + BLOCK)
-            .map(|p| {
-                (0..n)
-                    .map(|j| random_b(&SPEC, p as u64, j as u64))
-                    .collect()
-            })
-            .collect();
-        let a_rows: Vec<Vec<f64>> = rows
-            .iter()
-            .map(|&i| a[i * k + start..i * k + start + BLOCK].to_vec())
-            .collect();
-        for (acc, part) in want.iter_mut().zip(reference::matmul(&a_rows, &b)) {
-            for (x, y) in acc.iter_mut().zip(part) {
-                *x += y;
-            }
-        }
-    }
-    for (r, &i) in rows.iter().enumerate() {
-        for j in 0..n {
-            assert!(
-                reference::close(c[i][j], want[r][j]),
-                "C[{i}][{j}] = {}, want {}",
-                c[i][j],
-                want[r][j]
-            );
-        }
-    }
 }

@@ -524,3 +524,65 @@ async fn results_waiting_for_upload_keep_their_leases_alive() {
         "a result not yet uploaded must still be renewed"
     );
 }
+
+#[tokio::test]
+async fn a_hold_leases_and_starts_nothing_and_gives_frozen_tasks_back_in_time() {
+    let fake = Fake::default();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    // Two threads, one busy: a free one that a held agent must leave idle.
+    let mut state = State::new(
+        fake.clone(),
+        capacity(2),
+        quick(),
+        Executor::start(2, DutyCycle::new(None), tx),
+    );
+    state.hold_leases = Duration::from_secs(60);
+    let mut calls = JoinSet::new();
+    let now = Instant::now();
+    state.queue.push_back(fib_task(1, vec![5]));
+    let running = fib_task(0, vec![5]).task;
+    state.running.insert(
+        running.clone(),
+        Running {
+            kernel: Some("fibonacci"),
+            cost: Cost {
+                work: 10,
+                mem_bytes: 0,
+            },
+            timeout: None,
+            deadline: None,
+        },
+    );
+    state.busy = 1;
+    state.on_hold(now, Some(Hold::Paused), &mut calls);
+    assert!(
+        state.queue.is_empty(),
+        "queued tasks are given back at once"
+    );
+    assert_eq!(state.releasing, 1);
+    state.maybe_lease(now, &mut calls);
+    assert!(!state.leasing, "a held agent leases nothing");
+    state.queue.push_back(fib_task(2, vec![5]));
+    state.dispatch(now);
+    assert_eq!(state.queue.len(), 1, "a held agent starts nothing");
+    state.heartbeat_due = now;
+    state.maybe_heartbeat(now, &mut calls);
+    assert!(state.heartbeating, "heartbeats go on, keeping the leases");
+    state.give_back_frozen(now + Duration::from_secs(59), &mut calls);
+    assert!(state.running.contains_key(&running), "kept within the time");
+    assert_eq!(
+        state.next_wake(now + Duration::from_secs(59)),
+        now + Duration::from_secs(60)
+    );
+    state.give_back_frozen(now + Duration::from_secs(60), &mut calls);
+    assert!(state.running.is_empty(), "given back after the time");
+    assert!(state.abandoned.contains_key(&running));
+    assert_eq!(state.releasing, 2);
+    state.on_hold(now, None, &mut calls);
+    assert!(state.held.is_none() && state.held_since.is_none());
+    state.dispatch(now);
+    assert!(
+        state.queue.is_empty(),
+        "starting again once the hold is lifted"
+    );
+}

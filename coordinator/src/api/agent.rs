@@ -225,3 +225,22 @@ pub async fn release(
     }
     Ok(Json(ReleaseAck { released }))
 }
+
+/// `GET /v1/agent/self`: the calling agent's own record, as `GET
+/// /v1/agents` lists it, for `musketeer status` (its credit, leases, trust).
+#[utoipa::path(get, path = "/v1/agent/self", tag = "agent protocol", responses((status = 200, description = "The calling agent's own record: capacity, state, leases, credit, trust", body = serde_json::Value)))]
+pub async fn whoami(
+    State(st): State<Arc<AppState>>,
+    agent: Agent,
+) -> Result<Json<crate::store::AgentRecord>, ApiError> {
+    // A scan of the agent list: `status` is asked for by a person now and
+    // then, not on any hot path, and the store needs no query of its own.
+    st.scheduler
+        .store
+        .list_agents()
+        .await?
+        .into_iter()
+        .find(|a| a.id == agent.id)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("agent", &agent.id))
+}

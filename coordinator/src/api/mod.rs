@@ -140,6 +140,7 @@ fn table() -> Vec<(Route, Handler)> {
         r("POST", "/v1/agent/results", Agent, post(agent::results)),
         r("POST", "/v1/agent/heartbeat", Agent, post(agent::heartbeat)),
         r("POST", "/v1/agent/release", Agent, post(agent::release)),
+        r("GET", "/v1/agent/self", Agent, get(agent::whoami)),
         r("GET", "/v1/releases", Admin, get(releases::list)),
         r(
             "POST",

@@ -83,6 +83,7 @@ pub struct ErrorDetail {
         super::agent::results,
         super::agent::heartbeat,
         super::agent::release,
+        super::agent::whoami,
         super::releases::list,
         super::releases::publish,
         super::releases::latest,
