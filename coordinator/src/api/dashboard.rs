@@ -16,6 +16,7 @@ use super::{ApiError, AppState};
 /// `GET /healthz`: the coordinator answers and its store does too: `200
 /// {"status":"ok"}`. Out of space it answers `503 {"status":"degraded",
 /// "reason":..}`, so that a monitor pages someone, while reads go on.
+#[utoipa::path(get, path = "/healthz", tag = "people", responses((status = 200, description = "The coordinator and its store answer: {\"status\":\"ok\"}", body = serde_json::Value), (status = 503, description = "Degraded: the disk is below the reserve or the store is full; reads go on", body = serde_json::Value)))]
 pub async fn healthz(
     State(st): State<Arc<AppState>>,
     _: Anonymous,
@@ -38,6 +39,7 @@ pub async fn healthz(
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "people", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
 pub async fn metrics(
     State(st): State<Arc<AppState>>,
     _: Anonymous,
@@ -161,6 +163,7 @@ fn esc(s: &str) -> String {
 
 /// `GET /`: the cluster at a glance, refreshed every two seconds. Read-only
 /// and without secrets, like the public status pages of volunteer projects.
+#[utoipa::path(get, path = "/", tag = "people", responses((status = 200, description = "The web dashboard", content_type = "text/html", body = String)))]
 pub async fn page(State(st): State<Arc<AppState>>, _: Anonymous) -> Result<Html<String>, ApiError> {
     let store = &st.scheduler.store;
     let stats = store.stats().await?;

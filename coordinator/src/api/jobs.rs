@@ -51,6 +51,7 @@ fn created(id: &str, tasks: u64) -> (StatusCode, Json<serde_json::Value>) {
 }
 
 /// `POST /v1/jobs`: a JSON job body.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body(content = serde_json::Value, description = "A job body: `kernel` and its fields, and the options of every job (see the README)", content_type = "application/json"), responses((status = 201, description = "Accepted", body = super::openapi::Submitted), (status = 507, description = "Refused for lack of storage: the job would not leave the free-disk reserve (`insufficient_storage`), or the disk or Redis is full (`store_full`)", body = super::openapi::ErrorBody)))]
 pub async fn submit(
     State(st): State<Arc<AppState>>,
     _: Admin,
@@ -152,25 +153,39 @@ async fn receive_text(
 }
 
 /// Query parameters of the streamed word count: its options and the job's.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct StreamParams {
+    /// Words shorter than this many characters are dropped (default 1).
     min_len: Option<usize>,
+    /// How many of the most frequent words the result lists (default 10).
     top: Option<usize>,
+    /// Keep case instead of lower-casing every word.
     case_sensitive: Option<bool>,
+    /// `words` (default) or `whitespace`, the original Celery demo's rule.
+    #[param(value_type = Option<String>)]
     split: Option<SplitRule>,
+    /// The job's queue (default `default`).
     queue: Option<String>,
+    /// 0..9, 9 first (default 5).
     priority: Option<u8>,
+    /// Attempts per task (default 3).
     max_attempts: Option<u32>,
+    /// Seconds a task may run.
     timeout_s: Option<u64>,
+    /// How many agents must return the same answer (default 1).
     redundancy: Option<u32>,
+    /// Only this agent takes the tasks.
     agent: Option<String>,
+    /// Only agents of this architecture take the tasks.
     arch: Option<String>,
 }
 
 /// `POST /v1/jobs/wordcount`: the raw text as the body, options as query
 /// parameters. The text is cut into tasks as it arrives, and agents start
 /// counting the first chunks while the rest is still uploading.
+#[utoipa::path(post, path = "/v1/jobs/wordcount", tag = "jobs", params(StreamParams), request_body(content = String, description = "The raw text, streamed", content_type = "text/plain"), responses((status = 201, description = "Accepted", body = super::openapi::Submitted), (status = 507, description = "Refused for lack of storage: the job would not leave the free-disk reserve (`insufficient_storage`), or the disk or Redis is full (`store_full`)", body = super::openapi::ErrorBody)))]
 pub async fn submit_wordcount_stream(
     State(st): State<Arc<AppState>>,
     _: Admin,
@@ -278,6 +293,7 @@ pub struct ListParams {
 }
 
 /// `GET /v1/jobs`: the newest jobs first.
+#[utoipa::path(get, path = "/v1/jobs", operation_id = "list_jobs", tag = "jobs", params(("limit" = Option<u32>, Query, description = "At most this many jobs, newest first (default 100)")), responses((status = 200, description = "The newest jobs first", body = super::openapi::JobList)))]
 pub async fn list(
     State(st): State<Arc<AppState>>,
     _: Admin,
@@ -301,6 +317,7 @@ async fn find(st: &AppState, id: &str) -> Result<JobStatus, ApiError> {
 }
 
 /// `GET /v1/jobs/{id}`.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "The job's id")), responses((status = 200, description = "Its state and progress", body = JobStatus)))]
 pub async fn status(
     State(st): State<Arc<AppState>>,
     _: Admin,
@@ -312,6 +329,7 @@ pub async fn status(
 /// `DELETE /v1/jobs/{id}`: cancel, and free the disk the inputs of
 /// finished jobs hold at once (an operator out of space deletes jobs to
 /// make room, and must not wait for the next sweep).
+#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "The job's id")), responses((status = 200, description = "Cancelled (again, if it already was)", body = JobStatus)))]
 pub async fn cancel(
     State(st): State<Arc<AppState>>,
     _: Admin,
@@ -347,6 +365,7 @@ pub struct ResultParams {
 }
 
 /// `GET /v1/jobs/{id}/result[?format=json|tsv|npy]`.
+#[utoipa::path(get, path = "/v1/jobs/{id}/result", tag = "jobs", params(("id" = String, Path, description = "The job's id"), ("format" = Option<String>, Query, description = "`json` (default), `tsv` (word count) or `npy` (matmul)")), responses((status = 200, description = "The aggregated result", content((serde_json::Value = "application/json"), (String = "text/tab-separated-values"), (Vec<u8> = "application/octet-stream")))))]
 pub async fn result(
     State(st): State<Arc<AppState>>,
     _: Admin,

@@ -10,6 +10,7 @@ mod connection;
 mod dashboard;
 mod error;
 mod jobs;
+mod openapi;
 pub mod rate_limit;
 mod releases;
 mod space;
@@ -101,6 +102,7 @@ fn table() -> Vec<(Route, Handler)> {
         r("GET", "/", Public, get(dashboard::page)),
         r("GET", "/healthz", Public, get(dashboard::healthz)),
         r("GET", "/metrics", Public, get(dashboard::metrics)),
+        r("GET", "/v1/openapi.json", Public, get(openapi::document)),
         r("POST", "/v1/jobs", Admin, post(jobs::submit)),
         r("GET", "/v1/jobs", Admin, get(jobs::list)),
         r(

@@ -48,6 +48,7 @@ fn joined(e: tokio::task::JoinError) -> ApiError {
 /// `POST /v1/releases/{target}/{version}`: the raw binary as the body, its
 /// signature in `X-Musketeer-Signature`. 201 when new, 200 when the same
 /// bytes were already published.
+#[utoipa::path(post, path = "/v1/releases/{target}/{version}", tag = "releases", params(("target" = String, Path, description = "A Rust target triple"), ("version" = String, Path, description = "A semantic version")), request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The agent binary, its ed25519 signature in the signature header"), responses((status = 201, description = "Published", body = serde_json::Value), (status = 200, description = "Already published, the same bytes", body = serde_json::Value)))]
 pub async fn publish(
     State(st): State<Arc<AppState>>,
     _: Admin,
@@ -83,6 +84,7 @@ pub async fn publish(
 }
 
 /// `GET /v1/releases`.
+#[utoipa::path(get, path = "/v1/releases", operation_id = "list_releases", tag = "releases", responses((status = 200, description = "Published agent releases", body = serde_json::Value)))]
 pub async fn list(
     State(st): State<Arc<AppState>>,
     _: Admin,
@@ -105,6 +107,7 @@ pub struct UpdateQuery {
 }
 
 /// `GET /v1/agent/update?target=T`: the newest release of T, or 404 `no_release`.
+#[utoipa::path(get, path = "/v1/agent/update", tag = "releases", responses((status = 200, description = "The newest release for the calling agent's target", body = serde_json::Value)))]
 pub async fn latest(
     State(st): State<Arc<AppState>>,
     _: Agent,
@@ -125,6 +128,7 @@ pub async fn latest(
 }
 
 /// `GET /v1/agent/update/{target}/{version}`: the release's binary.
+#[utoipa::path(get, path = "/v1/agent/update/{target}/{version}", tag = "releases", params(("target" = String, Path, description = "A Rust target triple"), ("version" = String, Path, description = "A semantic version")), responses((status = 200, description = "The release's binary", content_type = "application/octet-stream", body = Vec<u8>)))]
 pub async fn download(
     State(st): State<Arc<AppState>>,
     _: Agent,

@@ -65,7 +65,7 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// A job's lifecycle, as the API reports it.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     /// Accepted; no task has been leased yet.
@@ -138,7 +138,7 @@ pub struct NewTask {
 }
 
 /// A job as the API shows it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct JobStatus {
     /// The job's id.
     pub id: String,
@@ -163,7 +163,7 @@ pub struct JobStatus {
 }
 
 /// How far a job has come.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Progress {
     /// Tasks in the job.
     pub total: u64,
