@@ -16,7 +16,7 @@ use super::{ApiError, AppState};
 /// `GET /healthz`: the coordinator answers and its store does too: `200
 /// {"status":"ok"}`. Out of space it answers `503 {"status":"degraded",
 /// "reason":..}`, so that a monitor pages someone, while reads go on.
-#[utoipa::path(get, path = "/healthz", tag = "people", responses((status = 200, description = "The coordinator and its store answer", body = serde_json::Value), (status = 503, description = "Degraded: out of disk or the store full; reads go on", body = serde_json::Value)))]
+#[utoipa::path(get, path = "/healthz", tag = "people", responses((status = 200, description = "The coordinator and its store answer: {\"status\":\"ok\"}", body = serde_json::Value), (status = 503, description = "Degraded: the disk is below the reserve or the store is full; reads go on", body = serde_json::Value)))]
 pub async fn healthz(
     State(st): State<Arc<AppState>>,
     _: Anonymous,

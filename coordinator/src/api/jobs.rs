@@ -51,7 +51,7 @@ fn created(id: &str, tasks: u64) -> (StatusCode, Json<serde_json::Value>) {
 }
 
 /// `POST /v1/jobs`: a JSON job body.
-#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body(content = serde_json::Value, description = "A job body: `kernel` and its fields, and the options of every job (see the README)", content_type = "application/json"), responses((status = 201, description = "Accepted", body = super::openapi::Submitted)))]
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body(content = serde_json::Value, description = "A job body: `kernel` and its fields, and the options of every job (see the README)", content_type = "application/json"), responses((status = 201, description = "Accepted", body = super::openapi::Submitted), (status = 507, description = "Refused for lack of storage: the job would not leave the free-disk reserve (`insufficient_storage`), or the disk or Redis is full (`store_full`)", body = super::openapi::ErrorBody)))]
 pub async fn submit(
     State(st): State<Arc<AppState>>,
     _: Admin,
@@ -185,7 +185,7 @@ pub struct StreamParams {
 /// `POST /v1/jobs/wordcount`: the raw text as the body, options as query
 /// parameters. The text is cut into tasks as it arrives, and agents start
 /// counting the first chunks while the rest is still uploading.
-#[utoipa::path(post, path = "/v1/jobs/wordcount", tag = "jobs", params(StreamParams), request_body(content = String, description = "The raw text, streamed", content_type = "text/plain"), responses((status = 201, description = "Accepted", body = super::openapi::Submitted)))]
+#[utoipa::path(post, path = "/v1/jobs/wordcount", tag = "jobs", params(StreamParams), request_body(content = String, description = "The raw text, streamed", content_type = "text/plain"), responses((status = 201, description = "Accepted", body = super::openapi::Submitted), (status = 507, description = "Refused for lack of storage: the job would not leave the free-disk reserve (`insufficient_storage`), or the disk or Redis is full (`store_full`)", body = super::openapi::ErrorBody)))]
 pub async fn submit_wordcount_stream(
     State(st): State<Arc<AppState>>,
     _: Admin,
