@@ -54,15 +54,16 @@ fn answer(agent: &str, job: &str, index: u32) -> Vec<u8> {
     .encode()
 }
 
-async fn setup(store: &dyn Store) {
+/// Enrols each of `agents` with one token.
+async fn enrol_all(store: &dyn Store, agents: &[&str]) {
     let token_hash = musketeer_tasks::token::secret_hash("tok");
     store.create_token("t", token_hash, T0).await.unwrap();
-    for a in AGENTS {
+    for a in agents {
         store
             .enrol_agent(
                 token_hash,
                 NewAgent {
-                    id: a.into(),
+                    id: (*a).into(),
                     secret_hash: [1; 32],
                     capacity: Capacity::default(),
                     now_ms: T0,
@@ -72,22 +73,33 @@ async fn setup(store: &dyn Store) {
             .unwrap()
             .unwrap();
     }
+}
+
+/// A sealed Fibonacci job of these tasks.
+async fn add_job(store: &dyn Store, id: &str, options: JobOptions, tasks: Vec<NewTask>) {
+    store
+        .begin_job(NewJob {
+            id: id.into(),
+            kernel: "fibonacci".into(),
+            options,
+            reduce_plan: vec![0],
+            created_ms: T0,
+        })
+        .await
+        .unwrap();
+    store.add_tasks(id, tasks).await.unwrap();
+    store.seal_job(id).await.unwrap();
+}
+
+async fn setup(store: &dyn Store) {
+    enrol_all(store, &AGENTS).await;
     for (j, redundancy) in [2, 3, 1, 2, 5, 2, 3].into_iter().enumerate() {
         let id = format!("{}", j + 1);
-        store
-            .begin_job(NewJob {
-                id: id.clone(),
-                kernel: "fibonacci".into(),
-                options: JobOptions {
-                    redundancy,
-                    max_attempts: 4,
-                    ..JobOptions::default()
-                },
-                reduce_plan: vec![0],
-                created_ms: T0,
-            })
-            .await
-            .unwrap();
+        let options = JobOptions {
+            redundancy,
+            max_attempts: 4,
+            ..JobOptions::default()
+        };
         let tasks = (0..12)
             .map(|i| NewTask {
                 input: vec![i as u8; 8],
@@ -97,8 +109,7 @@ async fn setup(store: &dyn Store) {
                 },
             })
             .collect();
-        store.add_tasks(&id, tasks).await.unwrap();
-        store.seal_job(&id).await.unwrap();
+        add_job(store, &id, options, tasks).await;
     }
 }
 
@@ -242,23 +253,7 @@ async fn redis_judges_votes_as_the_embedded_store_does() {
 /// Jobs of mixed priorities, queues and labels whose tasks differ in work,
 /// memory and input size: what batch limits and the overfill rule decide.
 async fn setup_batches(store: &dyn Store, rng: &mut Rng) {
-    let token_hash = musketeer_tasks::token::secret_hash("tok");
-    store.create_token("t", token_hash, T0).await.unwrap();
-    for a in ["small", "big", "gpu"] {
-        store
-            .enrol_agent(
-                token_hash,
-                NewAgent {
-                    id: a.into(),
-                    secret_hash: [1; 32],
-                    capacity: Capacity::default(),
-                    now_ms: T0,
-                },
-            )
-            .await
-            .unwrap()
-            .unwrap();
-    }
+    enrol_all(store, &["small", "big", "gpu"]).await;
     for j in 0..6u64 {
         let mut options = JobOptions {
             priority: (j % 3) as u8 * 4,
@@ -270,16 +265,6 @@ async fn setup_batches(store: &dyn Store, rng: &mut Rng) {
             options.labels.insert("gpu".into(), "yes".into());
         }
         let id = format!("b{j}");
-        store
-            .begin_job(NewJob {
-                id: id.clone(),
-                kernel: "fibonacci".into(),
-                options,
-                reduce_plan: vec![0],
-                created_ms: T0,
-            })
-            .await
-            .unwrap();
         let tasks = (0..10)
             .map(|i| NewTask {
                 input: vec![i as u8; 1 + rng.below(3000) as usize],
@@ -289,8 +274,7 @@ async fn setup_batches(store: &dyn Store, rng: &mut Rng) {
                 },
             })
             .collect();
-        store.add_tasks(&id, tasks).await.unwrap();
-        store.seal_job(&id).await.unwrap();
+        add_job(store, &id, options, tasks).await;
     }
 }
 
