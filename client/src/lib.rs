@@ -80,6 +80,12 @@ impl ApiClient {
                         cert.map_err(|e| ClientError::Tls(format!("the CA file is not PEM: {e}")))?;
                     roots.add(cert).map_err(|e| tls_error(&e))?;
                 }
+                if roots.is_empty() {
+                    return Err(ClientError::Tls(
+                        "the CA file holds no PEM certificate: give the coordinator's ca.pem"
+                            .into(),
+                    ));
+                }
             }
             None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
         }
@@ -189,4 +195,27 @@ pub async fn result_bytes(c: &ApiClient, id: &str, format: &str) -> ClientResult
         ))
         .await?;
     Ok(resp.bytes().await?.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_file_that_is_not_a_certificate_is_a_tls_error() {
+        let err = ApiClient::new("https://127.0.0.1:1", "t", Some(b"not a certificate"))
+            .err()
+            .expect("no certificate in the CA file");
+        assert!(matches!(err, ClientError::Tls(_)), "{err}");
+        // Without a CA file the public roots are trusted.
+        ApiClient::new("https://127.0.0.1:1/", "", None).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_unreachable_with_the_url() {
+        let c = ApiClient::new("https://127.0.0.1:1", "t", None).unwrap();
+        let err = c.get_json("/v1/jobs").await.unwrap_err();
+        assert!(matches!(err, ClientError::Unreachable { .. }), "{err}");
+        assert!(err.to_string().contains("https://127.0.0.1:1"), "{err}");
+    }
 }

@@ -84,7 +84,22 @@ pub(crate) async fn enrol(store: &dyn Store, agent: &str) {
         .unwrap();
 }
 
-async fn job(store: &dyn Store, id: &str, tasks: usize, options: JobOptions) {
+/// A sealed job of `tasks` small Fibonacci tasks.
+pub(crate) async fn job(store: &dyn Store, id: &str, tasks: usize, options: JobOptions) {
+    let tasks = (0..tasks)
+        .map(|i| NewTask {
+            input: vec![i as u8; 8],
+            cost: Cost {
+                work: 10,
+                mem_bytes: 100,
+            },
+        })
+        .collect();
+    add_job(store, id, options, tasks).await;
+}
+
+/// A sealed Fibonacci job of these tasks.
+pub(crate) async fn add_job(store: &dyn Store, id: &str, options: JobOptions, tasks: Vec<NewTask>) {
     store
         .begin_job(NewJob {
             id: id.into(),
@@ -95,15 +110,6 @@ async fn job(store: &dyn Store, id: &str, tasks: usize, options: JobOptions) {
         })
         .await
         .unwrap();
-    let tasks = (0..tasks)
-        .map(|i| NewTask {
-            input: vec![i as u8; 8],
-            cost: Cost {
-                work: 10,
-                mem_bytes: 100,
-            },
-        })
-        .collect();
     store.add_tasks(id, tasks).await.unwrap();
     store.seal_job(id).await.unwrap();
 }

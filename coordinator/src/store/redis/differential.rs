@@ -9,7 +9,7 @@ use musketeer_tasks::protocol::{Capacity, TaskOutcome, TaskReport};
 use musketeer_tasks::{Cost, JobOptions};
 
 use super::*;
-use crate::store::conformance::{query, TTL};
+use crate::store::conformance::{add_job, job, query, TTL};
 use crate::store::SqliteStore;
 
 const T0: u64 = 1_000_000;
@@ -54,15 +54,16 @@ fn answer(agent: &str, job: &str, index: u32) -> Vec<u8> {
     .encode()
 }
 
-async fn setup(store: &dyn Store) {
+/// Enrols each of `agents` with one token.
+async fn enrol_all(store: &dyn Store, agents: &[&str]) {
     let token_hash = musketeer_tasks::token::secret_hash("tok");
     store.create_token("t", token_hash, T0).await.unwrap();
-    for a in AGENTS {
+    for a in agents {
         store
             .enrol_agent(
                 token_hash,
                 NewAgent {
-                    id: a.into(),
+                    id: (*a).into(),
                     secret_hash: [1; 32],
                     capacity: Capacity::default(),
                     now_ms: T0,
@@ -72,33 +73,18 @@ async fn setup(store: &dyn Store) {
             .unwrap()
             .unwrap();
     }
+}
+
+async fn setup(store: &dyn Store) {
+    enrol_all(store, &AGENTS).await;
     for (j, redundancy) in [2, 3, 1, 2, 5, 2, 3].into_iter().enumerate() {
         let id = format!("{}", j + 1);
-        store
-            .begin_job(NewJob {
-                id: id.clone(),
-                kernel: "fibonacci".into(),
-                options: JobOptions {
-                    redundancy,
-                    max_attempts: 4,
-                    ..JobOptions::default()
-                },
-                reduce_plan: vec![0],
-                created_ms: T0,
-            })
-            .await
-            .unwrap();
-        let tasks = (0..12)
-            .map(|i| NewTask {
-                input: vec![i as u8; 8],
-                cost: Cost {
-                    work: 10,
-                    mem_bytes: 100,
-                },
-            })
-            .collect();
-        store.add_tasks(&id, tasks).await.unwrap();
-        store.seal_job(&id).await.unwrap();
+        let options = JobOptions {
+            redundancy,
+            max_attempts: 4,
+            ..JobOptions::default()
+        };
+        job(store, &id, 12, options).await;
     }
 }
 
@@ -135,14 +121,28 @@ async fn view(store: &dyn Store) -> (Vec<String>, Vec<String>) {
     (jobs, agents)
 }
 
-#[tokio::test]
-async fn redis_judges_votes_as_the_embedded_store_does() {
+/// A fresh embedded store in a temporary directory (kept alive by the
+/// returned guard) and a Redis store under a key prefix of its own.
+async fn both_stores() -> (tempfile::TempDir, SqliteStore, RedisStore) {
     let url = std::env::var("MUSKETEER_TEST_REDIS_URL")
         .expect("MUSKETEER_TEST_REDIS_URL is not set: this test needs a Redis server");
     let prefix = format!("test-{}", uuid::Uuid::now_v7().simple());
     let redis = RedisStore::connect(&url, &prefix).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let sqlite = SqliteStore::open(&dir.path().join("db")).unwrap();
+    (dir, sqlite, redis)
+}
+
+/// Expires both stores' leases at `now`; they must return as many.
+async fn expire_both(sqlite: &SqliteStore, redis: &RedisStore, now: u64, step: u32) {
+    let a = sqlite.expire_leases(now).await.unwrap();
+    let b = redis.expire_leases(now).await.unwrap();
+    assert_eq!(a, b, "step {step}: expired");
+}
+
+#[tokio::test]
+async fn redis_judges_votes_as_the_embedded_store_does() {
+    let (_dir, sqlite, redis) = both_stores().await;
     setup(&sqlite).await;
     setup(&redis).await;
 
@@ -205,9 +205,7 @@ async fn redis_judges_votes_as_the_embedded_store_does() {
         if step % 25 == 24 {
             // Unreported leases run out.
             now += TTL;
-            let a = sqlite.expire_leases(now).await.unwrap();
-            let b = redis.expire_leases(now).await.unwrap();
-            assert_eq!(a, b, "step {step}: expired");
+            expire_both(&sqlite, &redis, now, step).await;
         }
         // Late enough that a job may have failed already: a removed
         // voter's replicas of a failed job must stay out of the queue.
@@ -242,23 +240,7 @@ async fn redis_judges_votes_as_the_embedded_store_does() {
 /// Jobs of mixed priorities, queues and labels whose tasks differ in work,
 /// memory and input size: what batch limits and the overfill rule decide.
 async fn setup_batches(store: &dyn Store, rng: &mut Rng) {
-    let token_hash = musketeer_tasks::token::secret_hash("tok");
-    store.create_token("t", token_hash, T0).await.unwrap();
-    for a in ["small", "big", "gpu"] {
-        store
-            .enrol_agent(
-                token_hash,
-                NewAgent {
-                    id: a.into(),
-                    secret_hash: [1; 32],
-                    capacity: Capacity::default(),
-                    now_ms: T0,
-                },
-            )
-            .await
-            .unwrap()
-            .unwrap();
-    }
+    enrol_all(store, &["small", "big", "gpu"]).await;
     for j in 0..6u64 {
         let mut options = JobOptions {
             priority: (j % 3) as u8 * 4,
@@ -270,16 +252,6 @@ async fn setup_batches(store: &dyn Store, rng: &mut Rng) {
             options.labels.insert("gpu".into(), "yes".into());
         }
         let id = format!("b{j}");
-        store
-            .begin_job(NewJob {
-                id: id.clone(),
-                kernel: "fibonacci".into(),
-                options,
-                reduce_plan: vec![0],
-                created_ms: T0,
-            })
-            .await
-            .unwrap();
         let tasks = (0..10)
             .map(|i| NewTask {
                 input: vec![i as u8; 1 + rng.below(3000) as usize],
@@ -289,8 +261,7 @@ async fn setup_batches(store: &dyn Store, rng: &mut Rng) {
                 },
             })
             .collect();
-        store.add_tasks(&id, tasks).await.unwrap();
-        store.seal_job(&id).await.unwrap();
+        add_job(store, &id, options, tasks).await;
     }
 }
 
@@ -299,12 +270,7 @@ async fn setup_batches(store: &dyn Store, rng: &mut Rng) {
 /// and expiries: the rules of `rules.rs` in Rust and in the Lua prelude.
 #[tokio::test]
 async fn redis_leases_batches_as_the_embedded_store_does() {
-    let url = std::env::var("MUSKETEER_TEST_REDIS_URL")
-        .expect("MUSKETEER_TEST_REDIS_URL is not set: this test needs a Redis server");
-    let prefix = format!("test-{}", uuid::Uuid::now_v7().simple());
-    let redis = RedisStore::connect(&url, &prefix).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = SqliteStore::open(&dir.path().join("db")).unwrap();
+    let (_dir, sqlite, redis) = both_stores().await;
     setup_batches(&sqlite, &mut Rng(7)).await;
     setup_batches(&redis, &mut Rng(7)).await;
 
@@ -384,10 +350,9 @@ async fn redis_leases_batches_as_the_embedded_store_does() {
         assert_eq!(outcomes[0], outcomes[1], "step {step}: {agent}'s results");
         now += 400;
         if step % 20 == 19 {
+            // Unreported leases run out.
             now += TTL;
-            let a = sqlite.expire_leases(now).await.unwrap();
-            let b = redis.expire_leases(now).await.unwrap();
-            assert_eq!(a, b, "step {step}: expired");
+            expire_both(&sqlite, &redis, now, step).await;
         }
         assert_eq!(view(&sqlite).await, view(&redis).await, "step {step}");
     }

@@ -313,12 +313,7 @@ pub(super) async fn cancel_job(
                 params![seq, now_ms as i64],
             )?;
             if changed > 0 {
-                tx.execute(
-                    "UPDATE tasks SET state = ?2, lease_id = NULL, agent = NULL, deadline_ms = NULL
-                 WHERE job_seq = ?1 AND state IN (?3, ?4)",
-                    params![seq, CANCELLED, PENDING, LEASED],
-                )?;
-                tx.execute("DELETE FROM replica_outputs WHERE job_seq = ?1", [seq])?;
+                cancel_open_tasks(tx, seq)?;
             }
             Ok(tx
                 .query_row(

@@ -207,6 +207,11 @@ fn fail_job(tx: &Transaction<'_>, seq: i64, reason: &str, now: u64) -> rusqlite:
          WHERE seq = ?1 AND state IN ('queued', 'running')",
         params![seq, reason, now as i64],
     )?;
+    cancel_open_tasks(tx, seq)
+}
+
+/// Cancels a finished job's pending and leased tasks and forgets its votes.
+fn cancel_open_tasks(tx: &Transaction<'_>, seq: i64) -> rusqlite::Result<()> {
     tx.execute(
         "UPDATE tasks SET state = ?2, lease_id = NULL, agent = NULL, deadline_ms = NULL
          WHERE job_seq = ?1 AND state IN (?3, ?4)",
