@@ -314,7 +314,10 @@ pub async fn work_linked<A: AgentApi>(
     }
     calls.abort_all();
     if !late.is_empty() {
-        let release = Release { tasks: late };
+        let release = Release {
+            tasks: late,
+            stopping: true,
+        };
         if let Ok(Ok(ack)) = tokio::time::timeout(FINAL_CALLS, state.api.release(&release)).await {
             state.stats.released += u64::from(ack.released);
         }
@@ -459,8 +462,11 @@ impl<A: AgentApi> State<A> {
                     && self.pending.is_empty()
                     && !self.uploading
                     && self.releasing == 0
-                    // A prefetch answers at once: wait, to give its tasks back.
-                    && (!self.leasing || self.long_polling)
+                    // The stopping release ended any long poll (a prefetch
+                    // answers at once anyway): wait for its answer, to give
+                    // back what it brought. A coordinator that does not end
+                    // the poll costs the grace period at most.
+                    && !self.leasing
             }
             Stop::Final(deadline) => {
                 now >= deadline
@@ -719,11 +725,21 @@ impl<A: AgentApi> State<A> {
         if tasks.is_empty() {
             return;
         }
+        self.send_release(
+            Release {
+                tasks,
+                stopping: false,
+            },
+            calls,
+        );
+    }
+
+    fn send_release(&mut self, release: Release, calls: &mut JoinSet<Event>) {
         self.releasing += 1;
         let api = self.api.clone();
         calls.spawn(async move {
-            let n = tasks.len();
-            Event::Released(n, api.release(&Release { tasks }).await)
+            let n = release.tasks.len();
+            Event::Released(n, api.release(&release).await)
         });
     }
 
@@ -808,7 +824,16 @@ impl<A: AgentApi> State<A> {
             self.tuning.grace.as_secs_f64()
         );
         self.stop = Stop::Grace(now + self.tuning.grace);
-        self.release(queued, calls);
+        // Sent even with nothing queued: it tells the coordinator to end
+        // our open long poll now, so no task is leased into an answer the
+        // agent would abandon on its way out.
+        self.send_release(
+            Release {
+                tasks: queued,
+                stopping: true,
+            },
+            calls,
+        );
     }
 
     /// Past the grace period: give back what still runs and allow the last

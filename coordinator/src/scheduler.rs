@@ -3,7 +3,7 @@
 //! and starts the reduce of every job whose tasks are all done, and returns
 //! expired leases to the queue.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -106,6 +106,11 @@ pub struct Scheduler {
     repoll_ms: AtomicU64,
     /// The time every lease, result and expiry is stamped with.
     clock: Arc<dyn Clock>,
+    /// Agents that said they are shutting down, and when: a long poll of
+    /// theirs begun before then ends empty instead of leasing tasks into an
+    /// answer the agent no longer reads. A poll begun later (the agent
+    /// started again) clears the mark.
+    stopping: std::sync::Mutex<HashMap<String, Instant>>,
 }
 
 impl Scheduler {
@@ -128,7 +133,33 @@ impl Scheduler {
             counters: Counters::default(),
             repoll_ms: AtomicU64::new(REPOLL.as_millis() as u64),
             clock,
+            stopping: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Records that `agent_id` is shutting down, and wakes its long polls
+    /// so that they end now.
+    pub fn agent_stopping(&self, agent_id: &str) {
+        if let Ok(mut stopping) = self.stopping.lock() {
+            stopping.insert(agent_id.to_string(), Instant::now());
+        }
+        self.work_ready.notify_waiters();
+    }
+
+    /// Whether `agent_id` said it stops after a poll of its began at `began`.
+    fn stopped_since(&self, agent_id: &str, began: Instant) -> bool {
+        let Ok(mut stopping) = self.stopping.lock() else {
+            return false;
+        };
+        match stopping.get(agent_id) {
+            Some(&at) if at >= began => true,
+            Some(_) => {
+                // A poll from after the stop: the agent runs again.
+                stopping.remove(agent_id);
+                false
+            }
+            None => false,
+        }
     }
 
     /// The scheduler's clock now, in milliseconds since the Unix epoch.
@@ -301,13 +332,17 @@ impl Scheduler {
         mut query: LeaseQuery,
         wait: Duration,
     ) -> StoreResult<Vec<LeasedTask>> {
-        let deadline = Instant::now() + wait.min(MAX_LEASE_WAIT);
+        let began = Instant::now();
+        let deadline = began + wait.min(MAX_LEASE_WAIT);
         loop {
             // Registered before looking, so a signal sent between the look
             // and the wait is not missed.
             let notified = self.work_ready.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            if self.stopped_since(&query.agent_id, began) {
+                return Ok(Vec::new());
+            }
             query.now_ms = self.now_ms();
             let granted = self.store.lease(query.clone()).await?;
             if !granted.is_empty() || Instant::now() >= deadline {

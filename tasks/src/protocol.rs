@@ -186,6 +186,10 @@ pub struct HeartbeatAck {
 pub struct Release {
     /// The leases to give back.
     pub tasks: Vec<TaskRef>,
+    /// The agent is shutting down: a long poll of its still open ends at
+    /// once, empty, instead of leasing tasks into an answer nobody reads.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopping: bool,
 }
 
 /// The answer to a release.

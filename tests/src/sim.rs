@@ -175,6 +175,7 @@ impl SimAgents {
                             tokio::time::sleep(hold).await;
                             let release = Release {
                                 tasks: resp.tasks.into_iter().map(|t| t.task).collect(),
+                                ..Release::default()
                             };
                             let r = client
                                 .send(

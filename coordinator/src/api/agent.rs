@@ -219,6 +219,9 @@ pub async fn release(
     body: Body,
 ) -> Result<Json<ReleaseAck>, ApiError> {
     let r: Release = json_body(body).await?;
+    if r.stopping {
+        st.scheduler.agent_stopping(&agent.id);
+    }
     let released = st.scheduler.store.release(&agent.id, r.tasks).await?;
     if released > 0 {
         st.scheduler.signal_work();

@@ -112,6 +112,42 @@ async fn a_waiting_lease_wakes_when_work_is_submitted() {
 }
 
 #[tokio::test]
+async fn a_stopping_agents_open_poll_ends_empty_and_leases_nothing() {
+    let f = fixture(Duration::from_secs(10)).await;
+    let s = f.scheduler.clone();
+    let waiting = tokio::spawn(async move {
+        let started = Instant::now();
+        let got = s
+            .lease(query("a", 0, 10), Duration::from_secs(20))
+            .await
+            .unwrap();
+        (got, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The agent says it is leaving, and work arrives right then: the poll
+    // it left open must not take it.
+    f.scheduler.agent_stopping("a");
+    let id = submit(&f.scheduler, r#"{"kernel":"fibonacci","n":[1,2,3]}"#).await;
+    let (got, waited) = waiting.await.unwrap();
+    assert!(
+        got.is_empty(),
+        "the abandoned poll leased {} tasks",
+        got.len()
+    );
+    assert!(waited < REPOLL, "waited {waited:?}");
+    let job = f.scheduler.store.job(&id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Queued);
+    // Another agent's poll is not affected, and the same agent polling
+    // again (started anew) leases as before.
+    let again = f
+        .scheduler
+        .lease(query("a", 0, 10), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+}
+
+#[tokio::test]
 async fn an_empty_lease_answers_when_its_wait_ends() {
     let f = fixture(Duration::from_secs(10)).await;
     let got = f
