@@ -39,45 +39,6 @@ pub fn is_chosen(agent: &str, task: &TaskRef, fraction: f64) -> bool {
     fraction >= 1.0 || (draw as f64) < fraction * 18_446_744_073_709_551_616.0
 }
 
-/// A wrong but well-formed version of `output`: a changed digit, a product
-/// off by one, a matrix entry off by one, a count off by one.
-pub fn falsify(output: TaskOutput) -> TaskOutput {
-    match output {
-        TaskOutput::Fibonacci(mut f) => {
-            // The last digit of the last value, kept a digit (and the value
-            // free of a leading zero, since only the last digit changes
-            // unless the value is a single digit, where 0 <-> 1 is fine).
-            if let Some(last) = f.digits.pop() {
-                let d = last.to_digit(10).unwrap_or(0);
-                f.digits
-                    .push(char::from_digit((d + 1) % 10, 10).unwrap_or('1'));
-            }
-            TaskOutput::Fibonacci(f)
-        }
-        TaskOutput::Factorial(mut f) => {
-            match f.limbs.first_mut() {
-                Some(low) => *low ^= 1,
-                None => f.limbs.push(1),
-            }
-            TaskOutput::Factorial(f)
-        }
-        TaskOutput::Matmul(mut m) => {
-            if let Some(x) = m.c.first_mut() {
-                *x += 1.0;
-            }
-            TaskOutput::Matmul(m)
-        }
-        TaskOutput::Wordcount(mut w) => {
-            w.total_words += 1;
-            match w.counts.first_mut() {
-                Some((_, n)) => *n += 1,
-                None => w.counts.push(("musketeer".into(), 1)),
-            }
-            TaskOutput::Wordcount(w)
-        }
-    }
-}
-
 /// An [`AgentApi`] that corrupts a fraction of the results it uploads.
 #[derive(Clone, Debug)]
 pub struct Lying<A> {
@@ -105,7 +66,7 @@ impl<A> Lying<A> {
             }
             if let TaskOutcome::Done(bytes) = &mut report.outcome {
                 if let Ok(output) = TaskOutput::decode(bytes) {
-                    *bytes = falsify(output).encode();
+                    *bytes = output.falsified().encode();
                     tracing::debug!(
                         "corrupted the result of {}#{}",
                         report.task.job,
@@ -214,7 +175,7 @@ mod tests {
         ];
         for input in inputs {
             let honest = input.run().unwrap();
-            let lie = falsify(honest.clone());
+            let lie = honest.clone().falsified();
             assert_ne!(lie, honest, "{}", input.kernel());
             assert_eq!(TaskOutput::decode(&lie.encode()).unwrap(), lie);
             assert_eq!(

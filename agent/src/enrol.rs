@@ -151,10 +151,15 @@ impl Enrolment {
         let path = state_dir.join(STATE_FILE);
         let tmp = state_dir.join(format!("{STATE_FILE}.tmp"));
         let json = serde_json::to_vec_pretty(self).expect("an enrolment always serializes");
-        write_private(&tmp, &json).map_err(io_err(&tmp))?;
-        // Rename, so that a crash never leaves half a credential behind.
-        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        Ok(())
+        // Rename, so that a crash or a full disk never leaves half a
+        // credential behind: the old file stays whole until the new one is.
+        let written = write_private(&tmp, &json)
+            .map_err(io_err(&tmp))
+            .and_then(|()| std::fs::rename(&tmp, &path).map_err(io_err(&path)));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
     }
 }
 
@@ -217,12 +222,24 @@ pub async fn join(
         );
     }
     let enrolment = enrol(&url, &token, capacity).await?;
-    enrolment.save(state_dir)?;
-    tracing::info!(
-        "enrolled with {url} as agent {}; credential saved in {}",
-        enrolment.agent_id,
-        state_dir.join(STATE_FILE).display()
-    );
+    match enrolment.save(state_dir) {
+        Ok(()) => tracing::info!(
+            "enrolled with {url} as agent {}; credential saved in {}",
+            enrolment.agent_id,
+            state_dir.join(STATE_FILE).display()
+        ),
+        // The credential works without its file: work now, and say what
+        // the next start will cost (a new enrolment, under a new id).
+        Err(EnrolError::Io { path, source }) => tracing::error!(
+            "enrolled with {url} as agent {}, but cannot save the credential in {}: {source}; \
+             working with it until this agent stops, after which it enrols again. Free space \
+             in (or make writable) {} to keep the credential",
+            enrolment.agent_id,
+            path.display(),
+            state_dir.display()
+        ),
+        Err(e) => return Err(e),
+    }
     Ok(enrolment)
 }
 

@@ -37,6 +37,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         tls_key: None,
         lease_ttl: Duration::from_secs(10),
         max_upload: 1 << 30,
+        min_free_disk: None,
         rate_limits: Default::default(),
         release_key: None,
         redis: None,

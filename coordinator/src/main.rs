@@ -10,8 +10,10 @@ use clap::{Parser, Subcommand};
 use musketeer_coordinator::api::rate_limit::{
     RateLimit, RateLimits, DEFAULT_ADDRESS_LIMIT, DEFAULT_AGENT_LIMIT,
 };
-use musketeer_coordinator::cli::{self, ApiClient, Connection};
-use musketeer_coordinator::{demo, pki, server};
+use musketeer_coordinator::cli::{self, Connection};
+#[cfg(feature = "demo")]
+use musketeer_coordinator::demo;
+use musketeer_coordinator::{pki, server};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,6 +49,11 @@ struct ServeArgs {
     /// Largest streamed word-count upload, in MiB.
     #[arg(long, env = "MUSKETEER_MAX_UPLOAD_MIB", default_value_t = 4096)]
     max_upload_mib: u64,
+    /// Disk space every upload must leave free on the data directory's disk
+    /// (e.g. 256M, 2G; 0 turns the check off); below it new jobs are refused
+    /// with 507 [default: 256M, at most a tenth of the disk].
+    #[arg(long, env = "MUSKETEER_MIN_FREE_DISK", value_name = "SIZE", value_parser = parse_min_free)]
+    min_free_disk: Option<u64>,
     /// Requests per second each agent may make on average; 0 turns the limit off.
     #[arg(long, env = "MUSKETEER_AGENT_REQUESTS_PER_S", default_value_t = DEFAULT_AGENT_LIMIT.per_s)]
     agent_requests_per_s: f64,
@@ -77,6 +84,14 @@ struct ServeArgs {
     redis_prefix: String,
 }
 
+/// A `--min-free-disk` size: the agent's size syntax, and 0 for "off".
+fn parse_min_free(s: &str) -> Result<u64, String> {
+    if s.trim().parse::<f64>() == Ok(0.0) {
+        return Ok(0);
+    }
+    musketeer::config::parse_size(s)
+}
+
 /// A rate limit from its flags, checked.
 fn rate_limit(per_s: f64, burst: f64, flag: &str) -> Result<RateLimit> {
     if !per_s.is_finite() || per_s < 0.0 {
@@ -96,6 +111,7 @@ enum Command {
     /// Run the coordinator.
     Serve(ServeArgs),
     /// Run the whole system on this machine: a coordinator, local agents, every kernel's sample job.
+    #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
     /// Join tokens.
     Token {
@@ -140,6 +156,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tls_key: args.tls_key,
         lease_ttl: Duration::from_secs_f64(args.lease_ttl),
         max_upload: args.max_upload_mib << 20,
+        min_free_disk: args.min_free_disk,
         rate_limits: RateLimits {
             per_agent: rate_limit(args.agent_requests_per_s, args.agent_burst, "agent")?,
             per_address: rate_limit(args.address_requests_per_s, args.address_burst, "address")?,
@@ -204,19 +221,20 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        #[cfg(feature = "demo")]
         Command::Demo(args) => demo::run(args).await,
         Command::Token {
             command,
             connection,
-        } => cli::token(&ApiClient::connect(&connection)?, command).await,
+        } => cli::token(&cli::connect(&connection)?, command).await,
         Command::Agents {
             command,
             connection,
-        } => cli::agents(&ApiClient::connect(&connection)?, command).await,
+        } => cli::agents(&cli::connect(&connection)?, command).await,
         Command::Jobs {
             command,
             connection,
-        } => cli::jobs(&ApiClient::connect(&connection)?, command).await,
+        } => cli::jobs(&cli::connect(&connection)?, command).await,
         Command::Release { command } => cli::release::release(command).await,
     }
 }

@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::clock::{Clock, SystemClock};
+use crate::store::rules::MAX_REPORTED_CPU_MS;
 use crate::store::{CompleteOutcome, LeaseQuery, NewJob, NewTask, Store, StoreResult};
 
 /// The longest an agent's lease call is held open: below common proxy and
@@ -138,7 +139,14 @@ impl Scheduler {
     /// Starts the background work: lease expiry, and the reduce of jobs a
     /// previous run left finished but unreduced.
     pub async fn start(self: &Arc<Self>) -> StoreResult<()> {
-        let dropped = self.store.abort_unsealed_jobs().await?;
+        // On a full disk the coordinator still starts, read-only: what
+        // these writes tidy up can wait (unsealed jobs stay invisible, and
+        // the sweep below purges inputs again).
+        use crate::space::unless_full;
+        let dropped = unless_full(
+            "dropping cut-off uploads",
+            self.store.abort_unsealed_jobs().await,
+        )?;
         if dropped > 0 {
             tracing::warn!(
                 dropped,
@@ -146,8 +154,14 @@ impl Scheduler {
             );
         }
         let ttl = self.lease_ttl.as_millis() as u64;
-        let renewed = self.store.renew_all_leases(self.now_ms(), ttl).await?;
-        self.store.purge_finished_inputs().await?;
+        let renewed = unless_full(
+            "renewing leases",
+            self.store.renew_all_leases(self.now_ms(), ttl).await,
+        )?;
+        unless_full(
+            "purging the inputs of finished jobs",
+            self.store.purge_finished_inputs().await,
+        )?;
         if renewed > 0 {
             tracing::info!(
                 renewed,
@@ -238,9 +252,11 @@ impl Scheduler {
     /// Stores a whole planned job and makes it visible; returns its task count.
     pub async fn submit(self: &Arc<Self>, job: NewJob, tasks: Vec<NewTask>) -> StoreResult<u64> {
         let id = job.id.clone();
-        self.store.begin_job(job).await?;
-        // Also when this future is dropped mid-way (the client hung up).
+        // Also when this future is dropped mid-way (the client hung up), and
+        // before the job is begun: a begin cut short (Redis out of memory
+        // between its writes) leaves pieces too.
         let guard = UnsealedJob::new(self.store.clone(), &id);
+        self.store.begin_job(job).await?;
         let result = async {
             let mut batch = Vec::new();
             let mut bytes = 0;
@@ -316,6 +332,8 @@ impl Scheduler {
         // is the agent's failure, not a result.
         reports = tokio::task::spawn_blocking(move || {
             for r in &mut reports {
+                // The one clamp of an agent's CPU figure: the stores take it as is.
+                r.cpu_ms = r.cpu_ms.min(MAX_REPORTED_CPU_MS);
                 if let TaskOutcome::Done(bytes) = &r.outcome {
                     if let Err(e) = TaskOutput::decode(bytes) {
                         r.outcome = TaskOutcome::Failed(format!(
@@ -401,3 +419,6 @@ impl Scheduler {
         self.store.finish_job(id, result, self.now_ms()).await
     }
 }
+
+#[cfg(test)]
+mod tests;

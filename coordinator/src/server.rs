@@ -38,6 +38,9 @@ pub struct ServeConfig {
     pub lease_ttl: Duration,
     /// Largest streamed word-count upload, in bytes.
     pub max_upload: u64,
+    /// Bytes uploads must leave free on the data directory's disk (`None`:
+    /// [`crate::space::DEFAULT_MIN_FREE`], at most a tenth of the disk).
+    pub min_free_disk: Option<u64>,
     /// Request-rate limits per agent and per client address.
     pub rate_limits: api::rate_limit::RateLimits,
     /// The operator's release public key (`--release-key`): agents learn it
@@ -141,6 +144,28 @@ fn host_of(url: &str) -> Option<String> {
     (!host.is_empty()).then(|| host.to_string())
 }
 
+/// Records the URL clients reach us at; on a full disk the coordinator
+/// still starts (read-only), so a file it cannot write is only logged.
+fn write_url_file(path: &std::path::Path, url: &str) -> Result<()> {
+    if std::fs::read_to_string(path).is_ok_and(|saved| saved == url) {
+        return Ok(());
+    }
+    // Whole or not at all: a reader (a script waiting for the coordinator)
+    // must never read an empty or half-written URL.
+    let tmp = path.with_extension("tmp");
+    match std::fs::write(&tmp, url).and_then(|()| std::fs::rename(&tmp, path)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            if crate::space::is_no_space(&e) {
+                tracing::warn!("cannot write {} (the disk is full): {e}", path.display());
+                return Ok(());
+            }
+            Err(e).with_context(|| format!("cannot write {}", path.display()))
+        }
+    }
+}
+
 /// Starts a coordinator and returns once it listens.
 pub async fn start(cfg: ServeConfig) -> Result<Running> {
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
@@ -190,6 +215,19 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
                 .context("cannot open the embedded store")?,
         ),
     };
+    let space = Arc::new(
+        crate::space::Space::new(&cfg.data_dir, cfg.min_free_disk, cfg.redis.is_none())
+            .with_context(|| {
+                format!(
+                    "cannot measure the free space of {}",
+                    cfg.data_dir.display()
+                )
+            })?,
+    );
+    if let Err(no_room) = space.room_for(0) {
+        tracing::warn!("starting read-only: {no_room}");
+    }
+    space.spawn_monitor();
     let scheduler = Scheduler::new(store.clone(), cfg.lease_ttl);
     scheduler.start().await?;
     let state = Arc::new(AppState {
@@ -203,6 +241,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
             &cfg.data_dir,
             cfg.release_key,
         )?),
+        space,
     });
 
     // The join token a fresh coordinator prints; kept (0600) so a restart
@@ -222,7 +261,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
             t.to_string()
         }
     };
-    std::fs::write(cfg.data_dir.join(URL_FILE), &url)?;
+    write_url_file(&cfg.data_dir.join(URL_FILE), &url)?;
 
     let app = api::router(state);
     let handle = axum_server::Handle::new();

@@ -110,6 +110,47 @@ impl TaskInput {
 }
 
 impl TaskOutput {
+    /// A wrong but well-formed version of this output (a changed digit, a
+    /// product off by one, a matrix entry off by one, a count off by one),
+    /// for the agent's hidden `--corrupt-results` test flag: it decodes and
+    /// reduces, only its numbers are wrong, as a faulty volunteer's would be.
+    pub fn falsified(self) -> TaskOutput {
+        match self {
+            TaskOutput::Fibonacci(mut f) => {
+                // The last digit of the last value, kept a digit (and the value
+                // free of a leading zero, since only the last digit changes
+                // unless the value is a single digit, where 0 <-> 1 is fine).
+                if let Some(last) = f.digits.pop() {
+                    let d = last.to_digit(10).unwrap_or(0);
+                    f.digits
+                        .push(char::from_digit((d + 1) % 10, 10).unwrap_or('1'));
+                }
+                TaskOutput::Fibonacci(f)
+            }
+            TaskOutput::Factorial(mut f) => {
+                match f.limbs.first_mut() {
+                    Some(low) => *low ^= 1,
+                    None => f.limbs.push(1),
+                }
+                TaskOutput::Factorial(f)
+            }
+            TaskOutput::Matmul(mut m) => {
+                if let Some(x) = m.c.first_mut() {
+                    *x += 1.0;
+                }
+                TaskOutput::Matmul(m)
+            }
+            TaskOutput::Wordcount(mut w) => {
+                w.total_words += 1;
+                match w.counts.first_mut() {
+                    Some((_, n)) => *n += 1,
+                    None => w.counts.push(("musketeer".into(), 1)),
+                }
+                TaskOutput::Wordcount(w)
+            }
+        }
+    }
+
     /// The compact encoding agents upload and the coordinator stores.
     pub fn encode(&self) -> Vec<u8> {
         crate::protocol::encode(self).expect("task outputs always encode")

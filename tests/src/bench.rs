@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use musketeer_coordinator::cli::{result_bytes, ApiClient};
+use musketeer_client::{result_bytes, ApiClient};
 use reqwest::Method;
 use serde_json::{json, Value};
 

@@ -6,6 +6,30 @@
 //! [`Coordinator::start`] and [`Agent::join`] for finer control), so the
 //! setup lives in one place. The binaries are found next to the test
 //! executable's target directory; `cargo build --workspace --bins` first.
+//!
+//! # Layout
+//! - This file: [`Coordinator`], [`Agent`] and [`Cluster`], real processes
+//!   on free loopback ports, and their logs for failure messages.
+//! - [`reference`]: the independent, slow references results are checked
+//!   against.
+//! - [`redis`], [`shared`], [`balancer`]: a real `redis-server`, several
+//!   coordinators sharing it, and a TCP balancer in front of them.
+//! - [`sim`]: thousands of simulated agents in one process, for load.
+//! - [`procstat`]: CPU and memory of a process tree, read from `/proc`.
+//! - [`dist`], [`docker`]: the static builds of `packaging/build` and the
+//!   container tests' Docker networks and containers.
+//! - [`bench`]: what the benchmark binaries (`src/bin/`) share.
+//! - `tests/`: one end-to-end binary per area: `kernels` (every kernel
+//!   against its reference), `bad_input` (4xx errors, nothing accepted
+//!   lost), `authz` (the route/caller matrix), `security` (CA pinning,
+//!   credentials), `redundancy` (liars outvoted), `resilience` and `soak`
+//!   (killed processes lose no work), `scaleout` (shared Redis), `limits`
+//!   (the agent's footprint from outside), `cli` (the admin CLI and demo),
+//!   `self_update`, `cross` and `containers` (the `dist/` builds).
+//!
+//! The API client is the `musketeer-client` crate; the coordinator crate
+//! is a dependency only for its route table (`authz`) and release signing
+//! (`self_update`).
 
 pub mod balancer;
 pub mod bench;
@@ -22,7 +46,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use musketeer_coordinator::cli::ApiClient;
+use musketeer_client::ApiClient;
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -105,11 +129,23 @@ pub struct Coordinator {
     /// The CA, PEM.
     pub ca_pem: String,
     options: CoordinatorOptions,
+    /// Where its state lives when not in `dir` (a small filesystem a test
+    /// mounted); its log stays in `dir`.
+    data_dir: Option<PathBuf>,
 }
 
 impl Coordinator {
     /// Starts a coordinator on a free port and waits until it serves.
     pub fn start(options: CoordinatorOptions) -> Result<Coordinator> {
+        Coordinator::start_with_data_dir(options, None)
+    }
+
+    /// Like [`Coordinator::start`], with the store, CA and tokens in
+    /// `data_dir` (if given) and only the log in the temporary directory.
+    pub fn start_with_data_dir(
+        options: CoordinatorOptions,
+        data_dir: Option<PathBuf>,
+    ) -> Result<Coordinator> {
         let dir = tempfile::Builder::new()
             .prefix("musketeer-coord-")
             .tempdir()?;
@@ -122,13 +158,22 @@ impl Coordinator {
             admin_token: String::new(),
             ca_pem: String::new(),
             options,
+            data_dir,
         };
         c.spawn()?;
         Ok(c)
     }
 
+    /// Its data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.path().to_path_buf())
+    }
+
     fn spawn(&mut self) -> Result<()> {
-        let url_file = self.dir.path().join("url");
+        let data_dir = self.data_dir();
+        let url_file = data_dir.join("url");
         let _ = std::fs::remove_file(&url_file);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -139,7 +184,7 @@ impl Coordinator {
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--data-dir")
-            .arg(self.dir.path())
+            .arg(&data_dir)
             .arg("--lease-ttl")
             .arg(self.options.lease_ttl.to_string())
             .args(&self.options.extra)
@@ -167,13 +212,17 @@ impl Coordinator {
         }
         self.url = std::fs::read_to_string(&url_file)?;
         self.port = self.url.rsplit(':').next().unwrap_or("0").parse()?;
-        let read = |name: &str| {
-            std::fs::read_to_string(self.dir.path().join(name)).map(|s| s.trim().to_string())
-        };
+        let read =
+            |name: &str| std::fs::read_to_string(data_dir.join(name)).map(|s| s.trim().to_string());
         self.join_token = read("join.token")?;
         self.admin_token = read("admin.token")?;
         self.ca_pem = read("ca.pem")?;
         Ok(())
+    }
+
+    /// The coordinator's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The coordinator's log so far.
@@ -214,14 +263,14 @@ impl Coordinator {
 
     /// Submits a JSON job; returns its id.
     pub async fn submit(&self, body: &Value) -> Result<String> {
-        musketeer_coordinator::cli::submit_json(&self.client(), serde_json::to_vec(body)?).await
+        Ok(musketeer_client::submit_json(&self.client(), serde_json::to_vec(body)?).await?)
     }
 
     /// Waits for a job to finish (up to `timeout`); returns its status.
     pub async fn wait(&self, id: &str, timeout: Duration) -> Result<Value> {
         let c = self.client();
-        match tokio::time::timeout(timeout, musketeer_coordinator::cli::wait(&c, id, false)).await {
-            Ok(r) => r,
+        match tokio::time::timeout(timeout, musketeer_client::wait(&c, id)).await {
+            Ok(r) => Ok(r?),
             Err(_) => bail!(
                 "job {id} did not finish in {timeout:?}: {}\ncoordinator log:\n{}",
                 c.get_json(&format!("/v1/jobs/{id}"))
@@ -238,7 +287,7 @@ impl Coordinator {
         if status["state"] != "succeeded" {
             bail!("job {id} ended {status}");
         }
-        let bytes = musketeer_coordinator::cli::result_bytes(&self.client(), id, "json").await?;
+        let bytes = musketeer_client::result_bytes(&self.client(), id, "json").await?;
         Ok(serde_json::from_slice(&bytes)?)
     }
 
@@ -261,7 +310,7 @@ impl Coordinator {
 
     /// A job's status, as `GET /v1/jobs/{id}` shows it.
     pub async fn job_status(&self, id: &str) -> Result<Value> {
-        self.client().get_json(&format!("/v1/jobs/{id}")).await
+        Ok(self.client().get_json(&format!("/v1/jobs/{id}")).await?)
     }
 
     /// Cancels a job (`DELETE /v1/jobs/{id}`); a finished job is left alone.

@@ -181,14 +181,26 @@ impl Drop for CpuHog {
     }
 }
 
-/// Sets the niceness of `root` and every process under it (children it
-/// starts later inherit it from `root`). Needs root for a negative value.
+/// Sets the niceness of every thread of `root` and of every process under
+/// it. Linux keeps a niceness per thread, and a child inherits the one of
+/// the thread that started it, so every thread is set, not only the main
+/// one. Needs root for a negative value.
 pub fn renice_tree(root: u32, nice: i32) -> std::io::Result<()> {
     let mut pids = descendants(root);
     pids.push(root);
+    let threads: Vec<String> = pids
+        .iter()
+        .flat_map(|pid| {
+            fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|t| t.file_name().to_string_lossy().into_owned())
+        })
+        .collect();
     let status = std::process::Command::new("renice")
         .args(["-n", &nice.to_string(), "-p"])
-        .args(pids.iter().map(u32::to_string))
+        .args(&threads)
         .stdout(std::process::Stdio::null())
         .status()?;
     if status.success() {

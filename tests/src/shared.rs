@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use musketeer_coordinator::cli::ApiClient;
+use musketeer_client::ApiClient;
 use serde_json::Value;
 
 use crate::balancer::Balancer;
@@ -89,12 +89,12 @@ impl SharedCluster {
 
     /// Submits a JSON job through the balancer; returns its id.
     pub async fn submit(&self, body: &Value) -> Result<String> {
-        musketeer_coordinator::cli::submit_json(&self.client(), serde_json::to_vec(body)?).await
+        Ok(musketeer_client::submit_json(&self.client(), serde_json::to_vec(body)?).await?)
     }
 
     /// A job's status through the balancer.
     pub async fn status(&self, id: &str) -> Result<Value> {
-        self.client().get_json(&format!("/v1/jobs/{id}")).await
+        Ok(self.client().get_json(&format!("/v1/jobs/{id}")).await?)
     }
 
     /// Waits for a job to succeed and returns its JSON result. Calls that
@@ -106,9 +106,9 @@ impl SharedCluster {
         loop {
             match self.status(id).await {
                 Ok(s) if s["state"] == "succeeded" => {
-                    match musketeer_coordinator::cli::result_bytes(&c, id, "json").await {
+                    match musketeer_client::result_bytes(&c, id, "json").await {
                         Ok(bytes) => return Ok(serde_json::from_slice(&bytes)?),
-                        Err(e) if Instant::now() > end => return Err(e),
+                        Err(e) if Instant::now() > end => return Err(e.into()),
                         Err(_) => {}
                     }
                 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use futures::stream::{self, StreamExt};
-use musketeer_coordinator::cli::ApiClient;
+use musketeer_client::ApiClient;
 use musketeer_tasks::protocol::{
     Capacity, EnrolRequest, EnrolResponse, LeaseRequest, LeaseResponse, Release,
 };

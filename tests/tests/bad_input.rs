@@ -7,11 +7,7 @@ use musketeer_tests::{Cluster, CoordinatorOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-async fn post(
-    c: &musketeer_coordinator::cli::ApiClient,
-    path: &str,
-    body: Vec<u8>,
-) -> (StatusCode, Value) {
+async fn post(c: &musketeer_client::ApiClient, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
     let resp = c
         .request(Method::POST, path)
         .body(body)

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use musketeer_coordinator::cli::result_bytes;
+use musketeer_client::result_bytes;
 use musketeer_tests::{reference, Cluster, CoordinatorOptions};
 use serde_json::{json, Value};
 

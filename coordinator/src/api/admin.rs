@@ -30,6 +30,7 @@ pub async fn make_token(st: &AppState) -> Result<JoinToken, ApiError> {
 }
 
 /// `POST /v1/tokens`: `{"id":..,"token":..}`; the only time the token is shown.
+#[utoipa::path(post, path = "/v1/tokens", tag = "admin", responses((status = 201, description = "A join token, shown this once", body = serde_json::Value)))]
 pub async fn create_token(
     State(st): State<Arc<AppState>>,
     _: Admin,
@@ -42,6 +43,7 @@ pub async fn create_token(
 }
 
 /// `GET /v1/tokens`.
+#[utoipa::path(get, path = "/v1/tokens", tag = "admin", responses((status = 200, description = "Every join token, never its secret", body = serde_json::Value)))]
 pub async fn list_tokens(
     State(st): State<Arc<AppState>>,
     _: Admin,
@@ -52,6 +54,7 @@ pub async fn list_tokens(
 
 /// `DELETE /v1/tokens/{id}`: agents can no longer enrol with it (those
 /// already enrolled keep working; remove them one by one).
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "admin", params(("id" = String, Path, description = "The token's id")), responses((status = 200, description = "Revoked", body = serde_json::Value)))]
 pub async fn revoke_token(
     State(st): State<Arc<AppState>>,
     _: Admin,
@@ -65,6 +68,7 @@ pub async fn revoke_token(
 }
 
 /// `GET /v1/agents`.
+#[utoipa::path(get, path = "/v1/agents", tag = "admin", responses((status = 200, description = "Every agent, with capacity, state and credit", body = serde_json::Value)))]
 pub async fn list_agents(
     State(st): State<Arc<AppState>>,
     _: Admin,
@@ -76,6 +80,7 @@ pub async fn list_agents(
 }
 
 /// `POST /v1/agents/{id}/drain`: finish what it holds, take nothing new.
+#[utoipa::path(post, path = "/v1/agents/{id}/drain", tag = "admin", params(("id" = String, Path, description = "The agent's id")), responses((status = 200, description = "Draining", body = serde_json::Value)))]
 pub async fn drain_agent(
     State(st): State<Arc<AppState>>,
     _: Admin,
@@ -90,6 +95,7 @@ pub async fn drain_agent(
 
 /// `DELETE /v1/agents/{id}`: its credential stops working and its leases
 /// go back to the queue at once.
+#[utoipa::path(delete, path = "/v1/agents/{id}", tag = "admin", params(("id" = String, Path, description = "The agent's id")), responses((status = 200, description = "Removed; its leases are back in the queue", body = serde_json::Value)))]
 pub async fn remove_agent(
     State(st): State<Arc<AppState>>,
     _: Admin,

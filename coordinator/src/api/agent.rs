@@ -84,6 +84,7 @@ fn labels_of(agent_id: &str, c: &Capacity) -> BTreeMap<String, String> {
 }
 
 /// `POST /v1/agent/enrol`.
+#[utoipa::path(post, path = "/v1/agent/enrol", tag = "agent protocol", request_body(content = serde_json::Value, content_type = "application/json", description = "The join token and the capacity the agent offers"), responses((status = 200, description = "The agent's id and credential", body = serde_json::Value)))]
 pub async fn enrol(
     State(st): State<Arc<AppState>>,
     _: Anonymous,
@@ -133,6 +134,7 @@ pub async fn enrol(
 }
 
 /// `POST /v1/agent/lease`: JSON in, postcard out.
+#[utoipa::path(post, path = "/v1/agent/lease", tag = "agent protocol", request_body(content = serde_json::Value, content_type = "application/json", description = "How much work the agent wants, how long it may wait, its capacity"), responses((status = 200, description = "Leased tasks, postcard-encoded", content_type = "application/x-postcard", body = Vec<u8>)))]
 pub async fn lease(
     State(st): State<Arc<AppState>>,
     agent: Agent,
@@ -169,6 +171,7 @@ pub async fn lease(
 }
 
 /// `POST /v1/agent/results`: postcard in, JSON out.
+#[utoipa::path(post, path = "/v1/agent/results", tag = "agent protocol", request_body(content = Vec<u8>, content_type = "application/x-postcard", description = "A postcard-encoded batch of task reports"), responses((status = 200, description = "Which results were accepted", body = serde_json::Value)))]
 pub async fn results(
     State(st): State<Arc<AppState>>,
     agent: Agent,
@@ -192,6 +195,7 @@ pub async fn results(
 }
 
 /// `POST /v1/agent/heartbeat`.
+#[utoipa::path(post, path = "/v1/agent/heartbeat", tag = "agent protocol", request_body(content = serde_json::Value, content_type = "application/json", description = "The tasks the agent still works on"), responses((status = 200, description = "Leases renewed", body = serde_json::Value)))]
 pub async fn heartbeat(
     State(st): State<Arc<AppState>>,
     agent: Agent,
@@ -208,6 +212,7 @@ pub async fn heartbeat(
 }
 
 /// `POST /v1/agent/release`.
+#[utoipa::path(post, path = "/v1/agent/release", tag = "agent protocol", request_body(content = serde_json::Value, content_type = "application/json", description = "Tasks the agent gives back unfinished"), responses((status = 200, description = "Given back", body = serde_json::Value)))]
 pub async fn release(
     State(st): State<Arc<AppState>>,
     agent: Agent,
@@ -223,6 +228,7 @@ pub async fn release(
 
 /// `GET /v1/agent/self`: the calling agent's own record, as `GET
 /// /v1/agents` lists it, for `musketeer status` (its credit, leases, trust).
+#[utoipa::path(get, path = "/v1/agent/self", tag = "agent protocol", responses((status = 200, description = "The calling agent's own record: capacity, state, leases, credit, trust", body = serde_json::Value)))]
 pub async fn whoami(
     State(st): State<Arc<AppState>>,
     agent: Agent,

@@ -13,16 +13,33 @@ use serde_json::json;
 use super::auth::Anonymous;
 use super::{ApiError, AppState};
 
-/// `GET /healthz`: the coordinator answers and its store does too.
+/// `GET /healthz`: the coordinator answers and its store does too: `200
+/// {"status":"ok"}`. Out of space it answers `503 {"status":"degraded",
+/// "reason":..}`, so that a monitor pages someone, while reads go on.
+#[utoipa::path(get, path = "/healthz", tag = "people", responses((status = 200, description = "The coordinator and its store answer: {\"status\":\"ok\"}", body = serde_json::Value), (status = 503, description = "Degraded: the disk is below the reserve or the store is full; reads go on", body = serde_json::Value)))]
 pub async fn healthz(
     State(st): State<Arc<AppState>>,
     _: Anonymous,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     st.scheduler.store.stats().await?;
-    Ok(Json(json!({"status": "ok"})))
+    let space = &st.space;
+    Ok(match space.degraded() {
+        None => Json(json!({"status": "ok"})).into_response(),
+        Some(d) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "degraded",
+                "reason": d.message(),
+                "free_disk_bytes": space.free(),
+                "min_free_disk_bytes": space.min_free(),
+            })),
+        )
+            .into_response(),
+    })
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "people", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
 pub async fn metrics(
     State(st): State<Arc<AppState>>,
     _: Anonymous,
@@ -71,6 +88,11 @@ pub async fn metrics(
             "Requests refused with 429 by the per-agent or per-address rate limit.",
             &st.limits.refused,
         ),
+        (
+            "musketeer_requests_refused_no_space_total",
+            "Requests refused with 507 because the disk or Redis memory was full, or an upload would not fit the free-disk reserve.",
+            &st.space.refused,
+        ),
     ];
     for (name, help, value) in counters {
         let v = value.load(Ordering::Relaxed);
@@ -79,6 +101,11 @@ pub async fn metrics(
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
         );
     }
+    let _ = write!(
+        out,
+        "# HELP musketeer_disk_free_bytes Free bytes on the data directory's disk.\n# TYPE musketeer_disk_free_bytes gauge\nmusketeer_disk_free_bytes {}\n",
+        st.space.measure()
+    );
     let _ = write!(
         out,
         "# HELP musketeer_jobs Jobs by state.\n# TYPE musketeer_jobs gauge\n"
@@ -136,6 +163,7 @@ fn esc(s: &str) -> String {
 
 /// `GET /`: the cluster at a glance, refreshed every two seconds. Read-only
 /// and without secrets, like the public status pages of volunteer projects.
+#[utoipa::path(get, path = "/", tag = "people", responses((status = 200, description = "The web dashboard", content_type = "text/html", body = String)))]
 pub async fn page(State(st): State<Arc<AppState>>, _: Anonymous) -> Result<Html<String>, ApiError> {
     let store = &st.scheduler.store;
     let stats = store.stats().await?;
@@ -149,6 +177,13 @@ pub async fn page(State(st): State<Arc<AppState>>, _: Anonymous) -> Result<Html<
          .bar{background:#eee;width:12em;height:.8em}.bar div{background:#3a7;height:100%}</style></head><body>\
          <h1>Musketeer</h1>",
     );
+    if let Some(d) = st.space.degraded() {
+        let _ = write!(
+            h,
+            "<p style=\"color:#b00\"><b>Degraded:</b> {}</p>",
+            esc(&d.message())
+        );
+    }
     let active = stats.agents.get("active").copied().unwrap_or(0);
     let cores: u64 = agents
         .iter()

@@ -49,13 +49,25 @@ impl ApiError {
     }
 }
 
+/// The error code of a response, kept as an extension so that layers (the
+/// space watch, logs) can tell errors apart without parsing the body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ErrorCode(pub &'static str);
+
+/// What a caller is told of a store failure: the detail (a driver's text,
+/// a path) is ours to read in the log, not the caller's.
+pub const STORE_ERROR_MESSAGE: &str = "internal store error; see the coordinator's log";
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
+        if e.is_out_of_space() {
+            return super::space::store_full(&e);
+        }
         tracing::error!("store error: {e}");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "store_error",
-            e.to_string(),
+            STORE_ERROR_MESSAGE,
         )
     }
 }
@@ -67,6 +79,7 @@ impl IntoResponse for ApiError {
             body["state"] = json!(state);
         }
         let mut response = (self.status, Json(body)).into_response();
+        response.extensions_mut().insert(ErrorCode(self.code));
         if let Some(s) = self.retry_after_s {
             response
                 .headers_mut()

@@ -1,11 +1,12 @@
 //! Submitters' endpoints: submit (JSON, or a streamed text for word count),
 //! list, status, result and cancel.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
@@ -17,6 +18,7 @@ use serde_json::json;
 
 use super::auth::Admin;
 use super::error::read_body;
+use super::space::{check_room, content_length};
 use super::{ApiError, AppState, MAX_JOB_BODY};
 use crate::scheduler::UnsealedJob;
 use crate::store::{JobState, JobStatus, NewJob, NewTask};
@@ -49,11 +51,14 @@ fn created(id: &str, tasks: u64) -> (StatusCode, Json<serde_json::Value>) {
 }
 
 /// `POST /v1/jobs`: a JSON job body.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body(content = serde_json::Value, description = "A job body: `kernel` and its fields, and the options of every job (see the README)", content_type = "application/json"), responses((status = 201, description = "Accepted", body = super::openapi::Submitted), (status = 507, description = "Refused for lack of storage: the job would not leave the free-disk reserve (`insufficient_storage`), or the disk or Redis is full (`store_full`)", body = super::openapi::ErrorBody)))]
 pub async fn submit(
     State(st): State<Arc<AppState>>,
     _: Admin,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    check_room(&st, content_length(&headers).unwrap_or(0))?;
     let body = read_body(
         body,
         MAX_JOB_BODY,
@@ -88,21 +93,26 @@ pub async fn submit(
     Ok(created(&id, total))
 }
 
+/// How often a streamed upload looks at the free disk space: often enough
+/// that the reserve absorbs what arrives in between.
+const ROOM_CHECK_BYTES: u64 = 1 << 20;
+
 /// How many chunks may wait for the store while the upload goes on: enough
 /// to ride out one slow commit, few enough to bound memory (16 MiB).
 const STORE_QUEUE_CHUNKS: usize = 4;
 
-/// Reads the body, cuts it into chunks and hands them to the store task;
-/// returns the bytes received.
+/// Reads the body, cuts it into chunks and hands them to the store task
+/// (which counts in `stored` the bytes it wrote); returns the bytes received.
 async fn receive_text(
     st: &AppState,
-    body: Body,
+    stream: &mut axum::body::BodyDataStream,
     options: WordcountOptions,
     chunks: tokio::sync::mpsc::Sender<Vec<u8>>,
+    stored: &AtomicU64,
 ) -> Result<u64, ApiError> {
     let mut chunker = Chunker::new(options, STREAM_CHUNK_BYTES);
-    let mut stream = body.into_data_stream();
     let mut received = 0u64;
+    let mut next_room_check = ROOM_CHECK_BYTES;
     let store_gone = || {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -124,6 +134,11 @@ async fn receive_text(
                 ),
             ));
         }
+        if received >= next_room_check {
+            next_room_check = received + ROOM_CHECK_BYTES;
+            // What is received but not stored yet will need the disk too.
+            check_room(st, received.saturating_sub(stored.load(Ordering::Relaxed)))?;
+        }
         for chunk in chunker.push(&data).map_err(job_error)? {
             chunks.send(chunk).await.map_err(|_| store_gone())?;
         }
@@ -138,32 +153,49 @@ async fn receive_text(
 }
 
 /// Query parameters of the streamed word count: its options and the job's.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct StreamParams {
+    /// Words shorter than this many characters are dropped (default 1).
     min_len: Option<usize>,
+    /// How many of the most frequent words the result lists (default 10).
     top: Option<usize>,
+    /// Keep case instead of lower-casing every word.
     case_sensitive: Option<bool>,
+    /// `words` (default) or `whitespace`, the original Celery demo's rule.
+    #[param(value_type = Option<String>)]
     split: Option<SplitRule>,
+    /// The job's queue (default `default`).
     queue: Option<String>,
+    /// 0..9, 9 first (default 5).
     priority: Option<u8>,
+    /// Attempts per task (default 3).
     max_attempts: Option<u32>,
+    /// Seconds a task may run.
     timeout_s: Option<u64>,
+    /// How many agents must return the same answer (default 1).
     redundancy: Option<u32>,
+    /// Only this agent takes the tasks.
     agent: Option<String>,
+    /// Only agents of this architecture take the tasks.
     arch: Option<String>,
 }
 
 /// `POST /v1/jobs/wordcount`: the raw text as the body, options as query
 /// parameters. The text is cut into tasks as it arrives, and agents start
 /// counting the first chunks while the rest is still uploading.
+#[utoipa::path(post, path = "/v1/jobs/wordcount", tag = "jobs", params(StreamParams), request_body(content = String, description = "The raw text, streamed", content_type = "text/plain"), responses((status = 201, description = "Accepted", body = super::openapi::Submitted), (status = 507, description = "Refused for lack of storage: the job would not leave the free-disk reserve (`insufficient_storage`), or the disk or Redis is full (`store_full`)", body = super::openapi::ErrorBody)))]
 pub async fn submit_wordcount_stream(
     State(st): State<Arc<AppState>>,
     _: Admin,
     params: Result<Query<StreamParams>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let Query(p) = params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    // Refused before a byte is read when the announced text cannot fit.
+    check_room(&st, content_length(&headers).unwrap_or(0))?;
     let defaults = WordcountOptions::default();
     let wc = WordcountOptions {
         min_len: p.min_len.unwrap_or(defaults.min_len),
@@ -193,15 +225,18 @@ pub async fn submit_wordcount_stream(
     );
     let id = job.id.clone();
     let store = st.scheduler.store.clone();
-    store.begin_job(job).await?;
+    // Armed first: a begin cut short leaves pieces to remove too.
     let guard = UnsealedJob::new(store.clone(), &id);
+    store.begin_job(job).await?;
 
     // Receiving and storing run side by side: while chunks are written and
     // committed, the socket keeps being read (a sequential loop stalled the
     // sender on every commit). The store task takes every chunk queued
     // since its last commit into one transaction.
     let (chunk_tx, mut chunk_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(STORE_QUEUE_CHUNKS);
+    let stored = Arc::new(AtomicU64::new(0));
     let storer = {
+        let stored = stored.clone();
         let store = store.clone();
         let scheduler = st.scheduler.clone();
         let id = id.clone();
@@ -212,6 +247,7 @@ pub async fn submit_wordcount_stream(
                     chunks.push(more);
                 }
                 let wc = wc.clone();
+                let bytes: usize = chunks.iter().map(Vec::len).sum();
                 let tasks = tokio::task::spawn_blocking(move || {
                     chunks
                         .into_iter()
@@ -227,12 +263,14 @@ pub async fn submit_wordcount_stream(
                 .await
                 .map_err(|e| crate::store::StoreError::Worker(e.to_string()))?;
                 store.add_tasks(&id, tasks).await?;
+                stored.fetch_add(bytes as u64, Ordering::Relaxed);
                 scheduler.signal_work();
             }
             Ok::<(), crate::store::StoreError>(())
         })
     };
-    let received = receive_text(&st, body, chunker_options, chunk_tx).await;
+    let mut stream = body.into_data_stream();
+    let received = receive_text(&st, &mut stream, chunker_options, chunk_tx, &stored).await;
     let stored = storer
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
@@ -255,6 +293,7 @@ pub struct ListParams {
 }
 
 /// `GET /v1/jobs`: the newest jobs first.
+#[utoipa::path(get, path = "/v1/jobs", operation_id = "list_jobs", tag = "jobs", params(("limit" = Option<u32>, Query, description = "At most this many jobs, newest first (default 100)")), responses((status = 200, description = "The newest jobs first", body = super::openapi::JobList)))]
 pub async fn list(
     State(st): State<Arc<AppState>>,
     _: Admin,
@@ -278,6 +317,7 @@ async fn find(st: &AppState, id: &str) -> Result<JobStatus, ApiError> {
 }
 
 /// `GET /v1/jobs/{id}`.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "The job's id")), responses((status = 200, description = "Its state and progress", body = JobStatus)))]
 pub async fn status(
     State(st): State<Arc<AppState>>,
     _: Admin,
@@ -286,7 +326,10 @@ pub async fn status(
     Ok(Json(find(&st, &id).await?))
 }
 
-/// `DELETE /v1/jobs/{id}`: cancel.
+/// `DELETE /v1/jobs/{id}`: cancel, and free the disk the inputs of
+/// finished jobs hold at once (an operator out of space deletes jobs to
+/// make room, and must not wait for the next sweep).
+#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "The job's id")), responses((status = 200, description = "Cancelled (again, if it already was)", body = JobStatus)))]
 pub async fn cancel(
     State(st): State<Arc<AppState>>,
     _: Admin,
@@ -298,6 +341,10 @@ pub async fn cancel(
         .cancel_job(&id, st.scheduler.now_ms())
         .await?
         .ok_or_else(|| ApiError::not_found("job", &id))?;
+    let purged = st.scheduler.store.purge_finished_inputs().await?;
+    if purged > 0 {
+        tracing::info!(job = %id, purged, "inputs of finished jobs deleted");
+    }
     match job.state {
         JobState::Cancelled => Ok(Json(job)),
         state => Err(ApiError {
@@ -318,6 +365,7 @@ pub struct ResultParams {
 }
 
 /// `GET /v1/jobs/{id}/result[?format=json|tsv|npy]`.
+#[utoipa::path(get, path = "/v1/jobs/{id}/result", tag = "jobs", params(("id" = String, Path, description = "The job's id"), ("format" = Option<String>, Query, description = "`json` (default), `tsv` (word count) or `npy` (matmul)")), responses((status = 200, description = "The aggregated result", content((serde_json::Value = "application/json"), (String = "text/tab-separated-values"), (Vec<u8> = "application/octet-stream")))))]
 pub async fn result(
     State(st): State<Arc<AppState>>,
     _: Admin,

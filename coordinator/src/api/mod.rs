@@ -10,8 +10,10 @@ mod connection;
 mod dashboard;
 mod error;
 mod jobs;
+mod openapi;
 pub mod rate_limit;
 mod releases;
+mod space;
 
 use std::sync::Arc;
 
@@ -50,6 +52,8 @@ pub struct AppState {
     pub limits: rate_limit::RateLimiters,
     /// Signed agent releases and the key agents learn at enrolment.
     pub releases: Arc<crate::releases::Releases>,
+    /// Free disk, the upload reserve, and whether the store is full.
+    pub space: Arc<crate::space::Space>,
 }
 
 /// Who may call a route: the authorisation matrix test checks each route
@@ -98,6 +102,7 @@ fn table() -> Vec<(Route, Handler)> {
         r("GET", "/", Public, get(dashboard::page)),
         r("GET", "/healthz", Public, get(dashboard::healthz)),
         r("GET", "/metrics", Public, get(dashboard::metrics)),
+        r("GET", "/v1/openapi.json", Public, get(openapi::document)),
         r("POST", "/v1/jobs", Admin, post(jobs::submit)),
         r("GET", "/v1/jobs", Admin, get(jobs::list)),
         r(
@@ -170,6 +175,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(error::method_not_allowed)
         // Each handler reads its body with its own limit (see `body`).
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            space::watch,
+        ))
         .layer(axum::middleware::from_fn(connection::close_if_body_unread))
         .with_state(state)
 }
+
+#[cfg(test)]
+mod tests;

@@ -29,6 +29,9 @@ impl From<ReleaseError> for ApiError {
             ReleaseError::BadSignature => (StatusCode::UNPROCESSABLE_ENTITY, "bad_signature"),
             ReleaseError::NoKey => (StatusCode::CONFLICT, "no_release_key"),
             ReleaseError::Conflict { .. } => (StatusCode::CONFLICT, "release_exists"),
+            ReleaseError::Io { source, .. } if crate::space::is_no_space(source) => {
+                return super::space::disk_full(&e);
+            }
             ReleaseError::Io { .. } => {
                 tracing::error!("releases: {e}");
                 (StatusCode::INTERNAL_SERVER_ERROR, "release_store")
@@ -45,6 +48,7 @@ fn joined(e: tokio::task::JoinError) -> ApiError {
 /// `POST /v1/releases/{target}/{version}`: the raw binary as the body, its
 /// signature in `X-Musketeer-Signature`. 201 when new, 200 when the same
 /// bytes were already published.
+#[utoipa::path(post, path = "/v1/releases/{target}/{version}", tag = "releases", params(("target" = String, Path, description = "A Rust target triple"), ("version" = String, Path, description = "A semantic version")), request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The agent binary, its ed25519 signature in the signature header"), responses((status = 201, description = "Published", body = serde_json::Value), (status = 200, description = "Already published, the same bytes", body = serde_json::Value)))]
 pub async fn publish(
     State(st): State<Arc<AppState>>,
     _: Admin,
@@ -62,6 +66,7 @@ pub async fn publish(
             )
         })?
         .to_string();
+    super::space::check_room(&st, super::space::content_length(&headers).unwrap_or(0))?;
     let bytes = read_body(body, MAX_RELEASE_BYTES, "an agent binary is a few MiB").await?;
     let releases = st.releases.clone();
     let (info, new) = tokio::task::spawn_blocking(move || {
@@ -79,6 +84,7 @@ pub async fn publish(
 }
 
 /// `GET /v1/releases`.
+#[utoipa::path(get, path = "/v1/releases", operation_id = "list_releases", tag = "releases", responses((status = 200, description = "Published agent releases", body = serde_json::Value)))]
 pub async fn list(
     State(st): State<Arc<AppState>>,
     _: Admin,
@@ -101,6 +107,7 @@ pub struct UpdateQuery {
 }
 
 /// `GET /v1/agent/update?target=T`: the newest release of T, or 404 `no_release`.
+#[utoipa::path(get, path = "/v1/agent/update", tag = "releases", responses((status = 200, description = "The newest release for the calling agent's target", body = serde_json::Value)))]
 pub async fn latest(
     State(st): State<Arc<AppState>>,
     _: Agent,
@@ -121,6 +128,7 @@ pub async fn latest(
 }
 
 /// `GET /v1/agent/update/{target}/{version}`: the release's binary.
+#[utoipa::path(get, path = "/v1/agent/update/{target}/{version}", tag = "releases", params(("target" = String, Path, description = "A Rust target triple"), ("version" = String, Path, description = "A semantic version")), responses((status = 200, description = "The release's binary", content_type = "application/octet-stream", body = Vec<u8>)))]
 pub async fn download(
     State(st): State<Arc<AppState>>,
     _: Agent,

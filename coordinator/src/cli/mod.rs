@@ -5,14 +5,14 @@ pub mod release;
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use reqwest::Method;
 use serde_json::Value;
 
-pub use client::{ApiClient, Connection};
+pub use client::{connect, Connection};
+pub use musketeer_client::{result_bytes, submit_json, ApiClient};
 pub use release::ReleaseCommand;
 
 /// `token ...`
@@ -201,16 +201,6 @@ pub async fn agents(c: &ApiClient, cmd: AgentsCommand) -> Result<()> {
     Ok(())
 }
 
-/// Submits a JSON job body; returns its id.
-pub async fn submit_json(c: &ApiClient, body: Vec<u8>) -> Result<String> {
-    let req = c
-        .request(Method::POST, "/v1/jobs")
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body);
-    let v: Value = c.send(req).await?.json().await?;
-    Ok(v["id"].as_str().context("no id in the answer")?.to_string())
-}
-
 /// Waits for a job to finish, drawing a progress bar on standard error
 /// when `bar` is set; returns its final status.
 pub async fn wait(c: &ApiClient, id: &str, bar: bool) -> Result<Value> {
@@ -228,34 +218,18 @@ pub async fn wait(c: &ApiClient, id: &str, bar: bool) -> Result<Value> {
     } else {
         None
     };
-    loop {
-        let v = c.get_json(&format!("/v1/jobs/{id}")).await?;
+    let v = musketeer_client::wait_with(c, id, |v| {
         if let Some(pb) = &pb {
             pb.set_length(v["progress"]["total"].as_u64().unwrap_or(0));
             pb.set_position(v["progress"]["done"].as_u64().unwrap_or(0));
             pb.tick();
         }
-        match v["state"].as_str() {
-            Some("succeeded" | "failed" | "cancelled") => {
-                if let Some(pb) = pb {
-                    pb.finish_with_message(format!("{id} {}", v["state"].as_str().unwrap_or("")));
-                }
-                return Ok(v);
-            }
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
+    })
+    .await?;
+    if let Some(pb) = pb {
+        pb.finish_with_message(format!("{id} {}", v["state"].as_str().unwrap_or("")));
     }
-}
-
-/// Fetches a finished job's result in `format`.
-pub async fn result_bytes(c: &ApiClient, id: &str, format: &str) -> Result<Vec<u8>> {
-    let resp = c
-        .send(c.request(
-            Method::GET,
-            &format!("/v1/jobs/{id}/result?format={format}"),
-        ))
-        .await?;
-    Ok(resp.bytes().await?.to_vec())
+    Ok(v)
 }
 
 /// Runs a `jobs` command.

@@ -9,7 +9,7 @@ use clap::Subcommand;
 use musketeer_tasks::protocol::ReleaseInfo;
 use reqwest::Method;
 
-use super::{ApiClient, Connection};
+use super::Connection;
 use crate::api::SIGNATURE_HEADER;
 use crate::releases::{self, SigningKey};
 
@@ -76,7 +76,7 @@ pub async fn release(cmd: ReleaseCommand) -> Result<()> {
             let bytes = std::fs::read(&binary)
                 .with_context(|| format!("cannot read the binary {}", binary.display()))?;
             let signed = signer.sign(&target, &version, &bytes)?;
-            let c = ApiClient::connect(&connection)?;
+            let c = super::connect(&connection)?;
             let path = format!("/v1/releases/{}/{}", signed.target, signed.version);
             let resp = c
                 .send(
@@ -101,7 +101,7 @@ pub async fn release(cmd: ReleaseCommand) -> Result<()> {
             );
         }
         ReleaseCommand::List { connection } => {
-            let c = ApiClient::connect(&connection)?;
+            let c = super::connect(&connection)?;
             let v = c.get_json("/v1/releases").await?;
             match v["release_key"].as_str() {
                 Some(k) => println!("release key: {k}"),

@@ -4,10 +4,156 @@
 //! (lease, complete) take whole batches, so a store pays one round trip or
 //! one commit per batch, never one per task.
 
+/// The `impl Store` of a store split by operation: every method delegates
+/// to the function of the same name in the store's `agents`, `jobs`,
+/// `leasing` or `results` module, written once for both stores. Methods
+/// only one store has (beyond the trait's defaults) go in the braces.
+macro_rules! store_by_operation {
+    ($store:ty { $($extra:tt)* }) => {
+        #[async_trait::async_trait]
+        impl Store for $store {
+            async fn create_token(&self, id: &str, secret_hash: [u8; 32], now_ms: u64) -> StoreResult<()> {
+                agents::create_token(self, id, secret_hash, now_ms).await
+            }
+
+            async fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+                agents::list_tokens(self).await
+            }
+
+            async fn revoke_token(&self, id: &str) -> StoreResult<bool> {
+                agents::revoke_token(self, id).await
+            }
+
+            async fn enrol_agent(
+                &self,
+                token_hash: [u8; 32],
+                agent: NewAgent,
+            ) -> StoreResult<Result<(), EnrolRefusal>> {
+                agents::enrol_agent(self, token_hash, agent).await
+            }
+
+            async fn agent_auth(&self, id: &str) -> StoreResult<Option<AgentAuth>> {
+                agents::agent_auth(self, id).await
+            }
+
+            async fn list_agents(&self) -> StoreResult<Vec<AgentRecord>> {
+                agents::list_agents(self).await
+            }
+
+            async fn drain_agent(&self, id: &str) -> StoreResult<bool> {
+                agents::drain_agent(self, id).await
+            }
+
+            async fn remove_agent(&self, id: &str, _now_ms: u64) -> StoreResult<bool> {
+                agents::remove_agent(self, id, _now_ms).await
+            }
+
+            async fn begin_job(&self, job: NewJob) -> StoreResult<()> {
+                jobs::begin_job(self, job).await
+            }
+
+            async fn add_tasks(&self, job_id: &str, tasks: Vec<NewTask>) -> StoreResult<()> {
+                jobs::add_tasks(self, job_id, tasks).await
+            }
+
+            async fn seal_job(&self, job_id: &str) -> StoreResult<(u64, bool)> {
+                jobs::seal_job(self, job_id).await
+            }
+
+            async fn abort_job(&self, job_id: &str) -> StoreResult<()> {
+                jobs::abort_job(self, job_id).await
+            }
+
+            async fn abort_unsealed_jobs(&self) -> StoreResult<u64> {
+                jobs::abort_unsealed_jobs(self).await
+            }
+
+            async fn job(&self, id: &str) -> StoreResult<Option<JobStatus>> {
+                jobs::job(self, id).await
+            }
+
+            async fn list_jobs(&self, limit: u32) -> StoreResult<Vec<JobStatus>> {
+                jobs::list_jobs(self, limit).await
+            }
+
+            async fn cancel_job(&self, id: &str, now_ms: u64) -> StoreResult<Option<JobStatus>> {
+                jobs::cancel_job(self, id, now_ms).await
+            }
+
+            async fn job_outputs(&self, id: &str) -> StoreResult<(Vec<u8>, Vec<Vec<u8>>)> {
+                jobs::job_outputs(self, id).await
+            }
+
+            async fn finish_job(
+                &self,
+                id: &str,
+                result: Result<Vec<u8>, String>,
+                now_ms: u64,
+            ) -> StoreResult<()> {
+                jobs::finish_job(self, id, result, now_ms).await
+            }
+
+            async fn job_result(&self, id: &str) -> StoreResult<Option<Vec<u8>>> {
+                jobs::job_result(self, id).await
+            }
+
+            async fn jobs_to_reduce(&self) -> StoreResult<Vec<String>> {
+                jobs::jobs_to_reduce(self).await
+            }
+
+            async fn lease(&self, q: LeaseQuery) -> StoreResult<Vec<LeasedTask>> {
+                leasing::lease(self, q).await
+            }
+
+            async fn complete(
+                &self,
+                agent_id: &str,
+                reports: Vec<TaskReport>,
+                now_ms: u64,
+            ) -> StoreResult<CompleteOutcome> {
+                results::complete(self, agent_id, reports, now_ms).await
+            }
+
+            async fn heartbeat(
+                &self,
+                agent_id: &str,
+                running: Vec<TaskRef>,
+                now_ms: u64,
+                ttl_ms: u64,
+            ) -> StoreResult<HeartbeatAck> {
+                leasing::heartbeat(self, agent_id, running, now_ms, ttl_ms).await
+            }
+
+            async fn release(&self, agent_id: &str, tasks: Vec<TaskRef>) -> StoreResult<u32> {
+                leasing::release(self, agent_id, tasks).await
+            }
+
+            async fn expire_leases(&self, now_ms: u64) -> StoreResult<u32> {
+                leasing::expire_leases(self, now_ms).await
+            }
+
+            async fn purge_finished_inputs(&self) -> StoreResult<u64> {
+                jobs::purge_finished_inputs(self).await
+            }
+
+            async fn renew_all_leases(&self, now_ms: u64, ttl_ms: u64) -> StoreResult<u64> {
+                leasing::renew_all_leases(self, now_ms, ttl_ms).await
+            }
+
+            async fn stats(&self) -> StoreResult<Stats> {
+                jobs::stats(self).await
+            }
+
+            $($extra)*
+        }
+    };
+}
+
 pub mod blobs;
 #[cfg(test)]
 pub mod conformance;
 pub mod redis;
+pub mod rules;
 pub mod sqlite;
 pub mod validation;
 
@@ -19,15 +165,33 @@ use musketeer_tasks::{Cost, JobOptions};
 use serde::{Deserialize, Serialize};
 
 pub use self::redis::RedisStore;
+pub use rules::retry_backoff_ms;
 pub use sqlite::SqliteStore;
 pub use validation::Trust;
 
 /// A failure of the store itself (not of the caller's request).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The embedded database failed.
-    #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    /// The database (SQLite or Redis) failed or could not be reached. The
+    /// driver's error is kept as an opaque source, for the log: its type
+    /// stays inside the adapter, and its text never reaches an API caller.
+    #[error("{store} error: {source}")]
+    Database {
+        /// Which database: `SQLite` or `Redis`.
+        store: &'static str,
+        /// The driver's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The database is out of room: a full disk under SQLite, or Redis at
+    /// its `maxmemory`. The adapter decides; a write succeeds again once
+    /// space is freed (see [`crate::space`]).
+    #[error("{store} is out of space: {source}")]
+    Full {
+        /// Which database: `SQLite` or `Redis`.
+        store: &'static str,
+        /// The driver's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Stored bytes no longer decode: a bug or a damaged data directory.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
@@ -37,9 +201,6 @@ pub enum StoreError {
     /// The blocking worker that runs database calls died.
     #[error("store worker failed: {0}")]
     Worker(String),
-    /// The shared store (Redis) failed or could not be reached.
-    #[error("Redis error: {0}")]
-    Redis(#[from] ::redis::RedisError),
     /// The store cannot be opened as configured.
     #[error("{0}")]
     Config(String),
@@ -49,7 +210,7 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// A job's lifecycle, as the API reports it.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     /// Accepted; no task has been leased yet.
@@ -122,7 +283,7 @@ pub struct NewTask {
 }
 
 /// A job as the API shows it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct JobStatus {
     /// The job's id.
     pub id: String,
@@ -147,7 +308,7 @@ pub struct JobStatus {
 }
 
 /// How far a job has come.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Progress {
     /// Tasks in the job.
     pub total: u64,
@@ -427,13 +588,4 @@ pub trait Store: Send + Sync + 'static {
     async fn work_epoch(&self, _now_ms: u64) -> StoreResult<Option<u64>> {
         Ok(None)
     }
-}
-
-/// How long a failed task waits before its next attempt: doubling from one
-/// second, so a task that fails for a passing reason (an agent out of memory)
-/// is not retried at once on the same kind of agent, capped at five minutes.
-pub fn retry_backoff_ms(attempts: u32) -> u64 {
-    1000u64
-        .saturating_mul(1 << attempts.saturating_sub(1).min(8))
-        .min(300_000)
 }

@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use musketeer_coordinator::cli::ApiClient;
+use musketeer_client::ApiClient;
 use musketeer_tasks::wordcount::{count_in_process, WordcountOptions};
 use musketeer_tests::bench::{fibonacci_items, generate_text, wordcount_text};
 use musketeer_tests::redis::RedisServer;

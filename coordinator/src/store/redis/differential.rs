@@ -1,7 +1,9 @@
 //! The Redis store against the embedded one, step by step, on one seeded
 //! run of replicated and plain jobs with honest agents, liars, failures,
 //! expiries and a removal: the embedded store defines what redundancy
-//! means, and the Redis store's scripts must judge every vote alike.
+//! means, and the Redis store's scripts must judge every vote alike. A
+//! second run does the same for leasing under batch limits (count, work,
+//! bytes, memory, the overfill rule), retries and expiries.
 
 use musketeer_tasks::protocol::{Capacity, TaskOutcome, TaskReport};
 use musketeer_tasks::{Cost, JobOptions};
@@ -235,4 +237,165 @@ async fn redis_judges_votes_as_the_embedded_store_does() {
             assert_eq!(a, b, "{id}: outputs");
         }
     }
+}
+
+/// Jobs of mixed priorities, queues and labels whose tasks differ in work,
+/// memory and input size: what batch limits and the overfill rule decide.
+async fn setup_batches(store: &dyn Store, rng: &mut Rng) {
+    let token_hash = musketeer_tasks::token::secret_hash("tok");
+    store.create_token("t", token_hash, T0).await.unwrap();
+    for a in ["small", "big", "gpu"] {
+        store
+            .enrol_agent(
+                token_hash,
+                NewAgent {
+                    id: a.into(),
+                    secret_hash: [1; 32],
+                    capacity: Capacity::default(),
+                    now_ms: T0,
+                },
+            )
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    for j in 0..6u64 {
+        let mut options = JobOptions {
+            priority: (j % 3) as u8 * 4,
+            max_attempts: 3,
+            redundancy: if j == 4 { 2 } else { 1 },
+            ..JobOptions::default()
+        };
+        if j == 2 {
+            options.labels.insert("gpu".into(), "yes".into());
+        }
+        let id = format!("b{j}");
+        store
+            .begin_job(NewJob {
+                id: id.clone(),
+                kernel: "fibonacci".into(),
+                options,
+                reduce_plan: vec![0],
+                created_ms: T0,
+            })
+            .await
+            .unwrap();
+        let tasks = (0..10)
+            .map(|i| NewTask {
+                input: vec![i as u8; 1 + rng.below(3000) as usize],
+                cost: Cost {
+                    work: 1 + rng.below(300),
+                    mem_bytes: 1 + rng.below(1000),
+                },
+            })
+            .collect();
+        store.add_tasks(&id, tasks).await.unwrap();
+        store.seal_job(&id).await.unwrap();
+    }
+}
+
+/// The two stores grant the same batches under limits of count, work,
+/// bytes and memory, with the 1.5x overfill rule, retries after backoff
+/// and expiries: the rules of `rules.rs` in Rust and in the Lua prelude.
+#[tokio::test]
+async fn redis_leases_batches_as_the_embedded_store_does() {
+    let url = std::env::var("MUSKETEER_TEST_REDIS_URL")
+        .expect("MUSKETEER_TEST_REDIS_URL is not set: this test needs a Redis server");
+    let prefix = format!("test-{}", uuid::Uuid::now_v7().simple());
+    let redis = RedisStore::connect(&url, &prefix).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::open(&dir.path().join("db")).unwrap();
+    setup_batches(&sqlite, &mut Rng(7)).await;
+    setup_batches(&redis, &mut Rng(7)).await;
+
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut now = T0;
+    let (mut multi, mut by_work, mut by_bytes, mut overfilled) = (0, 0, 0, 0);
+    for step in 0..300 {
+        let agent = ["small", "big", "gpu"][rng.below(3) as usize];
+        let mut q = query(agent, now, 1 + rng.below(8) as u32);
+        q.max_work = 50 + rng.below(600);
+        q.max_bytes = 500 + rng.below(12_000);
+        q.mem_bytes = if agent == "small" { 400 } else { 1 << 30 };
+        if agent == "gpu" {
+            q.labels.insert("gpu".into(), "yes".into());
+        }
+        let mut leased = Vec::new();
+        for store in [&sqlite as &dyn Store, &redis] {
+            let mut got = store.lease(q.clone()).await.unwrap();
+            got.sort_by(|a, b| (&a.task.job, a.task.index).cmp(&(&b.task.job, b.task.index)));
+            leased.push(got);
+        }
+        let summary = |l: &Vec<LeasedTask>| -> Vec<(String, u32, u64, u64, usize)> {
+            l.iter()
+                .map(|t| {
+                    let c = t.cost;
+                    (
+                        t.task.job.clone(),
+                        t.task.index,
+                        c.work,
+                        c.mem_bytes,
+                        t.input.len(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(
+            summary(&leased[0]),
+            summary(&leased[1]),
+            "step {step}: {agent} leased under {} tasks, {} work, {} bytes",
+            q.max_tasks,
+            q.max_work,
+            q.max_bytes
+        );
+        let got = &leased[0];
+        let work: u64 = got.iter().map(|t| t.cost.work).sum();
+        let bytes: usize = got.iter().map(|t| t.input.len()).sum();
+        if got.len() > 1 {
+            multi += 1;
+            by_work += u32::from(work >= q.max_work);
+            by_bytes += u32::from(bytes as u64 >= q.max_bytes);
+            overfilled += u32::from(work > q.max_work);
+            assert!(work <= q.max_work * 3 / 2, "step {step}: {work} work");
+        }
+        // One draw per task: fail some (retried after a backoff), keep
+        // some unreported (expired later), finish the rest.
+        let fates: Vec<u64> = got.iter().map(|_| rng.below(6)).collect();
+        let mut outcomes = Vec::new();
+        for (store, got) in [&sqlite as &dyn Store, &redis].into_iter().zip(&leased) {
+            let reports: Vec<TaskReport> = got
+                .iter()
+                .zip(&fates)
+                .filter(|(_, fate)| **fate != 1)
+                .map(|(t, fate)| TaskReport {
+                    task: t.task.clone(),
+                    cpu_ms: 1,
+                    outcome: if *fate == 0 {
+                        TaskOutcome::Failed("flaky".into())
+                    } else {
+                        TaskOutcome::Done(answer("h0", &t.task.job, t.task.index))
+                    },
+                })
+                .collect();
+            let mut out = store.complete(agent, reports, now).await.unwrap();
+            out.ready.sort();
+            outcomes.push(out);
+        }
+        assert_eq!(outcomes[0], outcomes[1], "step {step}: {agent}'s results");
+        now += 400;
+        if step % 20 == 19 {
+            now += TTL;
+            let a = sqlite.expire_leases(now).await.unwrap();
+            let b = redis.expire_leases(now).await.unwrap();
+            assert_eq!(a, b, "step {step}: expired");
+        }
+        assert_eq!(view(&sqlite).await, view(&redis).await, "step {step}");
+    }
+    // The run must have reached every limit.
+    assert!(multi > 20, "{multi} batches of several tasks");
+    assert!(
+        by_work > 0 && by_bytes > 0,
+        "{by_work} by work, {by_bytes} by bytes"
+    );
+    assert!(overfilled > 0, "no batch used the overfill allowance");
 }

@@ -1,6 +1,6 @@
 -- Leases tasks of one job to one agent, within what is left of its batch.
 -- ARGV: agent, now, deadline, tasks_left, max_work, max_bytes, work_so_far,
--- bytes_so_far, granted_so_far, mem_bytes, labels (JSON), max_scan.
+-- bytes_so_far, granted_so_far, mem_bytes, labels (JSON).
 -- Returns {status, timeout_s or -1, has work left (0/1), version of its
 -- queue place, idx, lease, work, mem, input, ...}; a replicated task goes
 -- to an agent only if it holds and voted on no other replica of it; status 0 leased what it
@@ -8,7 +8,7 @@
 local agent, now, deadline = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local tasks_left, max_work, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local work, bytes, granted = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local mem_bytes, max_scan = tonumber(ARGV[10]), tonumber(ARGV[12])
+local mem_bytes, max_scan = tonumber(ARGV[10]), MAX_LEASE_SCAN
 
 local state = redis.call('HGET', M, 'state')
 if not is_open(state) then
@@ -44,7 +44,7 @@ while not full and scanned < max_scan do
   for _, slot in ipairs(page) do
     scanned = scanned + 1
     local idx = idx_of(slot)
-    if granted >= tasks_left or (granted > 0 and (work >= max_work or bytes >= max_bytes)) then
+    if batch_full(granted, tasks_left, work, max_work, bytes, max_bytes) then
       full = true
       break
     end
@@ -52,10 +52,8 @@ while not full and scanned < max_scan do
     local sep = string.find(cost, ':', 1, true)
     local w = tonumber(string.sub(cost, 1, sep - 1))
     local m = tonumber(string.sub(cost, sep + 1))
-    -- Always at least one task, even one larger than asked for: otherwise
-    -- big tasks would never run.
     -- (Another replica leased in this batch counts too: it is held now.)
-    if m > mem_bytes or (granted > 0 and work + w > max_work * 3 / 2)
+    if m > mem_bytes or overfills(granted, work, w, max_work)
         or (replicated and has_a_say(slot, agent)) then
       skipped = skipped + 1
     else

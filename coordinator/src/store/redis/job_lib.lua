@@ -52,8 +52,10 @@ local function redundancy()
   return tonumber(redis.call('HGET', M, 'redundancy') or '1')
 end
 
--- Generated from retry_backoff_ms, so the two never disagree.
-local BACKOFF = {__BACKOFF__}
+-- The lease and retry rules (MAX_LEASE_SCAN, batch_full, overfills,
+-- after_attempt, out_of_attempts_reason), generated from rules.rs so both
+-- stores apply the same ones.
+__RULES__
 -- The first byte of an encoded TaskOutput of each kernel.
 local KERNEL_TAG = {__KERNEL_TAGS__}
 -- Generated from validation.rs, so both stores judge replicas alike:
@@ -106,17 +108,11 @@ local function retry_or_fail(slot, reason, use_backoff, now)
   local max_attempts = tonumber(redis.call('HGET', M, 'max_attempts'))
   unlease(slot)
   redis.call('HSET', T, 'e' .. slot, reason)
-  if attempts >= max_attempts then
+  local not_before = after_attempt(attempts, max_attempts, use_backoff, now)
+  if not not_before then
     redis.call('HINCRBY', M, 'failed', 1)
-    fail_job('task ' .. idx_of(slot) .. ' failed after ' .. attempts .. ' attempt(s): ' .. reason, now)
+    fail_job(out_of_attempts_reason(idx_of(slot), attempts, reason), now)
     return false
-  end
-  local not_before = now
-  if use_backoff then
-    local i = attempts
-    if i < 1 then i = 1 end
-    if i > #BACKOFF then i = #BACKOFF end
-    not_before = now + BACKOFF[i]
   end
   if not_before <= now then
     redis.call('ZADD', PEND, slot, slot)

@@ -1,0 +1,144 @@
+//! What every [`Store`] must do, as tests over `&dyn Store`: the rules of
+//! leasing (`leasing.rs`) and of results and votes (`results.rs`), run by
+//! the embedded store (`sqlite.rs`) and by the Redis store (`redis.rs`).
+
+use std::collections::BTreeMap;
+
+use musketeer_tasks::protocol::{Capacity, TaskOutcome, TaskRef, TaskReport};
+use musketeer_tasks::{Cost, JobOptions};
+
+use super::*;
+
+/// The time every rule starts at.
+pub(crate) const T0: u64 = 1_000_000;
+/// The lease TTL of every rule's queries.
+pub(crate) const TTL: u64 = 5_000;
+
+fn capacity() -> Capacity {
+    Capacity {
+        cpus: 2,
+        memory_bytes: 1 << 30,
+        arch: "x86_64".into(),
+        os: "linux".into(),
+        ..Capacity::default()
+    }
+}
+
+/// A lease query with room for anything, as most rules want.
+pub(crate) fn query(agent: &str, now_ms: u64, max_tasks: u32) -> LeaseQuery {
+    LeaseQuery {
+        agent_id: agent.into(),
+        queues: Vec::new(),
+        labels: BTreeMap::new(),
+        mem_bytes: 1 << 30,
+        max_work: u64::MAX,
+        max_tasks,
+        max_bytes: u64::MAX,
+        now_ms,
+        ttl_ms: TTL,
+        capacity: capacity(),
+    }
+}
+
+/// An encoded Fibonacci output: the store only checks the kernel tag.
+fn fib_output() -> Vec<u8> {
+    musketeer_tasks::TaskOutput::Fibonacci(musketeer_tasks::fibonacci::FibonacciOutput {
+        digits: "55".into(),
+        ends: vec![2],
+    })
+    .encode()
+}
+
+fn done(task: &TaskRef) -> TaskReport {
+    TaskReport {
+        task: task.clone(),
+        cpu_ms: 3,
+        outcome: TaskOutcome::Done(fib_output()),
+    }
+}
+
+fn failed(task: &TaskRef, why: &str) -> TaskReport {
+    TaskReport {
+        task: task.clone(),
+        cpu_ms: 1,
+        outcome: TaskOutcome::Failed(why.into()),
+    }
+}
+
+/// Enrols `agent` with an active state, as every rule's agents are.
+pub(crate) async fn enrol(store: &dyn Store, agent: &str) {
+    let token_hash = musketeer_tasks::token::secret_hash("tok");
+    let _ = store.create_token("t", token_hash, T0).await;
+    store
+        .enrol_agent(
+            token_hash,
+            NewAgent {
+                id: agent.into(),
+                secret_hash: [1; 32],
+                capacity: capacity(),
+                now_ms: T0,
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+async fn job(store: &dyn Store, id: &str, tasks: usize, options: JobOptions) {
+    store
+        .begin_job(NewJob {
+            id: id.into(),
+            kernel: "fibonacci".into(),
+            options,
+            reduce_plan: vec![0],
+            created_ms: T0,
+        })
+        .await
+        .unwrap();
+    let tasks = (0..tasks)
+        .map(|i| NewTask {
+            input: vec![i as u8; 8],
+            cost: Cost {
+                work: 10,
+                mem_bytes: 100,
+            },
+        })
+        .collect();
+    store.add_tasks(id, tasks).await.unwrap();
+    store.seal_job(id).await.unwrap();
+}
+
+mod leasing;
+mod results;
+
+pub use leasing::*;
+pub use results::*;
+
+/// Instantiates `$m!(rule, ...)` with every rule above, so that each store
+/// runs the same list.
+macro_rules! every_rule {
+    ($m:ident) => {
+        $m!(
+            lease_and_complete_once,
+            expired_leases_return,
+            retries_then_fails,
+            matching_and_priority,
+            cancel_release_remove,
+            unsealed_jobs_are_dropped,
+            tokens,
+            unmatchable_tasks_do_not_block_the_queue,
+            expiries_do_not_revive_a_failed_job,
+            only_active_agents_lease_and_restarts_renew,
+            finishing_twice_keeps_the_first,
+            replicas_agree_or_ask_another_agent,
+            endless_disagreement_fails_and_flags,
+            trusted_agents_earn_unreplicated_work,
+            a_removed_agents_votes_are_discarded
+        );
+    };
+}
+
+#[cfg(test)]
+mod redis;
+#[cfg(test)]
+mod sqlite;

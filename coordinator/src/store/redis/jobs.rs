@@ -1,0 +1,426 @@
+//! Jobs: their creation in parts, sealing, cancel and abort, status,
+//! outputs, the reduce's result, cleanup and the work epoch.
+
+use super::*;
+
+impl RedisStore {
+    /// Drops unsealed jobs (uploads in flight) of coordinators that are no
+    /// longer alive, and this store's own if `own` (at start, when it has
+    /// none in flight); returns how many.
+    pub(super) async fn drop_orphan_uploads(&self, own: bool) -> StoreResult<u64> {
+        let k = self.keys();
+        let unsealed = reply_pairs(self.one(hgetall(k.shared("unsealed"))).await?);
+        if unsealed.is_empty() {
+            return Ok(0);
+        }
+        let owners: Vec<String> = unsealed
+            .iter()
+            .map(|(_, o)| o.clone())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let mut p = ::redis::pipe();
+        for o in &owners {
+            p.cmd("EXISTS").arg(k.alive(o));
+        }
+        let alive: Vec<i64> = self.run(&p).await?;
+        let alive: HashSet<&str> = owners
+            .iter()
+            .zip(alive)
+            .filter(|(o, a)| *a == 1 && !(own && **o == self.inner.instance))
+            .map(|(o, _)| o.as_str())
+            .collect();
+        let mut dropped = 0;
+        for (id, owner) in &unsealed {
+            if alive.contains(owner.as_str()) {
+                continue;
+            }
+            if self.abort(id).await? {
+                dropped += 1;
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// Deletes an unsealed job and its index entries; true if it was one.
+    pub(super) async fn abort(&self, id: &str) -> StoreResult<bool> {
+        let k = self.keys();
+        let v = reply_items(self.one(self.scripts().abort.call(&k.job(id))).await?);
+        let mut p = ::redis::pipe();
+        let deleted = v.first().map(reply_i64) == Some(1);
+        match v.as_slice() {
+            [_, queue] => {
+                let queue = reply_string(queue).unwrap_or_default();
+                p.cmd("HDEL").arg(k.shared("unsealed")).arg(id).ignore();
+                p.cmd("HDEL").arg(k.shared("active")).arg(id).ignore();
+                p.cmd("ZREM").arg(k.queue(&queue)).arg(id).ignore();
+            }
+            // Sealed already (its seal's index update was cut off): keep
+            // it and finish the update.
+            [_, _, seq] => {
+                p.cmd("ZADD")
+                    .arg(k.shared("jobs"))
+                    .arg(reply_i64(seq))
+                    .arg(id)
+                    .ignore();
+                p.cmd("HDEL").arg(k.shared("unsealed")).arg(id).ignore();
+            }
+            _ => {
+                p.cmd("HDEL").arg(k.shared("unsealed")).arg(id).ignore();
+                p.cmd("HDEL").arg(k.shared("active")).arg(id).ignore();
+            }
+        }
+        self.run::<()>(&p).await?;
+        Ok(deleted)
+    }
+}
+
+pub(super) async fn begin_job(store: &RedisStore, job: NewJob) -> StoreResult<()> {
+    let k = store.keys();
+    let seq = reply_i64(
+        &store
+            .one({
+                let mut c = ::redis::cmd("INCR");
+                c.arg(k.shared("seq"));
+                c
+            })
+            .await?,
+    ) as u64;
+    let labels = serde_json::to_string(&job.options.labels).map_err(|e| corrupt(e.to_string()))?;
+    let o = &job.options;
+    let mut p = ::redis::pipe();
+    // First the upload's entry (so a crash from here on leaves nothing
+    // abort_unsealed_jobs cannot find), then the job, then the indexes
+    // (so whoever meets the job there finds its fields).
+    p.cmd("HSET")
+        .arg(k.shared("unsealed"))
+        .arg(&job.id)
+        .arg(&store.inner.instance)
+        .ignore();
+    let meta = k.meta(&job.id);
+    p.cmd("HSET")
+        .arg(&meta)
+        .arg("seq")
+        .arg(seq)
+        .arg("qkey")
+        .arg(k.queue(&o.queue))
+        .arg("qscore")
+        .arg(queue_score(o.priority, seq))
+        .arg("kernel")
+        .arg(&job.kernel)
+        .arg("queue")
+        .arg(&o.queue)
+        .arg("priority")
+        .arg(o.priority)
+        .arg("max_attempts")
+        .arg(o.max_attempts)
+        .arg("redundancy")
+        .arg(o.redundancy)
+        .arg("labels")
+        .arg(labels)
+        .arg("state")
+        .arg("queued")
+        .arg("sealed")
+        .arg(0)
+        .arg("total")
+        .arg(0)
+        .arg("done")
+        .arg(0)
+        .arg("failed")
+        .arg(0)
+        .arg("lease_seq")
+        .arg(0)
+        .arg("created_ms")
+        .arg(job.created_ms)
+        .arg("plan")
+        .arg(job.reduce_plan)
+        .ignore();
+    if let Some(t) = o.timeout_s {
+        p.cmd("HSET").arg(&meta).arg("timeout_s").arg(t).ignore();
+    }
+    p.cmd("HSET")
+        .arg(k.shared("active"))
+        .arg(&job.id)
+        .arg(&o.queue)
+        .ignore();
+    p.cmd("ZADD")
+        .arg(k.queue(&o.queue))
+        .arg(queue_score(o.priority, seq))
+        .arg(&job.id)
+        .ignore();
+    store.run::<()>(&p).await
+}
+
+pub(super) async fn add_tasks(
+    store: &RedisStore,
+    job_id: &str,
+    tasks: Vec<NewTask>,
+) -> StoreResult<()> {
+    let mut c = store.scripts().add_tasks.call(&store.keys().job(job_id));
+    for t in &tasks {
+        c.arg(t.cost.work).arg(t.cost.mem_bytes).arg(&t.input);
+    }
+    drop(tasks);
+    let reply = reply_items(store.one(c).await?);
+    let mut p = ::redis::pipe();
+    store.put_back(&mut p, job_id, &reply, 1);
+    store.bump_epoch(&mut p);
+    store.run::<()>(&p).await
+}
+
+pub(super) async fn seal_job(store: &RedisStore, job_id: &str) -> StoreResult<(u64, bool)> {
+    let k = store.keys();
+    let v = reply_items(store.one(store.scripts().seal.call(&k.job(job_id))).await?);
+    let [total, done, seq] = v.as_slice() else {
+        return Err(corrupt("malformed seal reply"));
+    };
+    let (total, done) = (reply_i64(total) as u64, reply_i64(done) as u64);
+    let mut p = ::redis::pipe();
+    // Both or neither: an index entry refused for lack of memory must not
+    // go while the upload's entry is deleted.
+    p.atomic();
+    p.cmd("ZADD")
+        .arg(k.shared("jobs"))
+        .arg(reply_i64(seq))
+        .arg(job_id)
+        .ignore();
+    p.cmd("HDEL").arg(k.shared("unsealed")).arg(job_id).ignore();
+    store.bump_epoch(&mut p);
+    if let Err(e) = store.run::<()>(&p).await {
+        if !e.is_out_of_space() {
+            return Err(e);
+        }
+        // The script sealed the job: it is accepted, whole, and its tasks
+        // run; only its place in the job list waits for memory.
+        tracing::warn!(job = %job_id, "Redis is out of memory: the job is accepted, its entry in the job list follows once Redis has room");
+        let store = store.clone();
+        tokio::spawn(async move {
+            while let Err(e) = store.run::<()>(&p).await {
+                tracing::debug!("the job list still waits for Redis memory: {e}");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
+    }
+    Ok((total, total > 0 && done == total))
+}
+
+pub(super) async fn abort_job(store: &RedisStore, job_id: &str) -> StoreResult<()> {
+    store.abort(job_id).await.map(drop)
+}
+
+pub(super) async fn abort_unsealed_jobs(store: &RedisStore) -> StoreResult<u64> {
+    store.drop_orphan_uploads(true).await
+}
+
+pub(super) async fn job(store: &RedisStore, id: &str) -> StoreResult<Option<JobStatus>> {
+    let mut c = ::redis::cmd("HMGET");
+    c.arg(store.keys().meta(id)).arg(&STATUS_FIELDS[..]);
+    Ok(status_of(id, &reply_items(store.one(c).await?)))
+}
+
+pub(super) async fn list_jobs(store: &RedisStore, limit: u32) -> StoreResult<Vec<JobStatus>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let k = store.keys();
+    let mut c = ::redis::cmd("ZREVRANGE");
+    c.arg(k.shared("jobs")).arg(0).arg(limit as i64 - 1);
+    let ids: Vec<String> = reply_items(store.one(c).await?)
+        .iter()
+        .filter_map(reply_string)
+        .collect();
+    let mut p = ::redis::pipe();
+    for id in &ids {
+        p.cmd("HMGET").arg(k.meta(id)).arg(&STATUS_FIELDS[..]);
+    }
+    let rows: Vec<Value> = store.run(&p).await?;
+    Ok(ids
+        .iter()
+        .zip(rows)
+        .filter_map(|(id, row)| status_of(id, &reply_items(row)))
+        .collect())
+}
+
+pub(super) async fn cancel_job(
+    store: &RedisStore,
+    id: &str,
+    now_ms: u64,
+) -> StoreResult<Option<JobStatus>> {
+    let mut c = store.scripts().cancel.call(&store.keys().job(id));
+    c.arg(now_ms);
+    let changed = reply_i64(&store.one(c).await?) == 1;
+    let status = store.job(id).await?;
+    if let (true, Some(s)) = (changed, &status) {
+        store
+            .forget_finished(&[(id.to_string(), s.queue.clone())])
+            .await?;
+    }
+    Ok(status)
+}
+
+pub(super) async fn job_outputs(
+    store: &RedisStore,
+    id: &str,
+) -> StoreResult<(Vec<u8>, Vec<Vec<u8>>)> {
+    let keys = store.keys().job(id);
+    let mut p = ::redis::pipe();
+    p.cmd("HMGET").arg(&keys[0]).arg("plan").arg("total");
+    p.cmd("HGETALL").arg(&keys[6]);
+    let mut v: Vec<Value> = store.run(&p).await?;
+    let outs = v.pop().unwrap_or(Value::Nil);
+    let mut meta = reply_items(v.pop().unwrap_or(Value::Nil)).into_iter();
+    let plan = meta
+        .next()
+        .and_then(reply_bytes)
+        .ok_or_else(|| corrupt(format!("job {id} does not exist")))?;
+    let total = meta.next().map(|v| reply_i64(&v)).unwrap_or(0) as usize;
+    let mut outputs: Vec<(u64, Vec<u8>)> = reply_items(outs)
+        .chunks_exact_mut(2)
+        .map(|kv| {
+            let idx = reply_i64(&kv[0]) as u64;
+            (
+                idx,
+                reply_bytes(std::mem::take(&mut kv[1])).unwrap_or_default(),
+            )
+        })
+        .collect();
+    if outputs.len() != total {
+        return Err(corrupt(format!(
+            "job {id} has {} outputs for {total} tasks",
+            outputs.len()
+        )));
+    }
+    outputs.sort_unstable_by_key(|(i, _)| *i);
+    Ok((plan, outputs.into_iter().map(|(_, o)| o).collect()))
+}
+
+pub(super) async fn finish_job(
+    store: &RedisStore,
+    id: &str,
+    result: Result<Vec<u8>, String>,
+    now_ms: u64,
+) -> StoreResult<()> {
+    let keys = store.keys().job(id);
+    let mut c = store.scripts().finish.call(&keys);
+    match result {
+        Ok(bytes) => c.arg(1).arg(bytes),
+        Err(reason) => c.arg(0).arg(reason),
+    };
+    c.arg(now_ms);
+    let mut p = ::redis::pipe();
+    p.add_command(c).ignore();
+    p.cmd("HGET").arg(&keys[0]).arg("queue");
+    let (queue,): (Option<String>,) = store.run(&p).await?;
+    if let Some(queue) = queue {
+        store.forget_finished(&[(id.to_string(), queue)]).await?;
+    }
+    Ok(())
+}
+
+pub(super) async fn job_result(store: &RedisStore, id: &str) -> StoreResult<Option<Vec<u8>>> {
+    let mut c = ::redis::cmd("HMGET");
+    c.arg(store.keys().meta(id)).arg("state").arg("result");
+    let mut f = reply_items(store.one(c).await?).into_iter();
+    match (f.next().as_ref().and_then(reply_string), f.next()) {
+        (Some(s), Some(result)) if s == "succeeded" => Ok(reply_bytes(result)),
+        _ => Ok(None),
+    }
+}
+
+pub(super) async fn jobs_to_reduce(store: &RedisStore) -> StoreResult<Vec<String>> {
+    let active = store.active_jobs().await?;
+    let mut p = ::redis::pipe();
+    for (id, _) in &active {
+        p.cmd("HMGET")
+            .arg(store.keys().meta(id))
+            .arg("sealed")
+            .arg("total")
+            .arg("done")
+            .arg("state");
+    }
+    let rows: Vec<Value> = store.run(&p).await?;
+    let mut ready = Vec::new();
+    let mut gone = Vec::new();
+    for ((id, queue), row) in active.into_iter().zip(rows) {
+        let f = reply_items(row);
+        let state = f
+            .get(3)
+            .and_then(reply_string)
+            .and_then(|s| JobState::parse(&s));
+        match state {
+            None => {}
+            Some(s) if s.is_finished() => gone.push((id, queue)),
+            Some(_) => {
+                let total = reply_i64(&f[1]);
+                if reply_i64(&f[0]) == 1 && total > 0 && reply_i64(&f[2]) == total {
+                    ready.push(id);
+                }
+            }
+        }
+    }
+    store.forget_finished(&gone).await?;
+    Ok(ready)
+}
+
+pub(super) async fn purge_finished_inputs(store: &RedisStore) -> StoreResult<u64> {
+    // A failed or cancelled job's inputs go in the same script that
+    // ends it; what is left to purge is uploads whose coordinator died.
+    store.drop_orphan_uploads(false).await
+}
+
+pub(super) async fn stats(store: &RedisStore) -> StoreResult<Stats> {
+    let k = store.keys();
+    let mut p = ::redis::pipe();
+    p.cmd("ZRANGE").arg(k.shared("jobs")).arg(0).arg(-1);
+    p.cmd("ZRANGE").arg(k.shared("agents")).arg(0).arg(-1);
+    let (jobs, agents): (Vec<String>, Vec<String>) = store.run(&p).await?;
+    let active = store.active_jobs().await?;
+    let mut p = ::redis::pipe();
+    for id in &jobs {
+        p.cmd("HGET").arg(k.meta(id)).arg("state");
+    }
+    for id in &agents {
+        p.cmd("HGET").arg(k.agent(id)).arg("state");
+    }
+    for (id, _) in &active {
+        let keys = k.job(id);
+        p.cmd("ZCARD").arg(&keys[1]);
+        p.cmd("ZCARD").arg(&keys[2]);
+        p.cmd("ZCARD").arg(&keys[3]);
+    }
+    let v: Vec<Value> = store.run(&p).await?;
+    let mut stats = Stats::default();
+    let (job_states, rest) = v.split_at(jobs.len());
+    let (agent_states, counts) = rest.split_at(agents.len());
+    for s in job_states.iter().filter_map(reply_string) {
+        *stats.jobs.entry(s).or_default() += 1;
+    }
+    for s in agent_states.iter().filter_map(reply_string) {
+        *stats.agents.entry(s).or_default() += 1;
+    }
+    for c in counts.chunks(3) {
+        stats.tasks_pending += (reply_i64(&c[0]) + reply_i64(&c[1])) as u64;
+        stats.tasks_leased += reply_i64(&c[2]) as u64;
+    }
+    Ok(stats)
+}
+
+pub(super) async fn work_epoch(store: &RedisStore, now_ms: u64) -> StoreResult<Option<u64>> {
+    let k = store.keys();
+    let mut p = ::redis::pipe();
+    p.cmd("GET").arg(k.shared("epoch"));
+    p.cmd("ZRANGEBYSCORE")
+        .arg(k.shared("due"))
+        .arg("-inf")
+        .arg(now_ms);
+    let (epoch, due): (Option<u64>, Vec<String>) = store.run(&p).await?;
+    if due.is_empty() {
+        return Ok(Some(epoch.unwrap_or(0)));
+    }
+    // Retries whose backoff ran out: another change every coordinator sees.
+    let mut p = ::redis::pipe();
+    p.cmd("ZREM").arg(k.shared("due")).arg(&due).ignore();
+    p.cmd("INCR").arg(k.shared("epoch"));
+    let (epoch,): (u64,) = store.run(&p).await?;
+    Ok(Some(epoch))
+}

@@ -1,0 +1,479 @@
+//! Jobs: their creation in parts, sealing, cancel and abort, status,
+//! outputs, the reduce's result and cleanup.
+
+use super::*;
+
+const JOB_COLUMNS: &str = "id, kernel, state, queue, priority, total, done, failed, error, created_ms, started_ms, finished_ms";
+
+fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobStatus> {
+    let state: String = row.get(2)?;
+    Ok(JobStatus {
+        id: row.get(0)?,
+        kernel: row.get(1)?,
+        state: JobState::parse(&state).unwrap_or(JobState::Failed),
+        queue: row.get(3)?,
+        priority: row.get::<_, i64>(4)? as u8,
+        progress: Progress {
+            total: row.get::<_, i64>(5)? as u64,
+            done: row.get::<_, i64>(6)? as u64,
+            failed: row.get::<_, i64>(7)? as u64,
+        },
+        error: row.get(8)?,
+        created_ms: row.get::<_, i64>(9)? as u64,
+        started_ms: row.get::<_, Option<i64>>(10)?.map(|v| v as u64),
+        finished_ms: row.get::<_, Option<i64>>(11)?.map(|v| v as u64),
+    })
+}
+
+/// The sequence number of job `id` if it is not sealed yet.
+fn unsealed_seq(c: &Connection, id: &str) -> rusqlite::Result<Option<i64>> {
+    c.query_row(
+        "SELECT seq FROM jobs WHERE id = ?1 AND sealed = 0",
+        [id],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// The sealed jobs that have input files.
+fn sealed_blob_jobs(c: &Connection) -> rusqlite::Result<HashSet<i64>> {
+    c.prepare(
+        "SELECT DISTINCT i.job_seq FROM task_inputs i JOIN jobs j ON j.seq = i.job_seq
+         WHERE i.external = 1 AND j.sealed = 1",
+    )?
+    .query_map([], |r| r.get(0))?
+    .collect()
+}
+
+/// Failed and cancelled jobs that still hold inputs.
+fn finished_with_inputs(c: &Connection) -> rusqlite::Result<Vec<i64>> {
+    c.prepare(
+        "SELECT seq FROM jobs WHERE state IN ('failed', 'cancelled')
+         AND EXISTS (SELECT 1 FROM task_inputs i WHERE i.job_seq = jobs.seq)",
+    )?
+    .query_map([], |r| r.get(0))?
+    .collect()
+}
+
+fn delete_job(tx: &Transaction<'_>, seq: i64) -> rusqlite::Result<()> {
+    for table in ["task_inputs", "task_outputs", "replica_outputs", "tasks"] {
+        tx.execute(&format!("DELETE FROM {table} WHERE job_seq = ?1"), [seq])?;
+    }
+    tx.execute("DELETE FROM jobs WHERE seq = ?1", [seq])?;
+    Ok(())
+}
+
+pub(super) async fn begin_job(store: &SqliteStore, job: NewJob) -> StoreResult<()> {
+    store
+        .write_relaxed(move |tx| {
+            let labels = serde_json::to_string(&job.options.labels)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            tx.execute(
+            "INSERT INTO jobs (id, kernel, queue, priority, max_attempts, timeout_s, redundancy,
+                               labels, state, created_ms, reduce_plan)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10)",
+            params![
+                job.id,
+                job.kernel,
+                job.options.queue,
+                job.options.priority as i64,
+                job.options.max_attempts as i64,
+                job.options.timeout_s.map(|t| t as i64),
+                job.options.redundancy as i64,
+                labels,
+                job.created_ms as i64,
+                job.reduce_plan,
+            ],
+        )?;
+            Ok(())
+        })
+        .await
+}
+
+pub(super) async fn add_tasks(
+    store: &SqliteStore,
+    job_id: &str,
+    tasks: Vec<NewTask>,
+) -> StoreResult<()> {
+    let id = job_id.to_string();
+    let job_id = job_id.to_string();
+    let (seq, total): (i64, i64) = store
+        .read(move |c| {
+            Ok(c.query_row(
+                "SELECT seq, total FROM jobs WHERE id = ?1 AND sealed = 0",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?)
+        })
+        .await?;
+    // Large inputs are written before taking the writer, so leases and
+    // results never wait behind an upload's disk writes.
+    let blobs = store.blobs.clone();
+    let tasks = tokio::task::spawn_blocking(move || -> StoreResult<Vec<(NewTask, bool)>> {
+        tasks
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut task)| {
+                if task.input.len() <= INLINE_MAX {
+                    return Ok((task, false));
+                }
+                blobs.write(seq, total + i as i64, &task.input)?;
+                task.input = Vec::new();
+                Ok((task, true))
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| StoreError::Worker(e.to_string()))??;
+    store
+        .write_relaxed(move |tx| {
+            let (queue, priority, now_total, state, redundancy): (String, i64, i64, String, i64) =
+                tx.query_row(
+                    "SELECT queue, priority, total, state, redundancy FROM jobs
+                 WHERE seq = ?1 AND id = ?2 AND sealed = 0",
+                    params![seq, job_id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )?;
+            // A streamed job can fail (a chunk out of attempts) while its
+            // upload goes on: the rest of its tasks must not run.
+            let initial = match JobState::parse(&state) {
+                Some(JobState::Queued | JobState::Running) => PENDING,
+                _ => CANCELLED,
+            };
+            if now_total != total {
+                return Err(StoreError::Corrupt(format!(
+                    "tasks were added to job {seq} concurrently"
+                )));
+            }
+            let mut task_row = tx.prepare_cached(
+                "INSERT INTO tasks (job_seq, idx, replica, state, queue, priority, work, mem)
+             VALUES (?1, ?2, ?8, ?7, ?3, ?4, ?5, ?6)",
+            )?;
+            let mut input_row = tx.prepare_cached(
+                "INSERT INTO task_inputs (job_seq, idx, data, external) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let n = tasks.len() as i64;
+            for (i, (task, external)) in tasks.into_iter().enumerate() {
+                let idx = total + i as i64;
+                // One row per replica; all share the one stored input.
+                for replica in 0..redundancy.max(1) {
+                    task_row.execute(params![
+                        seq,
+                        idx,
+                        queue,
+                        priority,
+                        task.cost.work as i64,
+                        task.cost.mem_bytes as i64,
+                        initial,
+                        replica
+                    ])?;
+                }
+                input_row.execute(params![seq, idx, task.input, external as i64])?;
+            }
+            tx.execute(
+                "UPDATE jobs SET total = total + ?2 WHERE seq = ?1",
+                params![seq, n],
+            )?;
+            Ok(())
+        })
+        .await
+}
+
+pub(super) async fn seal_job(store: &SqliteStore, job_id: &str) -> StoreResult<(u64, bool)> {
+    let id = job_id.to_string();
+    let seq = store.read(move |c| Ok(job_seq(c, &id)?)).await?;
+    if let Some(seq) = seq {
+        // Durable before the submitter is told "created".
+        let blobs = store.blobs.clone();
+        tokio::task::spawn_blocking(move || blobs.sync_job(seq))
+            .await
+            .map_err(|e| StoreError::Worker(e.to_string()))??;
+    }
+    let job_id = job_id.to_string();
+    store
+        .write(move |tx| {
+            tx.execute("UPDATE jobs SET sealed = 1 WHERE id = ?1", [&job_id])?;
+            let (total, done): (i64, i64) = tx.query_row(
+                "SELECT total, done FROM jobs WHERE id = ?1",
+                [&job_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok((total as u64, total > 0 && done == total))
+        })
+        .await
+}
+
+pub(super) async fn abort_job(store: &SqliteStore, job_id: &str) -> StoreResult<()> {
+    // Files first: on a full disk the rows' deletion may fail, and the
+    // upload's bytes must go at once all the same (its rows are invisible,
+    // and the next start drops them).
+    let id = job_id.to_string();
+    if let Some(seq) = store.read(move |c| Ok(unsealed_seq(c, &id)?)).await? {
+        store.blobs.remove_job(seq);
+    }
+    let job_id = job_id.to_string();
+    let seq = store
+        .write_relaxed(move |tx| {
+            // Only an unsealed job: a sealed one was accepted.
+            let seq: Option<i64> = tx
+                .query_row(
+                    "SELECT seq FROM jobs WHERE id = ?1 AND sealed = 0",
+                    [&job_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(seq) = seq {
+                delete_job(tx, seq)?;
+            }
+            Ok(seq)
+        })
+        .await?;
+    if let Some(seq) = seq {
+        store.blobs.remove_job(seq);
+    }
+    Ok(())
+}
+
+pub(super) async fn abort_unsealed_jobs(store: &SqliteStore) -> StoreResult<u64> {
+    // Before anything is written: the files no sealed job points to
+    // (uploads cut off, jobs whose removal was interrupted) go first, which
+    // is what lets a coordinator restarted on a full disk breathe.
+    let sealed = store.read(|c| Ok(sealed_blob_jobs(c)?)).await?;
+    for seq in store.blobs.jobs()? {
+        if !sealed.contains(&seq) {
+            store.blobs.remove_job(seq);
+        }
+    }
+    let (dropped, known) = store
+        .write_relaxed(|tx| {
+            let seqs: Vec<i64> = tx
+                .prepare("SELECT seq FROM jobs WHERE sealed = 0")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for &seq in &seqs {
+                delete_job(tx, seq)?;
+            }
+            let known: HashSet<i64> = tx
+                .prepare("SELECT DISTINCT job_seq FROM task_inputs WHERE external = 1")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            Ok((seqs.len() as u64, known))
+        })
+        .await?;
+    // Files no row points to: uploads cut off, or jobs whose removal
+    // was interrupted after their rows went.
+    for seq in store.blobs.jobs()? {
+        if !known.contains(&seq) {
+            store.blobs.remove_job(seq);
+        }
+    }
+    Ok(dropped)
+}
+
+pub(super) async fn job(store: &SqliteStore, id: &str) -> StoreResult<Option<JobStatus>> {
+    let id = id.to_string();
+    store
+        .read(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1 AND sealed = 1"),
+                [id],
+                job_from_row,
+            )
+            .optional()?)
+        })
+        .await
+}
+
+pub(super) async fn list_jobs(store: &SqliteStore, limit: u32) -> StoreResult<Vec<JobStatus>> {
+    store
+        .read(move |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE sealed = 1 ORDER BY seq DESC LIMIT ?1"
+            ))?;
+            let rows = st.query_map([limit as i64], job_from_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+}
+
+pub(super) async fn cancel_job(
+    store: &SqliteStore,
+    id: &str,
+    now_ms: u64,
+) -> StoreResult<Option<JobStatus>> {
+    let id = id.to_string();
+    store
+        .write(move |tx| {
+            let Some(seq) = job_seq(tx, &id)? else {
+                return Ok(None);
+            };
+            let changed = tx.execute(
+                "UPDATE jobs SET state = 'cancelled', finished_ms = ?2
+             WHERE seq = ?1 AND state IN ('queued', 'running')",
+                params![seq, now_ms as i64],
+            )?;
+            if changed > 0 {
+                tx.execute(
+                    "UPDATE tasks SET state = ?2, lease_id = NULL, agent = NULL, deadline_ms = NULL
+                 WHERE job_seq = ?1 AND state IN (?3, ?4)",
+                    params![seq, CANCELLED, PENDING, LEASED],
+                )?;
+                tx.execute("DELETE FROM replica_outputs WHERE job_seq = ?1", [seq])?;
+            }
+            Ok(tx
+                .query_row(
+                    &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE seq = ?1 AND sealed = 1"),
+                    [seq],
+                    job_from_row,
+                )
+                .optional()?)
+        })
+        .await
+}
+
+pub(super) async fn job_outputs(
+    store: &SqliteStore,
+    id: &str,
+) -> StoreResult<(Vec<u8>, Vec<Vec<u8>>)> {
+    let id = id.to_string();
+    store
+        .read(move |c| {
+            let (seq, plan, total): (i64, Vec<u8>, i64) = c.query_row(
+                "SELECT seq, reduce_plan, total FROM jobs WHERE id = ?1",
+                [&id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            let mut st =
+                c.prepare("SELECT data FROM task_outputs WHERE job_seq = ?1 ORDER BY idx")?;
+            let outputs: Vec<Vec<u8>> = st
+                .query_map([seq], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            if outputs.len() as i64 != total {
+                return Err(StoreError::Corrupt(format!(
+                    "job {id} has {} outputs for {total} tasks",
+                    outputs.len()
+                )));
+            }
+            Ok((plan, outputs))
+        })
+        .await
+}
+
+pub(super) async fn finish_job(
+    store: &SqliteStore,
+    id: &str,
+    result: Result<Vec<u8>, String>,
+    now_ms: u64,
+) -> StoreResult<()> {
+    let id = id.to_string();
+    let cleared = store
+        .write(move |tx| {
+            match result {
+                Ok(bytes) => {
+                    tx.execute(
+                        "UPDATE jobs SET state = 'succeeded', result = ?2, finished_ms = ?3
+                     WHERE id = ?1 AND state IN ('queued', 'running')",
+                        params![id, bytes, now_ms as i64],
+                    )?;
+                    // The result holds everything now; the per-task outputs
+                    // would only double the disk the job takes.
+                    let seq = job_seq(tx, &id)?;
+                    if let Some(seq) = seq {
+                        for table in ["task_outputs", "task_inputs", "replica_outputs"] {
+                            tx.execute(&format!("DELETE FROM {table} WHERE job_seq = ?1"), [seq])?;
+                        }
+                    }
+                    Ok(seq)
+                }
+                Err(reason) => {
+                    if let Some(seq) = job_seq(tx, &id)? {
+                        fail_job(tx, seq, &reason, now_ms)?;
+                    }
+                    Ok(None)
+                }
+            }
+        })
+        .await?;
+    if let Some(seq) = cleared {
+        store.blobs.remove_job(seq);
+    }
+    Ok(())
+}
+
+pub(super) async fn job_result(store: &SqliteStore, id: &str) -> StoreResult<Option<Vec<u8>>> {
+    let id = id.to_string();
+    store
+        .read(move |c| {
+            Ok(c.query_row(
+                "SELECT result FROM jobs WHERE id = ?1 AND state = 'succeeded'",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+        .await
+}
+
+pub(super) async fn jobs_to_reduce(store: &SqliteStore) -> StoreResult<Vec<String>> {
+    store
+        .read(|c| {
+            let mut st = c.prepare(
+                "SELECT id FROM jobs WHERE sealed = 1 AND total > 0 AND done = total
+             AND state IN ('queued', 'running')",
+            )?;
+            let ids = st.query_map([], |r| r.get(0))?;
+            Ok(ids.collect::<Result<_, _>>()?)
+        })
+        .await
+}
+
+pub(super) async fn purge_finished_inputs(store: &SqliteStore) -> StoreResult<u64> {
+    // Files first, read-only: on a full disk the rows' deletion may fail,
+    // and freeing the files is what gives the disk back.
+    for seq in store.read(|c| Ok(finished_with_inputs(c)?)).await? {
+        store.blobs.remove_job(seq);
+    }
+    let seqs = store
+        .write_relaxed(|tx| {
+            let seqs = finished_with_inputs(tx)?;
+            for &seq in &seqs {
+                for table in ["task_inputs", "task_outputs", "replica_outputs"] {
+                    tx.execute(&format!("DELETE FROM {table} WHERE job_seq = ?1"), [seq])?;
+                }
+            }
+            Ok(seqs)
+        })
+        .await?;
+    for &seq in &seqs {
+        store.blobs.remove_job(seq);
+    }
+    Ok(seqs.len() as u64)
+}
+
+pub(super) async fn stats(store: &SqliteStore) -> StoreResult<Stats> {
+    store
+        .read(|c| {
+            let mut stats = Stats::default();
+            let mut st =
+                c.prepare("SELECT state, COUNT(*) FROM jobs WHERE sealed = 1 GROUP BY state")?;
+            for row in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+                let (k, v) = row?;
+                stats.jobs.insert(k, v as u64);
+            }
+            stats.tasks_pending =
+                c.query_row("SELECT COUNT(*) FROM tasks WHERE state = 0", [], |r| {
+                    r.get::<_, i64>(0)
+                })? as u64;
+            stats.tasks_leased =
+                c.query_row("SELECT COUNT(*) FROM tasks WHERE state = 1", [], |r| {
+                    r.get::<_, i64>(0)
+                })? as u64;
+            let mut st = c.prepare("SELECT state, COUNT(*) FROM agents GROUP BY state")?;
+            for row in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+                let (k, v) = row?;
+                stats.agents.insert(k, v as u64);
+            }
+            Ok(stats)
+        })
+        .await
+}
