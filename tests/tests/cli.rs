@@ -87,6 +87,9 @@ async fn admin_cli_drives_a_cluster_from_the_data_directory() {
         ok && agents.lines().count() == 2 && agents.contains("active"),
         "{agents}"
     );
+    // The columns line up: the state sits under its header.
+    let lines: Vec<&str> = agents.lines().collect();
+    assert_eq!(lines[0].find("STATE"), lines[1].find("active"), "{agents}");
 
     // Errors read well and exit non-zero.
     let (ok, _, err) = cli(&dir, &["jobs", "status", "no-such-job"]);
