@@ -1,12 +1,12 @@
 //! `musketeer-coordinator`: the service (`serve`, `demo`) and its admin CLI
-//! (`token`, `agents`, `jobs`).
+//! (`token`, `agents`, `jobs`, `release`, `completions`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use musketeer_coordinator::api::rate_limit::{
     RateLimit, RateLimits, DEFAULT_ADDRESS_LIMIT, DEFAULT_AGENT_LIMIT,
 };
@@ -139,6 +139,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::ReleaseCommand,
     },
+    /// Print a shell completion script, e.g. `source <(musketeer-coordinator completions bash)`.
+    Completions {
+        /// The shell to complete in (bash, zsh, fish; also elvish, powershell).
+        shell: clap_complete::Shell,
+    },
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
@@ -236,5 +241,11 @@ async fn main() -> Result<()> {
             connection,
         } => cli::jobs(&cli::connect(&connection)?, command).await,
         Command::Release { command } => cli::release::release(command).await,
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            let name = cmd.get_name().to_string();
+            clap_complete::generate(shell, &mut cmd, name, &mut std::io::stdout());
+            Ok(())
+        }
     }
 }

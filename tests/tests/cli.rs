@@ -87,6 +87,9 @@ async fn admin_cli_drives_a_cluster_from_the_data_directory() {
         ok && agents.lines().count() == 2 && agents.contains("active"),
         "{agents}"
     );
+    // The columns line up: the state sits under its header.
+    let lines: Vec<&str> = agents.lines().collect();
+    assert_eq!(lines[0].find("STATE"), lines[1].find("active"), "{agents}");
 
     // Errors read well and exit non-zero.
     let (ok, _, err) = cli(&dir, &["jobs", "status", "no-such-job"]);
@@ -120,4 +123,36 @@ fn demo_runs_every_sample_and_exits_zero() {
     }
     assert!(out.contains("20000! has 77338 digits"), "{out}");
     assert!(out.contains("every sample job succeeded"), "{out}");
+}
+
+#[test]
+fn completions_cover_the_subcommands_and_bash_parses_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, script, err) = cli(dir.path(), &["completions", "bash"]);
+    assert!(ok, "{err}");
+    for word in [
+        "serve", "token", "agents", "jobs", "release", "drain", "wait",
+    ] {
+        assert!(script.contains(word), "no {word} in the bash script");
+    }
+    let file = dir.path().join("musketeer-coordinator.bash");
+    std::fs::write(&file, &script).unwrap();
+    let check = Command::new("bash").arg("-n").arg(&file).output().unwrap();
+    assert!(
+        check.status.success(),
+        "bash -n refused the script: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // The other shells have no parser on this machine; their scripts must
+    // at least name the same subcommands.
+    for shell in ["zsh", "fish"] {
+        let (ok, script, err) = cli(dir.path(), &["completions", shell]);
+        assert!(ok, "{shell}: {err}");
+        assert!(
+            script.contains("agents") && script.contains("jobs"),
+            "{shell}:\n{script}"
+        );
+    }
+    let (ok, _, err) = cli(dir.path(), &["completions", "tcsh"]);
+    assert!(!ok && err.contains("tcsh"), "{err}");
 }

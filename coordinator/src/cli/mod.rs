@@ -151,42 +151,7 @@ pub async fn token(c: &ApiClient, cmd: TokenCommand) -> Result<()> {
 /// Runs an `agents` command.
 pub async fn agents(c: &ApiClient, cmd: AgentsCommand) -> Result<()> {
     match cmd {
-        AgentsCommand::List => {
-            let v = c.get_json("/v1/agents").await?;
-            let now = v["now_ms"].as_u64().unwrap_or(0);
-            println!(
-                "{:<17} {:<16} {:<8} {:<10} {:>4} {:>8} {:<9} {:>6} {:>7} {:>10} {:>10} TRUST",
-                "ID",
-                "HOST",
-                "ARCH",
-                "VERSION",
-                "CPUS",
-                "MEMORY",
-                "STATE",
-                "SEEN",
-                "RUNNING",
-                "TASKS",
-                "CPU-S"
-            );
-            for a in v["agents"].as_array().into_iter().flatten() {
-                let cap = &a["capacity"];
-                println!(
-                    "{:<17} {:<16} {:<8} {:<10} {:>4} {:>7}M {:<9} {:>6} {:>7} {:>10} {:>10.1} {}",
-                    a["id"].as_str().unwrap_or("?"),
-                    cap["hostname"].as_str().unwrap_or("?"),
-                    cap["arch"].as_str().unwrap_or("?"),
-                    cap["version"].as_str().unwrap_or("?"),
-                    cap["cpus"],
-                    cap["memory_bytes"].as_u64().unwrap_or(0) >> 20,
-                    a["state"].as_str().unwrap_or("?"),
-                    age(now, a["last_seen_ms"].as_u64().unwrap_or(0)),
-                    a["leased"],
-                    a["tasks_done"],
-                    a["cpu_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
-                    trust_column(a)
-                );
-            }
-        }
+        AgentsCommand::List => print!("{}", agents_table(&c.get_json("/v1/agents").await?)),
         AgentsCommand::Drain { id } => {
             c.send(c.request(Method::POST, &format!("/v1/agents/{id}/drain")))
                 .await?;
@@ -199,6 +164,95 @@ pub async fn agents(c: &ApiClient, cmd: AgentsCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// How a column's cells line up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Align {
+    Left,
+    Right,
+}
+
+/// Lays `rows` out under `columns` (header, alignment), each column as wide
+/// as its widest cell, so that long ids, hostnames or trust notes never
+/// shift the columns after them. Lines end without trailing blanks.
+fn table(columns: &[(&str, Align)], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = columns.iter().map(|(h, _)| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header = columns.iter().map(|(h, _)| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, ((cell, w), (_, align))) in row.iter().zip(&widths).zip(columns).enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            let pad = " ".repeat(w.saturating_sub(cell.chars().count()));
+            match align {
+                Align::Left => {
+                    line.push_str(cell);
+                    line.push_str(&pad);
+                }
+                Align::Right => {
+                    line.push_str(&pad);
+                    line.push_str(cell);
+                }
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `agents list`: one line per agent of `GET /v1/agents`, under a header.
+fn agents_table(v: &Value) -> String {
+    use Align::{Left, Right};
+    let now = v["now_ms"].as_u64().unwrap_or(0);
+    let rows: Vec<Vec<String>> = v["agents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            let cap = &a["capacity"];
+            let text = |v: &Value| v.as_str().unwrap_or("?").to_string();
+            vec![
+                text(&a["id"]),
+                text(&cap["hostname"]),
+                text(&cap["arch"]),
+                text(&cap["version"]),
+                cap["cpus"].to_string(),
+                format!("{}M", cap["memory_bytes"].as_u64().unwrap_or(0) >> 20),
+                text(&a["state"]),
+                age(now, a["last_seen_ms"].as_u64().unwrap_or(0)),
+                a["leased"].to_string(),
+                a["tasks_done"].to_string(),
+                format!("{:.1}", a["cpu_ms"].as_u64().unwrap_or(0) as f64 / 1000.0),
+                trust_column(a),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            ("ID", Left),
+            ("HOST", Left),
+            ("ARCH", Left),
+            ("VERSION", Left),
+            ("CPUS", Right),
+            ("MEMORY", Right),
+            ("STATE", Left),
+            ("SEEN", Right),
+            ("RUNNING", Right),
+            ("TASKS", Right),
+            ("CPU-S", Right),
+            ("TRUST", Left),
+        ],
+        &rows,
+    )
 }
 
 /// Waits for a job to finish, drawing a progress bar on standard error
@@ -330,5 +384,84 @@ fn trust_column(agent: &serde_json::Value) -> String {
             "{trust} ({n} of {} outvoted)",
             n + agent["results_valid"].as_u64().unwrap_or(0)
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn table_columns_are_as_wide_as_their_widest_cell() {
+        let rows = vec![
+            vec!["a".to_string(), "1".to_string(), "x".to_string()],
+            vec!["longer-id".to_string(), "12345".to_string(), "".to_string()],
+        ];
+        let out = table(
+            &[
+                ("ID", Align::Left),
+                ("N", Align::Right),
+                ("NOTE", Align::Left),
+            ],
+            &rows,
+        );
+        assert_eq!(
+            out,
+            "ID             N  NOTE\n\
+             a              1  x\n\
+             longer-id  12345\n"
+        );
+    }
+
+    /// Where each of `words` starts in `line`, searching left to right.
+    fn starts(line: &str, words: &[&str]) -> Vec<usize> {
+        let mut from = 0;
+        words
+            .iter()
+            .map(|w| {
+                let at = from
+                    + line[from..]
+                        .find(w)
+                        .unwrap_or_else(|| panic!("{w} in {line}"));
+                from = at + w.len();
+                at
+            })
+            .collect()
+    }
+
+    #[test]
+    fn agents_list_lines_up_whatever_the_lengths() {
+        let agent = |id: &str, host: &str, invalid: u64| {
+            json!({
+                "id": id,
+                "capacity": {"hostname": host, "arch": "x86_64", "version": "0.1.0",
+                             "cpus": 2, "memory_bytes": 4u64 << 30},
+                "state": "active", "last_seen_ms": 9_000, "leased": 1,
+                "tasks_done": 12, "cpu_ms": 1500, "trust": "suspect",
+                "results_invalid": invalid, "results_valid": 3,
+            })
+        };
+        let v = json!({"now_ms": 10_000, "agents": [
+            agent("ag-1", "h", 0),
+            agent("ag-0123456789abcdef0123456789", "a-very-long-hostname.example.org", 1234),
+        ]});
+        let out = agents_table(&v);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        // Left-aligned columns start, right-aligned ones end, at one place.
+        let header = starts(lines[0], &["HOST", "ARCH", "STATE", "TRUST"]);
+        for (line, host) in lines[1..].iter().zip(["h", "a-very-long-hostname"]) {
+            let cells = starts(line, &[host, "x86_64", "active", "suspect"]);
+            assert_eq!(cells, header, "{out}");
+            assert!(!line.ends_with(' '), "{line:?}");
+        }
+        let ends = |line: &str, w: &str| line.find(w).unwrap() + w.len();
+        assert_eq!(ends(lines[0], "MEMORY"), ends(lines[1], "4096M"), "{out}");
+        assert_eq!(ends(lines[0], "CPU-S"), ends(lines[2], "1.5"), "{out}");
+        assert!(
+            lines[2].ends_with("suspect (1234 of 1237 outvoted)"),
+            "{out}"
+        );
     }
 }

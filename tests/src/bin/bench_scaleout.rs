@@ -190,9 +190,11 @@ async fn main() -> Result<()> {
         .unwrap_or(1);
     let per_agent = (cores / 2).max(1).to_string();
     let agent_flags = ["--cpus", per_agent.as_str()];
+    // Every simulated agent enrols from 127.0.0.1: the per-address limit,
+    // meant for strangers, would refuse all but the first few hundred.
     let options = CoordinatorOptions {
         lease_ttl: 30.0,
-        ..Default::default()
+        extra: vec!["--address-requests-per-s".into(), "0".into()],
     };
     println!("bench-scaleout: {cores} cores, two agents with --cpus {per_agent}");
 
