@@ -75,6 +75,23 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Starts `command`, waiting out `ETXTBSY` ("Text file busy"): a binary a
+/// test has just copied can still be open for writing in a child that
+/// another test's thread forked meanwhile and that has not yet reached its
+/// `exec`. That lasts microseconds; the wait ends when the exec works.
+pub fn spawn_when_not_busy(command: &mut Command) -> std::io::Result<Child> {
+    const ETXTBSY: i32 = 26;
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        match command.spawn() {
+            Err(e) if e.raw_os_error() == Some(ETXTBSY) && Instant::now() < end => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Sends SIGTERM (a polite stop) to a child.
 pub fn terminate(child: &Child) {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
@@ -422,7 +439,7 @@ impl Agent {
             // An emulator: the agent's worker processes need it too.
             command.env("MUSKETEER_WORKER_LAUNCHER", program);
         }
-        let child = command
+        command
             .args(before)
             .arg("join")
             .arg(url)
@@ -439,9 +456,8 @@ impl Agent {
             .env("MUSKETEER_YIELD_TO_HOST_PERCENT", "off")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .context("cannot start musketeer")?;
+            .stderr(out);
+        let child = spawn_when_not_busy(&mut command).context("cannot start musketeer")?;
         Ok(Agent {
             child,
             state_dir,

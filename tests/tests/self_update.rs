@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use musketeer_tests::{bin, bin_dir, reference, Agent, Coordinator, CoordinatorOptions};
+use musketeer_tests::{
+    bin, bin_dir, reference, spawn_when_not_busy, Agent, Coordinator, CoordinatorOptions,
+};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -22,7 +24,13 @@ const JOB_TIMEOUT: Duration = Duration::from_secs(120);
 const UPDATE_TIMEOUT: Duration = Duration::from_secs(90);
 
 fn version_of(binary: &Path) -> String {
-    let out = Command::new(binary).arg("--version").output().unwrap();
+    let out = spawn_when_not_busy(
+        Command::new(binary)
+            .arg("--version")
+            .stdout(std::process::Stdio::piped()),
+    )
+    .and_then(|child| child.wait_with_output())
+    .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .trim()
         .strip_prefix("musketeer ")
@@ -31,7 +39,13 @@ fn version_of(binary: &Path) -> String {
 }
 
 fn target_of(binary: &Path) -> String {
-    let out = Command::new(binary).arg("info").output().unwrap();
+    let out = spawn_when_not_busy(
+        Command::new(binary)
+            .arg("info")
+            .stdout(std::process::Stdio::piped()),
+    )
+    .and_then(|child| child.wait_with_output())
+    .unwrap();
     let info: Value = serde_json::from_slice(&out.stdout).unwrap();
     info["target"].as_str().unwrap().to_string()
 }
