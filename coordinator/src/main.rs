@@ -84,12 +84,12 @@ struct ServeArgs {
     redis_prefix: String,
 }
 
-/// A `--min-free-disk` size: the agent's size syntax, and 0 for "off".
+/// A `--min-free-disk` size: the size syntax of `--memory`, and 0 for "off".
 fn parse_min_free(s: &str) -> Result<u64, String> {
     if s.trim().parse::<f64>() == Ok(0.0) {
         return Ok(0);
     }
-    musketeer::config::parse_size(s)
+    musketeer_tasks::size::parse_size(s)
 }
 
 /// A rate limit from its flags, checked.

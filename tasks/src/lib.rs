@@ -26,6 +26,7 @@ pub mod protocol;
 pub mod registry;
 pub mod result;
 pub mod samples;
+pub mod size;
 pub mod token;
 pub mod wordcount;
 
