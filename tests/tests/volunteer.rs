@@ -156,9 +156,19 @@ async fn a_paused_agent_uses_no_cpu_keeps_its_leases_and_resume_finishes_the_job
     let c = &cluster.coordinator;
     let agent_id = agent.wait_id().unwrap();
     wait_for_status(agent).await;
-    let (job, want) = fib_job(400);
+    // Many tasks, so that one is running whenever the pause comes (with two,
+    // flake-hunt saw the first finish and the pause land between them).
+    let (job, want) = fib_job(2000);
     let id = c.submit(&job).await.unwrap();
     wait_for_lease(c, &agent_id).await;
+    let end = Instant::now() + Duration::from_secs(30);
+    while status(agent)["tasks"]["running"]
+        .as_array()
+        .is_none_or(|r| r.is_empty())
+    {
+        assert!(Instant::now() < end, "the agent never ran a task");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let out = agent.command(&["pause"]).unwrap();
     assert!(
