@@ -157,8 +157,10 @@ async fn a_paused_agent_uses_no_cpu_keeps_its_leases_and_resume_finishes_the_job
     let agent_id = agent.wait_id().unwrap();
     wait_for_status(agent).await;
     // Many tasks, so that one is running whenever the pause comes (with two,
-    // flake-hunt saw the first finish and the pause land between them).
-    let (job, want) = fib_job(2000);
+    // flake-hunt saw the first finish and the pause land between them): the
+    // planner would otherwise pack these items into a couple of tasks.
+    let (mut job, want) = fib_job(2000);
+    job["items_per_task"] = json!(20);
     let id = c.submit(&job).await.unwrap();
     wait_for_lease(c, &agent_id).await;
     let end = Instant::now() + Duration::from_secs(30);
