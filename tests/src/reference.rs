@@ -174,6 +174,16 @@ pub fn check_random_product(spec: &RandomMatrices, result: &serde_json::Value) {
     }
 }
 
+/// The `values` of a Fibonacci result, as strings in input order.
+pub fn values(result: &serde_json::Value) -> Vec<String> {
+    result["values"]
+        .as_array()
+        .expect("a values array")
+        .iter()
+        .map(|s| s.as_str().expect("decimal strings").to_string())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,15 +37,6 @@ fn with(mut job: Value, key: &str, value: Value) -> Value {
     job
 }
 
-fn values(v: &Value) -> Vec<String> {
-    v["values"]
-        .as_array()
-        .expect("a values array")
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect()
-}
-
 /// The agent's CPU use, as a share of `cores`, over `window`: its process,
 /// its worker processes and the workers it has already reaped.
 fn cpu_share(pid: u32, cores: u32, window: Duration) -> f64 {
@@ -133,7 +124,7 @@ async fn memory_limit_holds_and_a_task_that_needs_more_is_refused_or_stopped() {
         .await
         .unwrap();
     let got = c.result(&small, JOB_TIMEOUT).await.unwrap();
-    assert_eq!(values(&got), reference::fibonacci(&ns));
+    assert_eq!(reference::values(&got), reference::fibonacci(&ns));
 
     // Still queued, never leased to this agent, although it idled meanwhile.
     let status = c.job_status(&too_big).await.unwrap();
@@ -207,7 +198,7 @@ async fn a_task_past_its_timeout_is_stopped_and_the_agent_goes_on() {
         .await
         .unwrap();
     let got = c.result(&next, JOB_TIMEOUT).await.unwrap();
-    assert_eq!(values(&got), reference::fibonacci(&ns));
+    assert_eq!(reference::values(&got), reference::fibonacci(&ns));
     assert!(
         procstat::status_bytes(worker, "VmRSS").is_none(),
         "the timed-out worker {worker} should be gone"
@@ -435,7 +426,7 @@ async fn a_lying_agent_uploads_wrong_but_well_formed_results() {
         .await
         .unwrap();
     let got = cluster.coordinator.result(&id, JOB_TIMEOUT).await.unwrap();
-    let got = values(&got);
+    let got = reference::values(&got);
     let want = reference::fibonacci(&ns);
     assert_eq!(got.len(), want.len(), "well formed: one value per n");
     assert_ne!(got, want, "every task's output should be wrong");

@@ -14,15 +14,6 @@ fn slow_job(items: u64) -> (Value, Vec<u64>) {
     (json!({"kernel": "fibonacci", "n": ns}), ns)
 }
 
-fn values(v: &Value) -> Vec<String> {
-    v["values"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect()
-}
-
 /// The id the agent logged when it started working.
 async fn agent_id(agent: &Agent) -> String {
     let end = Instant::now() + Duration::from_secs(30);
@@ -91,7 +82,7 @@ async fn agent_sigkilled_mid_job_and_the_job_still_completes() {
     );
 
     let got = cluster.coordinator.result(&id, JOB_TIMEOUT).await.unwrap();
-    assert_eq!(values(&got), reference::fibonacci(&ns));
+    assert_eq!(reference::values(&got), reference::fibonacci(&ns));
     let status = job_status(&cluster, &id).await;
     assert_eq!(status["progress"]["done"], status["progress"]["total"]);
     assert_eq!(status["progress"]["failed"], 0);
@@ -150,7 +141,7 @@ async fn agent_sigterm_hands_its_leases_back() {
         .agents
         .push(Agent::join(&c.url, &c.join_token, &[]).unwrap());
     let got = c.result(&id, Duration::from_secs(60)).await.unwrap();
-    assert_eq!(values(&got), reference::fibonacci(&ns));
+    assert_eq!(reference::values(&got), reference::fibonacci(&ns));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,7 +184,7 @@ async fn coordinator_sigkilled_and_restarted_loses_no_accepted_job() {
     let got = c.result(&queued, JOB_TIMEOUT).await.unwrap();
     assert_eq!(got["value"].as_str().unwrap(), reference::factorial(3000));
     let got = c.result(&running, JOB_TIMEOUT).await.unwrap();
-    assert_eq!(values(&got), reference::fibonacci(&ns));
+    assert_eq!(reference::values(&got), reference::fibonacci(&ns));
     let status = job_status(&cluster, &running).await;
     assert_eq!(
         status["progress"]["done"], status["progress"]["total"],

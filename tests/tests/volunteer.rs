@@ -50,15 +50,6 @@ fn fib_job(items: u64) -> (Value, Vec<String>) {
     )
 }
 
-fn values(v: &Value) -> Vec<String> {
-    v["values"]
-        .as_array()
-        .expect("a values array")
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect()
-}
-
 /// `musketeer status --json` of `agent`.
 fn status(agent: &Agent) -> Value {
     let out = agent.command(&["status", "--json"]).unwrap();
@@ -142,7 +133,7 @@ async fn no_task_runs_outside_the_schedule() {
     // The same agent, with a window that includes now: the job finishes.
     agent.restart_with(&["--schedule", "mon-sun"]).unwrap();
     let result = c.result(&id, JOB_TIMEOUT).await.unwrap();
-    assert_eq!(values(&result), want);
+    assert_eq!(reference::values(&result), want);
     assert_eq!(wait_for_status(&agent).await["state"], "running");
 }
 
@@ -254,7 +245,7 @@ async fn a_paused_agent_uses_no_cpu_keeps_its_leases_and_resume_finishes_the_job
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("state:        running"));
     let result = c.result(&id, JOB_TIMEOUT).await.unwrap();
-    assert_eq!(values(&result), want);
+    assert_eq!(reference::values(&result), want);
     assert!(agent.log().contains("paused by `musketeer pause`"));
 }
 
@@ -287,7 +278,7 @@ async fn an_agent_on_battery_waits_for_mains_power() {
 
     std::fs::write(battery.join("status"), "Charging\n").unwrap();
     let result = c.result(&id, JOB_TIMEOUT).await.unwrap();
-    assert_eq!(values(&result), want);
+    assert_eq!(reference::values(&result), want);
     assert!(
         agent.log().contains("no longer on battery"),
         "{}",
@@ -306,7 +297,10 @@ async fn status_reports_what_the_coordinator_says() {
     let agent_id = agent.wait_id().unwrap();
     let (job, want) = fib_job(40);
     let id = c.submit(&job).await.unwrap();
-    assert_eq!(values(&c.result(&id, JOB_TIMEOUT).await.unwrap()), want);
+    assert_eq!(
+        reference::values(&c.result(&id, JOB_TIMEOUT).await.unwrap()),
+        want
+    );
 
     let s = wait_for_status(agent).await;
     let record = c

@@ -86,18 +86,27 @@ async fn wait_for_state(s: &Scheduler, id: &str, state: JobState) {
     }
 }
 
-#[tokio::test]
-async fn a_waiting_lease_wakes_when_work_is_submitted() {
-    let f = fixture(Duration::from_secs(10)).await;
-    let s = f.scheduler.clone();
-    let waiting = tokio::spawn(async move {
+/// A 20-second long poll by `agent`, in the background: what it leased,
+/// and how long it waited.
+fn open_poll(
+    s: &Arc<Scheduler>,
+    agent: &'static str,
+) -> tokio::task::JoinHandle<(Vec<LeasedTask>, Duration)> {
+    let s = s.clone();
+    tokio::spawn(async move {
         let started = Instant::now();
         let got = s
-            .lease(query("a", 0, 10), Duration::from_secs(20))
+            .lease(query(agent, 0, 10), Duration::from_secs(20))
             .await
             .unwrap();
         (got, started.elapsed())
-    });
+    })
+}
+
+#[tokio::test]
+async fn a_waiting_lease_wakes_when_work_is_submitted() {
+    let f = fixture(Duration::from_secs(10)).await;
+    let waiting = open_poll(&f.scheduler, "a");
     // Let the lease find nothing and start waiting.
     tokio::time::sleep(Duration::from_millis(50)).await;
     submit(&f.scheduler, r#"{"kernel":"fibonacci","n":[1,2,3]}"#).await;
@@ -114,15 +123,7 @@ async fn a_waiting_lease_wakes_when_work_is_submitted() {
 #[tokio::test]
 async fn a_stopping_agents_open_poll_ends_empty_and_leases_nothing() {
     let f = fixture(Duration::from_secs(10)).await;
-    let s = f.scheduler.clone();
-    let waiting = tokio::spawn(async move {
-        let started = Instant::now();
-        let got = s
-            .lease(query("a", 0, 10), Duration::from_secs(20))
-            .await
-            .unwrap();
-        (got, started.elapsed())
-    });
+    let waiting = open_poll(&f.scheduler, "a");
     tokio::time::sleep(Duration::from_millis(50)).await;
     // The agent says it is leaving, and work arrives right then: the poll
     // it left open must not take it.
