@@ -1,0 +1,231 @@
+"""The dashboard in a real browser: Debian's Chromium, driven through
+chromedriver (WebDriver) against the test's own coordinator on loopback.
+
+A viewer logs in and sees the agents, the jobs, a job's progress bar move
+without a reload, and why a job waits; it finds no cancel button. The admin
+logs in and cancels a job. Screenshots go to target/dashboard-screenshots.
+
+TLS: Chromium is told to accept exactly the coordinator's server key
+(`--ignore-certificate-errors-spki-list` with its SubjectPublicKeyInfo
+hash), in a throw-away profile: any other certificate error still fails,
+and nothing is added to a trust store that outlives the test."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import ssl
+import time
+from pathlib import Path
+from typing import Callable, Iterator, List, Tuple
+from urllib.parse import urlparse
+
+import pytest
+import requests
+
+from conftest import ROOT, start_agent, stop
+
+# Never let Selenium Manager look for drivers or report usage: the driver
+# is Debian's, named below.
+os.environ["SE_AVOID_STATS"] = "true"
+
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+
+CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = ROOT / "target" / "dashboard-screenshots"
+
+
+def _der_element(der: bytes, at: int) -> Tuple[int, int, int]:
+    """(tag, start of contents, end) of the DER element at `at`."""
+    tag, length = der[at], der[at + 1]
+    at += 2
+    if length & 0x80:
+        n = length & 0x7F
+        length = int.from_bytes(der[at : at + n], "big")
+        at += n
+    return tag, at, at + length
+
+
+def spki_sha256(cert_der: bytes) -> str:
+    """Base64 SHA-256 of a certificate's SubjectPublicKeyInfo, as Chromium's
+    --ignore-certificate-errors-spki-list wants it."""
+    _, tbs_at, _ = _der_element(cert_der, 0)  # Certificate
+    _, at, _ = _der_element(cert_der, tbs_at)  # tbsCertificate
+    fields = []
+    while len(fields) < 7:
+        tag, start, end = _der_element(cert_der, at)
+        fields.append((tag, at, end))
+        at = end
+    # [0] version, serial, signature, issuer, validity, subject, SPKI
+    if fields[0][0] != 0xA0:
+        raise ValueError("not an X.509 v3 certificate")
+    _, spki_start, spki_end = fields[6]
+    return base64.b64encode(hashlib.sha256(cert_der[spki_start:spki_end]).digest()).decode()
+
+
+def wait_until(what: str, check: Callable[[], object], seconds: float = 60) -> object:
+    end = time.monotonic() + seconds
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def browser(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chrome]:
+    for path in (CHROMEDRIVER, CHROMIUM):
+        if not Path(path).exists():
+            pytest.fail(f"{path} is missing: install Debian's chromium and chromium-driver (scripts/test does)")
+    url = urlparse((data_dir / "url").read_text().strip())
+    assert url.hostname in ("127.0.0.1", "localhost"), url
+    leaf = ssl.get_server_certificate((url.hostname, url.port))
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",  # the test command runs as root, where the sandbox cannot start
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-sync",
+        "--disable-extensions",
+        "--window-size=1400,1000",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+        f"--ignore-certificate-errors-spki-list={spki_sha256(ssl.PEM_cert_to_DER_cert(leaf))}",
+    ):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(60)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def shot(driver: webdriver.Chrome, name: str) -> None:
+    driver.save_screenshot(str(SHOTS / f"{name}.png"))
+
+
+class Api:
+    """The admin's API, for setting the scene."""
+
+    def __init__(self, data_dir: Path):
+        self.url = (data_dir / "url").read_text().strip()
+        self.s = requests.Session()
+        # Per request: a session's `verify` loses to REQUESTS_CA_BUNDLE.
+        self.ca = str(data_dir / "ca.pem")
+        self.s.headers["Authorization"] = "Bearer " + (data_dir / "admin.token").read_text().strip()
+
+    def post(self, path: str, body: object) -> dict:
+        r = self.s.post(self.url + path, json=body, timeout=30, verify=self.ca)
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def get(self, path: str) -> dict:
+        r = self.s.get(self.url + path, timeout=30, verify=self.ca)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
+def login(driver: webdriver.Chrome, base: str, token: str) -> None:
+    driver.get(base + "/")
+    driver.find_element(By.ID, "token").send_keys(token)
+    driver.find_element(By.ID, "login").click()
+    wait_until("the dashboard after login", lambda: driver.find_elements(By.ID, "tab-overview"))
+    wait_until("live data", lambda: driver.find_element(By.ID, "live").text == "live")
+
+
+def progress_of(driver: webdriver.Chrome) -> int:
+    bars = driver.find_elements(By.CSS_SELECTOR, "#job-view .progress")
+    return int(bars[0].get_attribute("aria-valuenow")) if bars else -1
+
+
+def test_viewer_and_admin_in_a_browser(
+    data_dir: Path, browser: webdriver.Chrome, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    api = Api(data_dir)
+    base = api.url
+    viewer = api.post("/v1/tokens", {"role": "viewer"})["token"]
+    # A job no agent can take, and one for a queue no agent serves yet.
+    stuck = api.post("/v1/jobs", {"kernel": "factorial", "n": 2000, "labels": {"gpu": "yes"}})["id"]
+    later = api.post(
+        "/v1/jobs",
+        {"kernel": "fibonacci", "range": {"start": 0, "end": 3000}, "items_per_task": 10, "queue": "browser"},
+    )
+    total = later["tasks"]
+    assert total == 300
+
+    # The viewer: agents, jobs, and the waiting job's reason.
+    login(browser, base, viewer)
+    assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-role") == "viewer"
+    browser.get(base + "/#/agents")
+    wait_until("an agent row", lambda: browser.find_elements(By.CSS_SELECTOR, "#agents-table .agent-row"))
+    assert not browser.find_elements(By.CSS_SELECTOR, "#agents-table button"), "a viewer sees no drain or remove"
+    shot(browser, "viewer-agents")
+    browser.get(base + "/#/jobs")
+    wait_until("the jobs list", lambda: browser.find_elements(By.ID, "job-" + stuck))
+    shot(browser, "viewer-jobs")
+    browser.get(base + "/#/job/" + stuck)
+    reason = wait_until(
+        "the reason the labelled job waits",
+        lambda: browser.find_elements(By.CSS_SELECTOR, '#why li[data-code="missing_label"]'),
+    )[0]
+    assert reason.text == "no active agent carries label gpu=yes"
+    assert not browser.find_elements(By.ID, "cancel-job"), "a viewer has no cancel button"
+    shot(browser, "viewer-waiting-job")
+
+    # The queued job's page; then an agent for its queue starts, and the bar
+    # moves in the page as it is (a reload would lose the marker).
+    browser.get(base + "/#/job/" + later["id"])
+    wait_until(
+        "the job page",
+        lambda: browser.find_elements(By.ID, "job-id")
+        and browser.find_element(By.ID, "job-id").text == later["id"]
+        and progress_of(browser) == 0,
+    )
+    browser.execute_script("window.__noReload = 'still here'")
+    seen: List[int] = []
+    agent = start_agent(data_dir, tmp_path_factory.mktemp("browser-agent"), "--cpus", "1", "--queues", "browser")
+    try:
+        def finished() -> bool:
+            p = progress_of(browser)
+            if not seen or seen[-1] != p:
+                seen.append(p)
+                if 0 < p < total and len(seen) == 2:
+                    shot(browser, "viewer-progress")
+            return p == total
+
+        wait_until("the progress bar to reach the end", finished, seconds=120)
+    finally:
+        stop(agent)
+    assert browser.execute_script("return window.__noReload") == "still here", "the page reloaded"
+    assert seen[0] == 0 and seen[-1] == total and seen == sorted(seen), seen
+    assert len(seen) >= 2, seen
+    wait_until("succeeded", lambda: browser.find_element(By.ID, "job-state").text == "succeeded")
+    assert browser.find_elements(By.ID, "download")
+    shot(browser, "viewer-job-done")
+
+    # The admin cancels the stuck job from its page.
+    browser.find_element(By.CSS_SELECTOR, "#logout-form button").click()
+    wait_until("the login page", lambda: browser.find_elements(By.ID, "login-form"))
+    login(browser, base, (data_dir / "admin.token").read_text().strip())
+    browser.get(base + "/#/job/" + stuck)
+    wait_until("the stuck job's page", lambda: browser.find_elements(By.ID, "job-id")
+               and browser.find_element(By.ID, "job-id").text == stuck)
+    button = wait_until("the cancel button", lambda: browser.find_elements(By.ID, "cancel-job"))[0]
+    shot(browser, "admin-job")
+    button.click()
+    browser.switch_to.alert.accept()
+    wait_until("cancelled in the page", lambda: browser.find_element(By.ID, "job-state").text == "cancelled")
+    assert api.get("/v1/jobs/" + stuck)["state"] == "cancelled"
+    assert not browser.find_elements(By.ID, "cancel-job")
+    shot(browser, "admin-cancelled")
