@@ -1,5 +1,7 @@
 //! `musketeer bench`: each kernel's built-in sample, planned and run here on
-//! one core, measured against the planner's estimate.
+//! one core, measured against the planner's estimate; and one function, a
+//! prime count, run natively and interpreted by the agent's WebAssembly
+//! engine, side by side.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -7,7 +9,125 @@ use std::time::{Duration, Instant};
 use musketeer_tasks::job::parse_job;
 use musketeer_tasks::protocol::TaskOutcome;
 
+use musketeer_tasks::wasm::{Compiled, Limits};
+
 use crate::executor::run_input;
+
+/// The interpreted kernel: item `k` counts the primes in
+/// `[1000k, 1000k + 1000)` by trial division (`bench/primes.wat`,
+/// assembled by `build.rs`).
+pub const PRIMES_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/primes.wasm"));
+/// Blocks of a thousand integers the twin benchmark counts primes in.
+pub const PRIME_BLOCKS: u32 = 200;
+
+/// The interpreted kernel's native twin: the same trial division.
+pub fn primes_native(k: u32) -> u32 {
+    let mut count = 0;
+    for n in k * 1000..k * 1000 + 1000 {
+        if n < 2 {
+            continue;
+        }
+        let mut d = 2u32;
+        let mut prime = 1;
+        while d * d <= n {
+            if n % d == 0 {
+                prime = 0;
+                break;
+            }
+            d += 1;
+        }
+        count += prime;
+    }
+    count
+}
+
+/// The same function, native and interpreted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TwinRow {
+    /// Items (blocks) per round.
+    pub items: u32,
+    /// Rounds run of each.
+    pub rounds: u32,
+    /// Time the native rounds took.
+    pub native: Duration,
+    /// Time the interpreted rounds took, compilation and instantiation included.
+    pub wasm: Duration,
+    /// Fuel one interpreted round burnt.
+    pub fuel_per_round: u64,
+}
+
+impl TwinRow {
+    /// How many times slower the interpreter is.
+    pub fn slowdown(&self) -> f64 {
+        self.wasm.as_secs_f64() / self.native.as_secs_f64().max(1e-9)
+    }
+
+    /// Fuel the interpreter burns per second on this core.
+    pub fn fuel_per_s(&self) -> f64 {
+        self.fuel_per_round as f64 * f64::from(self.rounds) / self.wasm.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Counts primes in `blocks` blocks natively and with the interpreter,
+/// checking that both agree, for at least `min_time` each.
+pub fn bench_primes(blocks: u32, min_time: Duration) -> Result<TwinRow, String> {
+    let items: Vec<String> = (0..blocks).map(|k| k.to_string()).collect();
+    let limits = Limits {
+        fuel: u64::MAX / 2,
+        ..Limits::default()
+    };
+    let mut row = TwinRow {
+        items: blocks,
+        rounds: 0,
+        native: Duration::ZERO,
+        wasm: Duration::ZERO,
+        fuel_per_round: 0,
+    };
+    let start = Instant::now();
+    let mut native = Vec::new();
+    while row.rounds == 0 || start.elapsed() < min_time {
+        native = (0..blocks)
+            .map(primes_native)
+            .map(std::hint::black_box)
+            .collect();
+        row.rounds += 1;
+    }
+    row.native = start.elapsed();
+    let start = Instant::now();
+    for _ in 0..row.rounds {
+        let out = Compiled::new(PRIMES_WASM, &limits)
+            .and_then(|c| c.map(&items, 0))
+            .map_err(|e| e.to_string())?;
+        row.fuel_per_round = out.fuel_used;
+        let counts: Vec<u32> = out.outputs.iter().filter_map(|o| o.parse().ok()).collect();
+        if counts != native {
+            return Err(format!(
+                "the interpreted and native prime counts differ: {:?} vs {:?}",
+                &counts[..counts.len().min(5)],
+                &native[..native.len().min(5)]
+            ));
+        }
+    }
+    row.wasm = start.elapsed();
+    Ok(row)
+}
+
+/// The twin benchmark as lines for a person.
+pub fn render_twin(row: &TwinRow) -> String {
+    let per = |d: Duration| d.as_secs_f64() / f64::from(row.rounds.max(1));
+    format!(
+        "\nprime count of {} x 1000 integers by trial division, one core:\n\
+         {:<10} {:>8.4} s per round\n\
+         {:<10} {:>8.4} s per round  {:.1}x the native time, {:.3e} fuel/s\n",
+        row.items,
+        "native",
+        per(row.native),
+        "wasm",
+        per(row.wasm),
+        row.slowdown(),
+        row.fuel_per_s()
+    )
+}
 
 /// Run each sample again and again for at least this long: the samples take
 /// well under a millisecond each, too short to time once.
@@ -72,7 +192,7 @@ pub fn bench_job(
     let start = Instant::now();
     loop {
         for (input, work) in &inputs {
-            if let (_, TaskOutcome::Failed(why)) = run_input(input) {
+            if let (_, TaskOutcome::Failed(why)) = run_input(input, None, u64::MAX) {
                 if row.failed == 0 {
                     tracing::warn!("a {kernel} task failed: {why}");
                 }
@@ -159,6 +279,21 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("unknown kernel"), "{e}");
+    }
+
+    #[test]
+    fn the_interpreted_twin_agrees_with_the_native_one() {
+        assert_eq!(primes_native(0), 168, "primes below 1000");
+        assert_eq!(primes_native(1), 135, "primes in 1000..2000");
+        let row = bench_primes(20, Duration::ZERO).unwrap();
+        assert_eq!(row.rounds, 1);
+        assert!(row.fuel_per_round > 0 && row.fuel_per_s() > 0.0);
+        assert!(row.slowdown() > 0.0);
+        let text = render_twin(&row);
+        assert!(
+            text.contains("native") && text.contains("wasm") && text.contains("fuel/s"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use musketeer_tasks::protocol::{
     EnrolRequest, EnrolResponse, ErrorBody, Heartbeat, HeartbeatAck, LeaseRequest, LeaseResponse,
     Release, ReleaseAck, ReleaseInfo, ResultAck, ResultBatch, POSTCARD_CONTENT_TYPE,
 };
+use musketeer_tasks::wasm::ModuleId;
 use rand::Rng;
 use reqwest::header::CONTENT_TYPE;
 use reqwest::StatusCode;
@@ -92,6 +93,9 @@ pub trait AgentApi: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<HeartbeatAck, ClientError>> + Send;
     /// `POST /v1/agent/release`.
     fn release(&self, r: &Release) -> impl Future<Output = Result<ReleaseAck, ClientError>> + Send;
+    /// `GET /v1/agent/modules/{id}`: a WebAssembly module's bytes (not yet
+    /// verified against the id: the caller does that).
+    fn module(&self, id: &ModuleId) -> impl Future<Output = Result<Vec<u8>, ClientError>> + Send;
 }
 
 /// An HTTPS client for one coordinator.
@@ -264,7 +268,26 @@ impl AgentApi for Client {
             .await?;
         json_body(resp).await
     }
+
+    async fn module(&self, id: &ModuleId) -> Result<Vec<u8>, ClientError> {
+        let path = format!("/v1/agent/modules/{id}");
+        let mut resp = self.send(self.get(&path), MODULE_TIMEOUT).await?;
+        let max = musketeer_tasks::wasm::validate::MAX_MODULE_BYTES;
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
+            if (body.len() + chunk.len()) as u64 > max {
+                return Err(ClientError::Protocol(format!(
+                    "module {id} is larger than the {max} bytes a module may have"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
 }
+
+/// How long a module's download may take (at most 16 MiB).
+const MODULE_TIMEOUT: Duration = Duration::from_secs(60);
 
 async fn json_body<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, ClientError> {
     let body = resp.bytes().await.map_err(transport_error)?;

@@ -26,6 +26,8 @@ pub const STATE_DIR: &str = "MUSKETEER_STATE_DIR";
 pub const CPUS: &str = "MUSKETEER_CPUS";
 /// `--memory`.
 pub const MEMORY: &str = "MUSKETEER_MEMORY";
+/// `--module-cache`: most bytes of WebAssembly modules kept in the state directory.
+pub const MODULE_CACHE: &str = "MUSKETEER_MODULE_CACHE";
 /// `--max-cpu-percent`.
 pub const MAX_CPU_PERCENT: &str = "MUSKETEER_MAX_CPU_PERCENT";
 /// `--yield-to-host-percent`.
@@ -129,6 +131,9 @@ pub struct Limits {
     /// While paused, keep running tasks' leases this long, then give them
     /// back; `None` is [`crate::volunteer::DEFAULT_HOLD_LEASES`].
     pub hold_leases: Option<Duration>,
+    /// Keep at most this many bytes of WebAssembly modules; `None` is
+    /// [`crate::modules::DEFAULT_CACHE_BYTES`].
+    pub module_cache_bytes: Option<u64>,
 }
 
 impl Limits {
@@ -143,6 +148,10 @@ impl Limits {
         }
         if let Some(v) = source.get(MEMORY) {
             limits.memory_bytes = Some(parse_size(&v).map_err(|r| err("--memory", MEMORY, &v, r))?);
+        }
+        if let Some(v) = source.get(MODULE_CACHE) {
+            limits.module_cache_bytes =
+                Some(parse_size(&v).map_err(|r| err("--module-cache", MODULE_CACHE, &v, r))?);
         }
         if let Some(v) = source.get(MAX_CPU_PERCENT) {
             limits.max_cpu_percent = Some(
@@ -212,6 +221,9 @@ pub struct LimitArgs {
     /// Use at most this much memory for tasks: 512M, 2G, 1.5GiB (binary units, as Docker).
     #[arg(long, env = MEMORY, value_name = "SIZE")]
     pub memory: Option<String>,
+    /// Keep at most this much of WebAssembly modules in the state directory (default 256M).
+    #[arg(long, env = MODULE_CACHE, value_name = "SIZE")]
+    pub module_cache: Option<String>,
     /// Keep each worker busy at most P percent of the time (1 to 100).
     #[arg(long, env = MAX_CPU_PERCENT, value_name = "P")]
     pub max_cpu_percent: Option<String>,
@@ -244,6 +256,7 @@ impl Source for LimitArgs {
         match key {
             CPUS => self.cpus.clone(),
             MEMORY => self.memory.clone(),
+            MODULE_CACHE => self.module_cache.clone(),
             MAX_CPU_PERCENT => self.max_cpu_percent.clone(),
             YIELD_TO_HOST_PERCENT => self.yield_to_host_percent.clone(),
             CORRUPT_RESULTS => self.corrupt_results.clone(),
@@ -455,6 +468,7 @@ mod tests {
             (SCHEDULE, "mon-fri 18:00-08:00,sat-sun"),
             (PAUSE_ON_BATTERY, "yes"),
             (HOLD_LEASES, "1h30m"),
+            (MODULE_CACHE, "64M"),
             ("UNRELATED", "x"),
         ]);
         let limits = Limits::from_source(&env).unwrap();
@@ -474,6 +488,7 @@ mod tests {
                 schedule: Some(Schedule::parse("mon-fri 18:00-08:00,sat-sun").unwrap()),
                 pause_on_battery: true,
                 hold_leases: Some(Duration::from_secs(5400)),
+                module_cache_bytes: Some(64 << 20),
             }
         );
         assert_eq!(
@@ -495,6 +510,7 @@ mod tests {
             (CPUS, "0", "--cpus"),
             (CPUS, "two", "--cpus"),
             (MEMORY, "lots", "--memory"),
+            (MODULE_CACHE, "0", "--module-cache"),
             (MAX_CPU_PERCENT, "0", "--max-cpu-percent"),
             (MAX_CPU_PERCENT, "101", "--max-cpu-percent"),
             (YIELD_TO_HOST_PERCENT, "0", "--yield-to-host-percent"),

@@ -13,6 +13,7 @@ use musketeer_tasks::protocol::{
     Heartbeat, HeartbeatAck, LeaseRequest, LeaseResponse, Release, ReleaseAck, ResultAck,
     ResultBatch, TaskOutcome, TaskRef,
 };
+use musketeer_tasks::wasm::ModuleId;
 use musketeer_tasks::TaskOutput;
 use sha2::{Digest, Sha256};
 
@@ -94,6 +95,10 @@ impl<A: AgentApi> AgentApi for Lying<A> {
 
     async fn release(&self, r: &Release) -> Result<ReleaseAck, ClientError> {
         self.inner.release(r).await
+    }
+
+    async fn module(&self, id: &ModuleId) -> Result<Vec<u8>, ClientError> {
+        self.inner.module(id).await
     }
 }
 

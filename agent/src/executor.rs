@@ -23,6 +23,7 @@ use musketeer_tasks::protocol::{LeasedTask, TaskOutcome, TaskRef};
 use musketeer_tasks::TaskInput;
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::modules::{ModuleCache, Modules, DEFAULT_CACHE_BYTES};
 use crate::process_pool::{PoolConfig, ProcessPool};
 
 /// Stack of a worker thread: kernels on big numbers recurse (product trees),
@@ -110,19 +111,21 @@ impl Drop for Executor {
 }
 
 impl Executor {
-    /// Starts `workers` workers, isolated as `isolation` says, that report to `done`.
+    /// Starts `workers` workers, isolated as `isolation` says, that report
+    /// to `done` and take wasm tasks' modules from `modules`.
     pub fn with_isolation(
         workers: usize,
         isolation: Isolation,
         done: UnboundedSender<Finished>,
+        modules: Arc<Modules>,
     ) -> Executor {
         match isolation {
-            Isolation::Threads(duty) => Executor::start(workers, duty, done),
+            Isolation::Threads(duty) => Executor::start_with(workers, duty, done, modules),
             Isolation::Processes(config) => {
                 let (work, queue) = mpsc::channel::<LeasedTask>();
                 let queue = Arc::new(Mutex::new(queue));
                 let config = PoolConfig { workers, ..config };
-                let pool = ProcessPool::start(config, queue, done);
+                let pool = ProcessPool::start(config, queue, done, modules);
                 Executor {
                     work: Some(work),
                     threads: workers,
@@ -138,8 +141,21 @@ impl Executor {
         self.pool.is_some()
     }
 
-    /// Starts `threads` worker threads that report to `done`.
+    /// Starts `threads` worker threads that report to `done`, with no way
+    /// to fetch modules (wasm tasks fail unless their module is cached).
     pub fn start(threads: usize, duty: DutyCycle, done: UnboundedSender<Finished>) -> Executor {
+        let modules = Modules::new(ModuleCache::in_memory(DEFAULT_CACHE_BYTES), None);
+        Executor::start_with(threads, duty, done, Arc::new(modules))
+    }
+
+    /// Starts `threads` worker threads that report to `done` and take wasm
+    /// tasks' modules from `modules`.
+    pub fn start_with(
+        threads: usize,
+        duty: DutyCycle,
+        done: UnboundedSender<Finished>,
+        modules: Arc<Modules>,
+    ) -> Executor {
         let (work, queue) = mpsc::channel::<LeasedTask>();
         // One shared receiver: std's is single-consumer, and a task is tens
         // of milliseconds, so the lock is never contended in practice.
@@ -147,10 +163,11 @@ impl Executor {
         for i in 0..threads {
             let queue = queue.clone();
             let done = done.clone();
+            let modules = modules.clone();
             thread::Builder::new()
                 .name(format!("musketeer-worker-{i}"))
                 .stack_size(WORKER_STACK)
-                .spawn(move || worker(&queue, &done, duty))
+                .spawn(move || worker(&queue, &done, duty, &modules))
                 .expect("cannot start a worker thread");
         }
         Executor {
@@ -178,6 +195,7 @@ fn worker(
     queue: &Mutex<mpsc::Receiver<LeasedTask>>,
     done: &UnboundedSender<Finished>,
     duty: DutyCycle,
+    modules: &Modules,
 ) {
     loop {
         // The guard is dropped at the end of the statement, before the task runs.
@@ -185,7 +203,11 @@ fn worker(
         let Ok(Ok(task)) = next else { return };
         let cpu_start = cpu_time::ThreadTime::try_now().ok();
         let start = Instant::now();
-        let (kernel, outcome) = run_input(&task.input);
+        // Threads have no heap cap: a wasm task gets its own memory limit.
+        let (kernel, outcome) = match module_for(&task.input, modules) {
+            Ok(module) => run_input(&task.input, module.as_deref(), u64::MAX),
+            Err(why) => (kernel_of(&task.input), TaskOutcome::Failed(why)),
+        };
         let wall = start.elapsed();
         let cpu = cpu_start.and_then(|t| t.try_elapsed().ok()).unwrap_or(wall);
         let pause = duty.pause_after(wall);
@@ -206,16 +228,32 @@ fn worker(
     }
 }
 
-/// Decodes and runs one task input: the kernel's name (if it decoded) and
-/// the encoded output, or why there is none. A panicking kernel is a failed
-/// task, not a dead worker.
-pub fn run_input(input: &[u8]) -> (Option<&'static str>, TaskOutcome) {
+/// The module bytes an encoded task needs: `None` for a built-in kernel,
+/// or why they cannot be had (the task's failure reason).
+pub fn module_for(input: &[u8], modules: &Modules) -> Result<Option<Vec<u8>>, String> {
+    match TaskInput::module_of_encoded(input) {
+        Some(id) => modules.get(id).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Decodes and runs one task input (a wasm task with its `module`'s bytes
+/// and at most `memory_bytes` of linear memory): the kernel's name (if it
+/// decoded) and the encoded output, or why there is none. A panicking
+/// kernel is a failed task, not a dead worker.
+pub fn run_input(
+    input: &[u8],
+    module: Option<&[u8]>,
+    memory_bytes: u64,
+) -> (Option<&'static str>, TaskOutcome) {
     let task = match TaskInput::decode(input) {
         Ok(t) => t,
         Err(e) => return (None, TaskOutcome::Failed(e.to_string())),
     };
     let kernel = Some(task.kernel());
-    let outcome = match catch_unwind(AssertUnwindSafe(|| task.run())) {
+    let outcome = match catch_unwind(AssertUnwindSafe(|| {
+        task.run_with_module(module, memory_bytes)
+    })) {
         Ok(Ok(output)) => TaskOutcome::Done(output.encode()),
         Ok(Err(e)) => TaskOutcome::Failed(e.to_string()),
         Err(panic) => {
@@ -270,7 +308,7 @@ pub(crate) mod tests {
 
     #[test]
     fn inputs_run_or_fail_with_a_reason() {
-        let (kernel, outcome) = run_input(&fib_task(0, vec![10, 20]).input);
+        let (kernel, outcome) = run_input(&fib_task(0, vec![10, 20]).input, None, u64::MAX);
         assert_eq!(kernel, Some("fibonacci"));
         let TaskOutcome::Done(bytes) = outcome else {
             panic!("{outcome:?}")
@@ -280,9 +318,55 @@ pub(crate) mod tests {
         };
         assert_eq!(out.digits, "556765");
 
-        let (kernel, outcome) = run_input(&[0xff, 0xff, 0xff]);
+        let (kernel, outcome) = run_input(&[0xff, 0xff, 0xff], None, u64::MAX);
         assert_eq!(kernel, None);
         assert!(matches!(outcome, TaskOutcome::Failed(m) if m.contains("invalid task input")));
+    }
+
+    #[test]
+    fn wasm_tasks_get_their_module_or_fail_saying_why() {
+        use crate::worker::tests::{endless_module, wasm_input};
+        let primes = crate::bench::PRIMES_WASM;
+        let mut cache = ModuleCache::in_memory(1 << 20);
+        cache
+            .store(&musketeer_tasks::wasm::ModuleId::of(primes), primes)
+            .unwrap();
+        let modules = Arc::new(Modules::new(cache, None));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let pool = Executor::start_with(1, DutyCycle::new(None), tx, modules);
+        let leased = |index: u32, input: Vec<u8>| LeasedTask {
+            task: TaskRef {
+                job: "w".into(),
+                index,
+                lease: u64::from(index),
+            },
+            cost: musketeer_tasks::Cost::default(),
+            timeout_ms: None,
+            input,
+        };
+        pool.submit(leased(0, wasm_input(primes, &["2"], 1 << 30)));
+        pool.submit(leased(1, wasm_input(&endless_module(), &["0"], 1000)));
+        pool.submit(leased(2, wasm_input(primes, &["3"], 1 << 30)));
+        let mut by_index = std::collections::BTreeMap::new();
+        for _ in 0..3 {
+            let f = rx.blocking_recv().unwrap();
+            assert_eq!(f.kernel, Some("wasm"));
+            by_index.insert(f.task.index, f.outcome);
+        }
+        let output = |o: &TaskOutcome| match o {
+            TaskOutcome::Done(b) => match TaskOutput::decode(b).unwrap() {
+                TaskOutput::Wasm(w) => w.outputs,
+                other => panic!("{other:?}"),
+            },
+            TaskOutcome::Failed(why) => panic!("{why}"),
+        };
+        assert_eq!(output(&by_index[&0]), ["127"]);
+        assert!(
+            matches!(&by_index[&1], TaskOutcome::Failed(m) if m.contains("is not cached and this agent cannot fetch it")),
+            "{:?}",
+            by_index[&1]
+        );
+        assert_eq!(output(&by_index[&2]), ["120"]);
     }
 
     #[test]

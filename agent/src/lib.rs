@@ -28,6 +28,7 @@
 //! - [`executor`]: runs tasks in worker processes (or threads) and measures them.
 //! - [`process_pool`]: the worker processes, one per allowed core.
 //! - [`worker`]: a worker process's side (`musketeer __worker`).
+//! - [`modules`]: wasm tasks' modules, fetched by digest, verified, cached.
 //! - [`supervisor`]: the limits on running workers: duty cycle, stepping
 //!   aside for the host, timeouts, the memory backstop.
 //! - [`memory_cap`]: the allocator that holds a worker to its memory share.
@@ -55,6 +56,7 @@ pub mod corrupt;
 pub mod enrol;
 pub mod executor;
 pub mod memory_cap;
+pub mod modules;
 pub mod process_pool;
 pub mod procfs;
 pub mod status;
@@ -203,6 +205,11 @@ pub async fn run_until_update(
             () = updated => tracing::info!("a new release is installed: stopping work to restart on it"),
         }
     };
+    let mut tuning = config.tuning.clone();
+    tuning.module_dir = Some(config.state_dir.join(modules::CACHE_DIR));
+    if let Some(bytes) = config.limits.module_cache_bytes {
+        tuning.module_cache_bytes = bytes;
+    }
     let stats = match config.limits.corrupt_results.filter(|&f| f > 0.0) {
         Some(fraction) => {
             tracing::warn!(
@@ -210,11 +217,9 @@ pub async fn run_until_update(
                 fraction * 100.0
             );
             let liar = corrupt::Lying::new(client, enrolment.agent_id.clone(), fraction);
-            work_loop::work_linked(liar, capacity, isolation, config.tuning, link, stop).await
+            work_loop::work_linked(liar, capacity, isolation, tuning, link, stop).await
         }
-        None => {
-            work_loop::work_linked(client, capacity, isolation, config.tuning, link, stop).await
-        }
+        None => work_loop::work_linked(client, capacity, isolation, tuning, link, stop).await,
     }
     .map_err(|e| match e {
         ClientError::Unauthorized(message) => AgentError::Revoked {

@@ -190,8 +190,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench => {
             let rows = musketeer::bench::run_samples();
             print!("{}", musketeer::bench::render(&rows));
-            if rows.iter().any(Result::is_err) {
-                anyhow::bail!("some samples could not run (see above)");
+            let twin = musketeer::bench::bench_primes(
+                musketeer::bench::PRIME_BLOCKS,
+                musketeer::bench::MIN_BENCH_TIME,
+            );
+            match &twin {
+                Ok(t) => print!("{}", musketeer::bench::render_twin(t)),
+                Err(e) => println!("wasm       cannot run the interpreted kernel: {e}"),
+            }
+            if rows.iter().any(Result::is_err) || twin.is_err() {
+                anyhow::bail!("some benchmarks could not run (see above)");
             }
             Ok(())
         }

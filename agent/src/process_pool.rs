@@ -19,8 +19,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::executor::{kernel_of, Finished};
+use crate::executor::{kernel_of, module_for, Finished};
 use crate::memory_cap::EXIT_OVER_MEMORY;
+use crate::modules::Modules;
 use crate::supervisor::{self, Policy};
 use crate::worker;
 
@@ -215,10 +216,12 @@ pub struct ProcessPool {
 impl ProcessPool {
     /// Starts the slot threads and the supervisor; workers start with their
     /// first task. Tasks come from `queue`; each result goes to `done`.
+    /// wasm tasks' modules come from `modules`.
     pub fn start(
         config: PoolConfig,
         queue: Arc<Mutex<mpsc::Receiver<LeasedTask>>>,
         done: UnboundedSender<Finished>,
+        modules: Arc<Modules>,
     ) -> ProcessPool {
         let shared = Arc::new(Mutex::new(Shared {
             slots: (0..config.workers).map(|_| Slot::default()).collect(),
@@ -227,16 +230,17 @@ impl ProcessPool {
         }));
         let mut threads = Vec::new();
         for i in 0..config.workers {
-            let (shared, queue, done, exe) = (
+            let (shared, queue, done, exe, modules) = (
                 shared.clone(),
                 queue.clone(),
                 done.clone(),
                 config.exe.clone(),
+                modules.clone(),
             );
             threads.push(
                 thread::Builder::new()
                     .name(format!("musketeer-slot-{i}"))
-                    .spawn(move || slot_loop(i, &exe, &shared, &queue, &done))
+                    .spawn(move || slot_loop(i, &exe, &shared, &queue, &done, &modules))
                     .expect("cannot start a slot thread"),
             );
         }
@@ -324,12 +328,24 @@ fn slot_loop(
     shared: &Mutex<Shared>,
     queue: &Mutex<mpsc::Receiver<LeasedTask>>,
     done: &UnboundedSender<Finished>,
+    modules: &Modules,
 ) {
     let mut worker: Option<WorkerProcess> = None;
     loop {
         // The guard is dropped at the end of the statement, before the task runs.
         let next = queue.lock().map(|q| q.recv());
         let Ok(Ok(task)) = next else { break };
+        // A wasm task's module, fetched before its time starts to count.
+        let module = match module_for(&task.input, modules) {
+            Ok(m) => m,
+            Err(why) => {
+                let f = finished(&task, Instant::now(), TaskOutcome::Failed(why));
+                if done.send(f).is_err() {
+                    break;
+                }
+                continue;
+            }
+        };
         let started = Instant::now();
         let w = match worker.take() {
             Some(w) => w,
@@ -370,7 +386,7 @@ fn slot_loop(
             });
             (cap, s.memory_limit)
         };
-        let answer = worker::write_request(&mut w.stdin, cap, &task.input)
+        let answer = worker::write_request(&mut w.stdin, cap, &task.input, module.as_deref())
             .and_then(|()| worker::read_reply(&mut w.stdout));
         // Measured now, after the task: what the supervisor last sampled
         // was the task's working set, not what the worker keeps.

@@ -43,6 +43,7 @@ use tokio::time::Instant;
 
 use crate::client::{AgentApi, Backoff, ClientError, Outage};
 use crate::executor::{kernel_of, Executor, Finished, Isolation};
+use crate::modules::{Fetch, ModuleCache, Modules, FETCH_TIMEOUT};
 use crate::volunteer::Hold;
 
 /// Weight of the newest observation in the speed estimate: enough to follow
@@ -82,6 +83,10 @@ pub struct Tuning {
     pub grace: Duration,
     /// The lease time-to-live assumed until the coordinator states one.
     pub default_lease_ttl: Duration,
+    /// Where wasm tasks' modules are cached; `None` keeps them in memory.
+    pub module_dir: Option<std::path::PathBuf>,
+    /// Most bytes of modules the cache keeps.
+    pub module_cache_bytes: u64,
 }
 
 impl Default for Tuning {
@@ -94,6 +99,8 @@ impl Default for Tuning {
             max_upload_bytes: 8 << 20,
             grace: Duration::from_secs(5),
             default_lease_ttl: Duration::from_secs(30),
+            module_dir: None,
+            module_cache_bytes: crate::modules::DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -208,6 +215,34 @@ impl Default for Link {
     }
 }
 
+/// The modules of wasm tasks: cached as `tuning` says, fetched from `api`.
+/// Fetches run on this runtime; the worker threads that need a module wait
+/// for theirs.
+fn modules_for<A: AgentApi>(api: &A, tuning: &Tuning) -> Modules {
+    let cache = match &tuning.module_dir {
+        Some(dir) => ModuleCache::in_dir(dir, tuning.module_cache_bytes),
+        None => ModuleCache::in_memory(tuning.module_cache_bytes),
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let api = api.clone();
+    let fetch: Fetch = Box::new(move |id| {
+        let api = api.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        runtime.spawn(async move {
+            let _ = tx.send(api.module(&id).await);
+        });
+        match rx.recv_timeout(FETCH_TIMEOUT) {
+            Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "no answer within {}",
+                crate::process_pool::seconds(FETCH_TIMEOUT)
+            )),
+        }
+    });
+    Modules::new(cache, Some(fetch))
+}
+
 /// A network call's answer, back in the loop.
 #[derive(Debug)]
 enum Event {
@@ -261,7 +296,9 @@ pub async fn work_linked<A: AgentApi>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<WorkStats, ClientError> {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let executor = Executor::with_isolation(capacity.cpus.max(1) as usize, isolation, done_tx);
+    let modules = Arc::new(modules_for(&api, &tuning));
+    let executor =
+        Executor::with_isolation(capacity.cpus.max(1) as usize, isolation, done_tx, modules);
     let mut state = State::new(api, capacity, tuning, executor);
     state.hold_leases = link.hold_leases;
     let mut hold = link.hold;

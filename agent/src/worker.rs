@@ -11,10 +11,14 @@
 //!
 //! The agent talks to a worker over its standard input and output:
 //!
-//! - request: `cap: u64 LE`, `len: u32 LE`, then `len` bytes of an encoded
-//!   [`musketeer_tasks::TaskInput`]. The cap (live heap bytes, see
+//! - request: `cap: u64 LE`, `len: u32 LE`, `module_len: u32 LE`, then
+//!   `len` bytes of an encoded [`musketeer_tasks::TaskInput`] and
+//!   `module_len` bytes of the WebAssembly module a wasm task runs (none for
+//!   the built-in kernels). The cap (live heap bytes, see
 //!   [`crate::memory_cap`]) comes first so that it already holds while the
-//!   input itself is read.
+//!   input itself is read. A wasm task's linear memory is held below what
+//!   the cap leaves once input and module are in, so that the module traps
+//!   with a clear reason before the cap ends the worker.
 //! - reply: `len: u32 LE`, then a postcard [`WorkerReply`].
 //!
 //! A worker that exits instead of replying was killed by the agent (it
@@ -52,15 +56,36 @@ pub struct WorkerReply {
     pub process_cpu_ns: u64,
 }
 
-/// Writes one request.
-pub fn write_request(out: &mut impl Write, cap: u64, input: &[u8]) -> io::Result<()> {
-    let len = u32::try_from(input.len())
-        .ok()
-        .filter(|&l| l <= MAX_FRAME)
-        .ok_or_else(|| io::Error::new(ErrorKind::InvalidInput, "task input too large"))?;
+/// Room a wasm task needs besides its linear memory: the compiled module
+/// (a few times its size), the interpreter's value stack at its limit, and
+/// the interpreter's own state.
+fn wasm_overhead(module_len: usize) -> u64 {
+    4 * module_len as u64
+        + musketeer_tasks::wasm::limits::DEFAULT_MAX_STACK_BYTES as u64
+        + (4 << 20)
+}
+
+/// Writes one request (`module`: a wasm task's module).
+pub fn write_request(
+    out: &mut impl Write,
+    cap: u64,
+    input: &[u8],
+    module: Option<&[u8]>,
+) -> io::Result<()> {
+    let frame_len = |b: &[u8], what: &str| {
+        u32::try_from(b.len())
+            .ok()
+            .filter(|&l| l <= MAX_FRAME)
+            .ok_or_else(|| io::Error::new(ErrorKind::InvalidInput, format!("{what} too large")))
+    };
+    let len = frame_len(input, "task input")?;
+    let module = module.unwrap_or_default();
+    let module_len = frame_len(module, "module")?;
     out.write_all(&cap.to_le_bytes())?;
     out.write_all(&len.to_le_bytes())?;
+    out.write_all(&module_len.to_le_bytes())?;
     out.write_all(input)?;
+    out.write_all(module)?;
     out.flush()
 }
 
@@ -94,21 +119,27 @@ fn read_frame(input: &mut impl Read, len: u32) -> io::Result<Vec<u8>> {
 pub fn serve(mut input: impl Read, output: impl Write) -> io::Result<()> {
     let mut output = BufWriter::new(output);
     loop {
-        let mut header = [0u8; 12];
+        let mut header = [0u8; 16];
         match input.read_exact(&mut header) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e),
         }
         let cap = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
-        let len = u32::from_le_bytes(header[8..].try_into().expect("4 bytes"));
+        let len = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+        let module_len = u32::from_le_bytes(header[12..].try_into().expect("4 bytes"));
         memory_cap::set_cap(cap);
         memory_cap::reset_peak();
         let reply = {
             let task = read_frame(&mut input, len)?;
+            let module = read_frame(&mut input, module_len)?;
+            let module = (module_len > 0).then_some(&module[..]);
+            let memory = cap
+                .saturating_sub(memory_cap::live())
+                .saturating_sub(wasm_overhead(module_len as usize));
             let cpu_start = cpu_time::ProcessTime::try_now().ok();
             let start = Instant::now();
-            let (_, outcome) = run_input(&task);
+            let (_, outcome) = run_input(&task, module, memory);
             let wall = start.elapsed();
             let cpu = cpu_start
                 .and_then(|t| t.try_elapsed().ok())
@@ -142,16 +173,16 @@ pub fn main() -> io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::executor::tests::fib_task;
-    use musketeer_tasks::TaskOutput;
+    use musketeer_tasks::{TaskInput, TaskOutput};
 
     #[test]
     fn a_worker_answers_each_request_in_order() {
         let mut requests = Vec::new();
-        write_request(&mut requests, u64::MAX, &fib_task(0, vec![10]).input).unwrap();
-        write_request(&mut requests, u64::MAX, &[0xff, 0xff]).unwrap();
+        write_request(&mut requests, u64::MAX, &fib_task(0, vec![10]).input, None).unwrap();
+        write_request(&mut requests, u64::MAX, &[0xff, 0xff], None).unwrap();
         let mut replies = Vec::new();
         serve(&requests[..], &mut replies).unwrap();
 
@@ -171,16 +202,85 @@ mod tests {
         assert!(read_reply(&mut replies).unwrap().is_none(), "then the end");
     }
 
+    /// A wasm task of `items` with `fuel`, for `module`.
+    pub(crate) fn wasm_input(module: &[u8], items: &[&str], fuel: u64) -> Vec<u8> {
+        use musketeer_tasks::wasm::kernel::WasmItems;
+        use musketeer_tasks::wasm::{ModuleId, WasmTask};
+        TaskInput::Wasm(WasmTask {
+            module: ModuleId::of(module),
+            first_item: 0,
+            items: WasmItems::List(items.iter().map(|s| s.to_string()).collect()),
+            fuel,
+            memory_bytes: 64 << 20,
+            cost: musketeer_tasks::Cost::default(),
+        })
+        .encode()
+    }
+
+    /// A module whose map never returns.
+    pub(crate) fn endless_module() -> Vec<u8> {
+        wat::parse_str(
+            r#"(module (memory (export "memory") 1)
+                 (func (export "musketeer_alloc") (param i32) (result i32) (i32.const 0))
+                 (func (export "musketeer_map") (param i32 i32) (result i64)
+                   (loop $forever (br $forever)) (i64.const 0)))"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn wasm_tasks_run_with_their_module_and_a_failure_ends_only_that_task() {
+        let primes = crate::bench::PRIMES_WASM;
+        let endless = endless_module();
+        let mut requests = Vec::new();
+        let good = wasm_input(primes, &["0", "1"], 1 << 30);
+        write_request(&mut requests, u64::MAX, &good, Some(primes)).unwrap();
+        let looping = wasm_input(&endless, &["0"], 100_000);
+        write_request(&mut requests, u64::MAX, &looping, Some(&endless)).unwrap();
+        // Too little memory left by the agent for even the module's first page.
+        write_request(&mut requests, 1 << 20, &good, Some(primes)).unwrap();
+        // Without its module a wasm task cannot run.
+        write_request(&mut requests, u64::MAX, &good, None).unwrap();
+        write_request(&mut requests, u64::MAX, &good, Some(primes)).unwrap();
+        let mut replies = Vec::new();
+        serve(&requests[..], &mut replies).unwrap();
+        let mut replies = &replies[..];
+        let mut next = || read_reply(&mut replies).unwrap().unwrap().outcome;
+        let done = |o: TaskOutcome| match o {
+            TaskOutcome::Done(bytes) => match TaskOutput::decode(&bytes).unwrap() {
+                TaskOutput::Wasm(w) => w.outputs,
+                other => panic!("not a wasm output: {other:?}"),
+            },
+            TaskOutcome::Failed(why) => panic!("failed: {why}"),
+        };
+        assert_eq!(done(next()), ["168", "135"]);
+        let failed = |o: TaskOutcome| match o {
+            TaskOutcome::Failed(why) => why,
+            TaskOutcome::Done(_) => panic!("a hostile task succeeded"),
+        };
+        let why = failed(next());
+        assert!(why.starts_with("out of fuel in item 0"), "{why}");
+        let why = failed(next());
+        assert!(
+            why.contains("memory limit of 0 bytes reached in instantiation"),
+            "{why}"
+        );
+        let why = failed(next());
+        assert!(why.contains("needs the bytes of module"), "{why}");
+        assert_eq!(done(next()), ["168", "135"], "the worker goes on");
+    }
+
     #[test]
     fn a_cut_off_request_is_an_error_not_a_task() {
         let mut requests = Vec::new();
-        write_request(&mut requests, u64::MAX, &fib_task(0, vec![10]).input).unwrap();
+        write_request(&mut requests, u64::MAX, &fib_task(0, vec![10]).input, None).unwrap();
         requests.truncate(requests.len() - 1);
         assert!(serve(&requests[..], Vec::new()).is_err());
 
         let mut huge = Vec::new();
         huge.extend_from_slice(&0u64.to_le_bytes());
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        huge.extend_from_slice(&0u32.to_le_bytes());
         assert!(serve(&huge[..], Vec::new()).is_err());
     }
 }

@@ -175,7 +175,7 @@ pub async fn wait_with(
         let v = c.get_json(&format!("/v1/jobs/{id}")).await?;
         progress(&v);
         match v["state"].as_str() {
-            Some("succeeded" | "failed" | "cancelled") => return Ok(v),
+            Some("succeeded" | "failed" | "cancelled" | "expired") => return Ok(v),
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
@@ -195,6 +195,76 @@ pub async fn result_bytes(c: &ApiClient, id: &str, format: &str) -> ClientResult
         ))
         .await?;
     Ok(resp.bytes().await?.to_vec())
+}
+
+/// A module as `POST /v1/modules` answers and `GET /v1/modules` lists it.
+#[derive(Clone, Debug, serde::Deserialize, PartialEq, Eq)]
+pub struct ModuleInfo {
+    /// `sha256:<hex of the bytes>`.
+    pub id: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was uploaded (ms since the Unix epoch); absent on upload.
+    #[serde(default)]
+    pub created_ms: u64,
+    /// Whether it exports `musketeer_reduce`.
+    #[serde(default)]
+    pub has_reduce: bool,
+    /// Whether an unfinished job uses it.
+    #[serde(default)]
+    pub in_use: bool,
+}
+
+/// Uploads a WebAssembly module; returns it and whether it is new (201)
+/// rather than stored already (200).
+pub async fn push_module(c: &ApiClient, wasm: Vec<u8>) -> ClientResult<(ModuleInfo, bool)> {
+    let req = c
+        .request(Method::POST, "/v1/modules")
+        .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+        .body(wasm);
+    let resp = c.send(req).await?;
+    let new = resp.status() == StatusCode::CREATED;
+    Ok((resp.json().await?, new))
+}
+
+/// Every stored module, oldest first.
+pub async fn list_modules(c: &ApiClient) -> ClientResult<Vec<ModuleInfo>> {
+    let v = c.get_json("/v1/modules").await?;
+    serde_json::from_value(v["modules"].clone()).map_err(|e| ClientError::Answer(e.to_string()))
+}
+
+/// Deletes a module (refused with `module_in_use` while a job needs it).
+pub async fn delete_module(c: &ApiClient, id: &str) -> ClientResult<()> {
+    c.send(c.request(Method::DELETE, &format!("/v1/modules/{id}")))
+        .await?;
+    Ok(())
+}
+
+/// Submits a workflow body (`POST /v1/workflows`); returns the answer:
+/// `{"id", "steps": {name: job id}}`.
+pub async fn submit_workflow(c: &ApiClient, body: Vec<u8>) -> ClientResult<Value> {
+    let req = c
+        .request(Method::POST, "/v1/workflows")
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body);
+    Ok(c.send(req).await?.json().await?)
+}
+
+/// Waits for a workflow to finish; returns its final status.
+pub async fn wait_workflow(c: &ApiClient, id: &str) -> ClientResult<Value> {
+    loop {
+        let v = c.get_json(&format!("/v1/workflows/{id}")).await?;
+        if v["state"] != "running" {
+            return Ok(v);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Cancels every unfinished step of a workflow; returns its status after.
+pub async fn cancel_workflow(c: &ApiClient, id: &str) -> ClientResult<Value> {
+    let req = c.request(Method::DELETE, &format!("/v1/workflows/{id}"));
+    Ok(c.send(req).await?.json().await?)
 }
 
 #[cfg(test)]

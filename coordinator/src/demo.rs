@@ -35,12 +35,15 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         public_url: None,
         tls_cert: None,
         tls_key: None,
+        server_cert_lifetime: crate::pki::MAX_SERVER_CERT_LIFETIME,
         lease_ttl: Duration::from_secs(10),
         max_upload: 1 << 30,
         min_free_disk: None,
         rate_limits: Default::default(),
         release_key: None,
         redis: None,
+        // One machine, loopback only: the dashboard it prints needs no login.
+        public_dashboard: true,
     })
     .await?;
     println!(

@@ -43,6 +43,10 @@ struct ServeArgs {
     /// The private key of --tls-cert.
     #[arg(long, env = "MUSKETEER_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Seconds the self-made server certificate is valid (at most 90 days);
+    /// it is renewed, without a restart, two thirds of the way through.
+    #[arg(long, env = "MUSKETEER_SERVER_CERT_LIFETIME_S", default_value_t = 90.0 * 86400.0)]
+    server_cert_lifetime_s: f64,
     /// Seconds a lease lasts without a heartbeat before its task is offered again.
     #[arg(long, env = "MUSKETEER_LEASE_TTL", default_value_t = 30.0)]
     lease_ttl: f64,
@@ -71,7 +75,7 @@ struct ServeArgs {
     /// agents learn it at enrolment. Without it no release can be published.
     #[arg(long, env = "MUSKETEER_RELEASE_KEY", value_name = "KEY|FILE")]
     release_key: Option<String>,
-    /// Keep all state in this Redis (redis://host:port) instead of the embedded store, so that several coordinators can serve one cluster.
+    /// Keep all state in this Redis (redis://host:port) or Redis Cluster (redis+cluster://host:port[,host:port...], any of its nodes) instead of the embedded store, so that several coordinators can serve one cluster.
     #[arg(long, env = "MUSKETEER_REDIS_URL")]
     redis: Option<String>,
     /// The prefix of this cluster's keys in Redis (coordinators with the same --redis and prefix form one cluster).
@@ -82,6 +86,10 @@ struct ServeArgs {
         requires = "redis"
     )]
     redis_prefix: String,
+    /// Open a read-only dashboard to anyone who can reach the port, without
+    /// a login (the API still needs a token; actions still need the admin).
+    #[arg(long, env = "MUSKETEER_PUBLIC_DASHBOARD")]
+    public_dashboard: bool,
 }
 
 /// A `--min-free-disk` size: the size syntax of `--memory`, and 0 for "off".
@@ -134,6 +142,27 @@ enum Command {
         #[command(flatten)]
         connection: Connection,
     },
+    /// WebAssembly modules: your own kernels (push, list, rm).
+    Modules {
+        #[command(subcommand)]
+        command: cli::ModulesCommand,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Schedules: cron expressions that submit a job at each tick.
+    Schedules {
+        #[command(subcommand)]
+        command: cli::SchedulesCommand,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Workflows: graphs of jobs whose steps feed each other.
+    Workflows {
+        #[command(subcommand)]
+        command: cli::WorkflowsCommand,
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// Signed agent releases: keygen, publish, list.
     Release {
         #[command(subcommand)]
@@ -159,6 +188,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         public_url: args.public_url,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
+        server_cert_lifetime: Duration::try_from_secs_f64(args.server_cert_lifetime_s).map_err(
+            |_| anyhow::anyhow!("--server-cert-lifetime-s must be a positive number of seconds"),
+        )?,
         lease_ttl: Duration::from_secs_f64(args.lease_ttl),
         max_upload: args.max_upload_mib << 20,
         min_free_disk: args.min_free_disk,
@@ -175,6 +207,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             url,
             prefix: args.redis_prefix,
         }),
+        public_dashboard: args.public_dashboard,
     };
     let data_dir = cfg.data_dir.clone();
     let running = server::start(cfg).await?;
@@ -240,6 +273,18 @@ async fn main() -> Result<()> {
             command,
             connection,
         } => cli::jobs(&cli::connect(&connection)?, command).await,
+        Command::Modules {
+            command,
+            connection,
+        } => cli::modules::modules(&cli::connect(&connection)?, command).await,
+        Command::Schedules {
+            command,
+            connection,
+        } => cli::schedules::schedules(&cli::connect(&connection)?, command).await,
+        Command::Workflows {
+            command,
+            connection,
+        } => cli::workflows::workflows(&cli::connect(&connection)?, command).await,
         Command::Release { command } => cli::release::release(command).await,
         Command::Completions { shell } => {
             let mut cmd = Cli::command();

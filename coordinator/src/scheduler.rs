@@ -9,9 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use musketeer_tasks::protocol::{LeasedTask, TaskOutcome, TaskReport};
+use musketeer_tasks::wasm::{Limits, ReduceKind};
 use musketeer_tasks::{ReducePlan, TaskOutput};
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+pub mod matching;
+pub mod throughput;
+pub mod why;
 
 use crate::clock::{Clock, SystemClock};
 use crate::store::rules::MAX_REPORTED_CPU_MS;
@@ -31,6 +36,18 @@ const EPOCH_POLL: Duration = Duration::from_millis(50);
 
 /// How often jobs that are done but unreduced are looked for again.
 const REDUCE_SWEEP: Duration = Duration::from_secs(10);
+
+/// What a module's `musketeer_reduce` may use on the coordinator, for a
+/// whole job's reduce tree: fuel for about ten seconds of interpretation,
+/// and linear memory well below the coordinator's own (which serves every
+/// job at once). A reduce past them fails its job with the reason.
+pub fn reduce_limits() -> Limits {
+    Limits {
+        fuel: 10_000_000_000,
+        memory_bytes: 128 << 20,
+        ..Limits::default()
+    }
+}
 
 /// Counters for `/metrics`; monotonic since start.
 #[derive(Default)]
@@ -100,6 +117,10 @@ pub struct Scheduler {
     reducing: Mutex<HashSet<String>>,
     /// Metrics.
     pub counters: Counters,
+    /// Results per second over the last hour, for the dashboard.
+    pub throughput: throughput::Throughput,
+    /// Lease latency, task CPU time and job duration, for `/metrics`.
+    pub histograms: crate::metrics::Histograms,
     /// How often an empty long-poll looks again unasked, in ms: [`REPOLL`],
     /// or never (until its wait ends) when the store reports every change
     /// through [`Store::work_epoch`].
@@ -131,6 +152,8 @@ impl Scheduler {
             lease_ttl,
             reducing: Mutex::new(HashSet::new()),
             counters: Counters::default(),
+            throughput: throughput::Throughput::default(),
+            histograms: crate::metrics::Histograms::default(),
             repoll_ms: AtomicU64::new(REPOLL.as_millis() as u64),
             clock,
             stopping: std::sync::Mutex::new(HashMap::new()),
@@ -160,6 +183,19 @@ impl Scheduler {
             }
             None => false,
         }
+    }
+
+    /// Why job `id` waits, now (see [`why`]); `None` if there is no such job.
+    pub async fn why(&self, id: &str) -> StoreResult<Option<why::Why>> {
+        let now = self.now_ms();
+        let Some(job) = self.store.job(id).await? else {
+            return Ok(None);
+        };
+        let Some(backlog) = self.store.job_backlog(id, now).await? else {
+            return Ok(None);
+        };
+        let agents = self.store.list_agents().await?;
+        Ok(Some(why::explain(&job, &backlog, &agents, now)))
     }
 
     /// The scheduler's clock now, in milliseconds since the Unix epoch.
@@ -227,6 +263,7 @@ impl Scheduler {
                         tracing::error!("cannot purge the inputs of finished jobs: {e}");
                     }
                 }
+                me.sweep_expired().await;
                 match me.store.expire_leases(me.now_ms()).await {
                     Ok(0) => {}
                     Ok(n) => {
@@ -241,6 +278,28 @@ impl Scheduler {
             }
         });
         Ok(())
+    }
+
+    /// Ends the jobs whose `expires` came with tasks never leased, and
+    /// deletes the results whose TTL ran out: every tick of the lease
+    /// expiry, so either happens within a quarter of the lease TTL (at most
+    /// 5 s) of its time; the API answers `410` for an expired result from
+    /// its time on, whether or not its bytes are gone yet.
+    async fn sweep_expired(&self) {
+        let now = self.now_ms();
+        match self.store.expire_jobs(now).await {
+            Ok(ids) => {
+                for id in &ids {
+                    tracing::info!(job = %id, "job expired with tasks never leased");
+                }
+            }
+            Err(e) => tracing::error!("cannot expire jobs: {e}"),
+        }
+        match self.store.purge_expired_results(now).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(results = n, "expired results deleted"),
+            Err(e) => tracing::error!("cannot delete expired results: {e}"),
+        }
     }
 
     /// On a shared store: wakes this coordinator's long-polls whenever any
@@ -344,7 +403,13 @@ impl Scheduler {
                 return Ok(Vec::new());
             }
             query.now_ms = self.now_ms();
+            let asked = Instant::now();
             let granted = self.store.lease(query.clone()).await?;
+            if !granted.is_empty() {
+                self.histograms
+                    .lease_latency
+                    .observe(asked.elapsed().as_secs_f64());
+            }
             if !granted.is_empty() || Instant::now() >= deadline {
                 tracing::debug!(agent = %query.agent_id, tasks = granted.len(), "lease granted");
                 self.counters
@@ -365,15 +430,23 @@ impl Scheduler {
     ) -> StoreResult<CompleteOutcome> {
         // Decode outputs here, off the store's lock: one that does not decode
         // is the agent's failure, not a result.
+        let me = self.clone();
         reports = tokio::task::spawn_blocking(move || {
             for r in &mut reports {
                 // The one clamp of an agent's CPU figure: the stores take it as is.
                 r.cpu_ms = r.cpu_ms.min(MAX_REPORTED_CPU_MS);
                 if let TaskOutcome::Done(bytes) = &r.outcome {
-                    if let Err(e) = TaskOutput::decode(bytes) {
-                        r.outcome = TaskOutcome::Failed(format!(
-                            "the agent returned an output that does not decode: {e}"
-                        ));
+                    match TaskOutput::decode(bytes) {
+                        Ok(output) => me
+                            .histograms
+                            .task_cpu
+                            .of(output.kind())
+                            .observe(r.cpu_ms as f64 / 1000.0),
+                        Err(e) => {
+                            r.outcome = TaskOutcome::Failed(format!(
+                                "the agent returned an output that does not decode: {e}"
+                            ))
+                        }
                     }
                 }
             }
@@ -389,6 +462,7 @@ impl Scheduler {
         let c = &self.counters;
         c.results_accepted
             .fetch_add(outcome.accepted as u64, Ordering::Relaxed);
+        self.throughput.add(self.now_ms(), outcome.accepted as u64);
         c.results_stale
             .fetch_add(outcome.stale as u64, Ordering::Relaxed);
         c.tasks_retried
@@ -419,6 +493,14 @@ impl Scheduler {
             match result {
                 Ok(()) => {
                     me.counters.jobs_reduced.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(Some(job)) = me.store.job(&id).await {
+                        if let (Some(h), Some(end)) = (
+                            me.histograms.job_duration.named(&job.kernel),
+                            job.finished_ms,
+                        ) {
+                            h.observe(end.saturating_sub(job.created_ms) as f64 / 1000.0);
+                        }
+                    }
                     tracing::info!(job = %id, ms = started.elapsed().as_millis() as u64, "job reduced");
                 }
                 Err(e) => match me.store.job(&id).await {
@@ -438,20 +520,46 @@ impl Scheduler {
 
     async fn reduce(&self, id: &str) -> StoreResult<()> {
         let (plan, outputs) = self.store.job_outputs(id).await?;
-        let result = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-            let plan = ReducePlan::decode(&plan).map_err(|e| e.to_string())?;
+        let result = match ReducePlan::decode(&plan) {
+            Ok(plan) => self.reduce_outputs(plan, outputs).await?,
+            Err(e) => Err(e.to_string()),
+        };
+        self.store.finish_job(id, result, self.now_ms()).await
+    }
+
+    /// Reduces decoded outputs on a blocking thread (a big merge, or a
+    /// module's reduce tree, is CPU work): `Err` is why the job failed.
+    async fn reduce_outputs(
+        &self,
+        plan: ReducePlan,
+        outputs: Vec<Vec<u8>>,
+    ) -> StoreResult<Result<Vec<u8>, String>> {
+        // A module's own reduce needs its bytes, which the store keeps while
+        // the job is unfinished.
+        let module = match &plan {
+            ReducePlan::Wasm(r) if r.kind == ReduceKind::Module => {
+                let id = r.module.to_string();
+                match self.store.module_bytes(&id).await? {
+                    Some(bytes) => Some(bytes),
+                    None => return Ok(Err(format!("module {id} is no longer stored"))),
+                }
+            }
+            _ => None,
+        };
+        tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
             let outputs = outputs
                 .iter()
                 .map(|o| TaskOutput::decode(o))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string())?;
-            plan.reduce(outputs)
-                .map(|r| r.encode())
-                .map_err(|e| e.to_string())
+            let result = match &plan {
+                ReducePlan::Wasm(r) => r.reduce(outputs, module.as_deref(), &reduce_limits()),
+                plan => plan.reduce(outputs),
+            };
+            result.map(|r| r.encode()).map_err(|e| e.to_string())
         })
         .await
-        .map_err(|e| crate::store::StoreError::Worker(e.to_string()))?;
-        self.store.finish_job(id, result, self.now_ms()).await
+        .map_err(|e| crate::store::StoreError::Worker(e.to_string()))
     }
 }
 

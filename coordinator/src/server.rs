@@ -34,6 +34,9 @@ pub struct ServeConfig {
     pub tls_cert: Option<PathBuf>,
     /// Its private key.
     pub tls_key: Option<PathBuf>,
+    /// How long the self-made server certificate lives before it is
+    /// renewed (at most [`pki::MAX_SERVER_CERT_LIFETIME`]).
+    pub server_cert_lifetime: Duration,
     /// How long a lease lasts without a heartbeat.
     pub lease_ttl: Duration,
     /// Largest streamed word-count upload, in bytes.
@@ -49,12 +52,15 @@ pub struct ServeConfig {
     /// Keep all state in this Redis instead of the embedded store, shared
     /// with every coordinator configured alike.
     pub redis: Option<RedisConfig>,
+    /// `--public-dashboard`: the dashboard's reads open to anyone.
+    pub public_dashboard: bool,
 }
 
 /// Where the shared store is.
 #[derive(Clone, Debug)]
 pub struct RedisConfig {
-    /// `redis://[:password@]host:port[/db]`.
+    /// `redis://[:password@]host:port[/db]`, or a Redis Cluster:
+    /// `redis+cluster://[:password@]host:port[,host:port...]`.
     pub url: String,
     /// The prefix of every key: coordinators with the same URL and prefix
     /// form one cluster.
@@ -71,7 +77,7 @@ async fn adopt_shared_trust(dir: &std::path::Path, store: &RedisStore) -> Result
     let admin_path = dir.join(pki::ADMIN_TOKEN_FILE);
     let fresh = !ca_path.exists() && !key_path.exists() && !admin_path.exists();
     // Made (or read) as a lone coordinator would, then offered.
-    Pki::load_or_create(dir, &pki::server_names(&[]))?;
+    Pki::load_or_create(dir, &pki::server_names(&[]), pki::MAX_SERVER_CERT_LIFETIME)?;
     let admin = pki::load_or_create_admin_token(dir)?;
     let ca = std::fs::read_to_string(&ca_path)?;
     let key = std::fs::read_to_string(&key_path)?;
@@ -203,7 +209,11 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
         (Some(cert), Some(key)) => Pki::from_files(cert, key)?,
         (None, None) => {
             let extra: Vec<String> = host_of(&url).into_iter().collect();
-            Pki::load_or_create(&cfg.data_dir, &pki::server_names(&extra))?
+            Pki::load_or_create(
+                &cfg.data_dir,
+                &pki::server_names(&extra),
+                cfg.server_cert_lifetime,
+            )?
         }
         _ => anyhow::bail!("--tls-cert and --tls-key go together"),
     };
@@ -230,6 +240,8 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
     space.spawn_monitor();
     let scheduler = Scheduler::new(store.clone(), cfg.lease_ttl);
     scheduler.start().await?;
+    crate::workflows::start(&scheduler);
+    crate::schedules::start(&scheduler);
     let state = Arc::new(AppState {
         scheduler,
         admin_token_hash: secret_hash(&admin_token),
@@ -242,6 +254,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
             cfg.release_key,
         )?),
         space,
+        public_dashboard: cfg.public_dashboard,
     });
 
     // The join token a fresh coordinator prints; kept (0600) so a restart
@@ -266,6 +279,9 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
     let app = api::router(state);
     let handle = axum_server::Handle::new();
     let tls = axum_server::tls_rustls::RustlsConfig::from_config(pki.server_config.clone());
+    if let (Some(issuer), Some(not_after)) = (pki.issuer, pki.not_after) {
+        tokio::spawn(renew_server_certificate(issuer, not_after, tls.clone()));
+    }
     let server = axum_server::from_tcp_rustls(listener, tls)
         .handle(handle.clone())
         // The peer's address feeds the per-address rate limit.
@@ -280,4 +296,39 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
         handle,
         server,
     })
+}
+
+/// Renews the self-made server certificate two thirds of the way through
+/// each one's life, for as long as the coordinator runs. The new one takes
+/// over new handshakes; open connections keep theirs, so agents are never
+/// dropped. A failed renewal is retried every minute (the old certificate
+/// still has a third of its life).
+async fn renew_server_certificate(
+    issuer: pki::ServerIssuer,
+    mut not_after: std::time::SystemTime,
+    tls: axum_server::tls_rustls::RustlsConfig,
+) {
+    loop {
+        let wait = issuer
+            .renew_at(not_after)
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        tokio::time::sleep(wait).await;
+        match issuer.issue() {
+            Ok((config, until)) => {
+                tls.reload_from_config(config);
+                not_after = until;
+                tracing::info!(
+                    "server certificate renewed, valid until {}",
+                    time::OffsetDateTime::from(until)
+                );
+            }
+            Err(e) => {
+                tracing::error!(
+                    "cannot renew the server certificate (retrying in a minute): {e:#}"
+                );
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        }
+    }
 }

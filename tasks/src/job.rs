@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::registry::Kernel;
-use crate::{factorial, fibonacci, matmul, wordcount};
+use crate::{factorial, fibonacci, matmul, wasm, wordcount};
 
 /// The queue a job goes to when it names none.
 pub const DEFAULT_QUEUE: &str = "default";
@@ -94,9 +94,18 @@ pub struct JobOptions {
     /// Only agents of this CPU architecture (as Rust names it: `x86_64`,
     /// `aarch64`, `arm`, ...) lease the job's tasks.
     pub arch: Option<String>,
-    /// Fibonacci only: exactly this many indices per task instead of about
-    /// 50 ms of work each, the way Celery's `chunks` splits a list.
+    /// Fibonacci and wasm only: exactly this many items per task instead of
+    /// about 50 ms of work each, the way Celery's `chunks` splits a list.
     pub items_per_task: Option<u64>,
+    /// No task is leased until this many seconds after submission
+    /// (Celery's `countdown`).
+    pub countdown_s: Option<u64>,
+    /// No task is leased before this time, RFC 3339 (Celery's `eta`).
+    pub not_before: Option<String>,
+    /// A job with tasks never leased by this time, RFC 3339, ends `expired`.
+    pub expires: Option<String>,
+    /// The result is deleted this many seconds after the job succeeded.
+    pub result_ttl_s: Option<u64>,
 }
 
 impl Default for JobOptions {
@@ -111,12 +120,20 @@ impl Default for JobOptions {
             agent: None,
             arch: None,
             items_per_task: None,
+            countdown_s: None,
+            not_before: None,
+            expires: None,
+            result_ttl_s: None,
         }
     }
 }
 
+/// The longest delay or lifetime a job may ask for (a countdown, a result
+/// TTL): a year; longer is almost surely a unit mistake.
+pub const MAX_DELAY_S: u64 = 366 * 86_400;
+
 /// The option keys, so they can be told apart from a kernel's own fields.
-const OPTION_KEYS: [&str; 9] = [
+const OPTION_KEYS: [&str; 13] = [
     "queue",
     "priority",
     "max_attempts",
@@ -126,6 +143,10 @@ const OPTION_KEYS: [&str; 9] = [
     "agent",
     "arch",
     "items_per_task",
+    "countdown_s",
+    "not_before",
+    "expires",
+    "result_ttl_s",
 ];
 
 /// An agent id or architecture name: short, and plain enough to be a label value.
@@ -186,6 +207,21 @@ impl JobOptions {
                 ));
             }
         }
+        if self.countdown_s.is_some() && self.not_before.is_some() {
+            return bad(
+                "`countdown_s` and `not_before` both say when the job may start: give one".into(),
+            );
+        }
+        if let Some(c) = self.countdown_s {
+            if c > MAX_DELAY_S {
+                return bad(format!("`countdown_s` is {c}: use 0 to {MAX_DELAY_S}"));
+            }
+        }
+        if let Some(t) = self.result_ttl_s {
+            if t == 0 || t > MAX_DELAY_S {
+                return bad(format!("`result_ttl_s` is {t}: use 1 to {MAX_DELAY_S}"));
+            }
+        }
         if self.items_per_task == Some(0) {
             return bad(
                 "`items_per_task` is 0: use 1 or more, or leave it out to size tasks by work"
@@ -221,12 +257,22 @@ pub enum JobSpec {
     Matmul(matmul::MatmulJob),
     /// Word frequencies of a text, mapped over chunks and merged.
     Wordcount(wordcount::WordcountJob),
+    /// An uploaded WebAssembly module mapped over items.
+    Wasm(wasm::WasmJob),
 }
 
 impl JobSpec {
     /// The kernel's name as the API spells it.
     pub fn kernel(&self) -> &'static str {
         self.kind().name()
+    }
+
+    /// The module a wasm job runs (which must be stored before it is accepted).
+    pub fn module(&self) -> Option<wasm::ModuleId> {
+        match self {
+            JobSpec::Wasm(j) => Some(j.module),
+            _ => None,
+        }
     }
 }
 
@@ -264,9 +310,10 @@ pub fn parse_job(body: &[u8]) -> Result<(JobSpec, JobOptions), JobError> {
     options.validate()?;
     let spec: JobSpec = serde_json::from_value(Value::Object(fields))
         .map_err(|e| JobError::Invalid(format!("{kernel}: {e}")))?;
-    if options.items_per_task.is_some() && !matches!(spec, JobSpec::Fibonacci(_)) {
+    if options.items_per_task.is_some() && !matches!(spec, JobSpec::Fibonacci(_) | JobSpec::Wasm(_))
+    {
         return Err(JobError::Invalid(format!(
-            "`items_per_task` applies to fibonacci jobs only; {kernel} sizes its tasks by work: leave it out"
+            "`items_per_task` applies to fibonacci and wasm jobs only; {kernel} sizes its tasks by work: leave it out"
         )));
     }
     Ok((spec, options))
@@ -276,7 +323,20 @@ impl JobSpec {
     /// Plans the job as [`JobSpec::plan`] does, honouring the options that
     /// shape tasks (`items_per_task`), within [`MAX_TASKS_PER_JOB`].
     pub fn plan_with(&self, options: &JobOptions) -> Result<crate::kernel::JobPlan, JobError> {
+        self.plan_measured(options, None)
+    }
+
+    /// Plans as [`JobSpec::plan_with`] does; a wasm job without
+    /// `items_per_task` gets tasks of about [`crate::kernel::TARGET_TASK_WORK`]
+    /// when `fuel_per_item`, a measured cost of its module's items (from
+    /// earlier runs), is known.
+    pub fn plan_measured(
+        &self,
+        options: &JobOptions,
+        fuel_per_item: Option<u64>,
+    ) -> Result<crate::kernel::JobPlan, JobError> {
         match (self, options.items_per_task) {
+            (JobSpec::Wasm(j), k) => j.plan_sized(k, fuel_per_item),
             (JobSpec::Fibonacci(j), Some(k)) => {
                 let items = j.item_count();
                 let tasks = items.div_ceil(k);
@@ -357,9 +417,29 @@ mod tests {
     }
 
     #[test]
+    fn time_options_are_checked() {
+        let (_, o) =
+            parse_job(br#"{"kernel":"factorial","n":10,"countdown_s":5,"result_ttl_s":60}"#)
+                .unwrap();
+        assert_eq!((o.countdown_s, o.result_ttl_s), (Some(5), Some(60)));
+        let e = parse_job(
+            br#"{"kernel":"factorial","n":10,"countdown_s":5,"not_before":"2026-12-01T00:00:00Z"}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("give one"), "{e}");
+        let e = parse_job(br#"{"kernel":"factorial","n":10,"result_ttl_s":0}"#).unwrap_err();
+        assert!(e.to_string().contains("result_ttl_s"), "{e}");
+        let e = parse_job(br#"{"kernel":"factorial","n":10,"countdown_s":99999999}"#).unwrap_err();
+        assert!(e.to_string().contains("countdown_s"), "{e}");
+    }
+
+    #[test]
     fn items_per_task_is_checked() {
         let e = parse_job(br#"{"kernel":"factorial","n":10,"items_per_task":2}"#).unwrap_err();
-        assert!(e.to_string().contains("fibonacci jobs only"), "{e}");
+        assert!(
+            e.to_string().contains("fibonacci and wasm jobs only"),
+            "{e}"
+        );
         let e = parse_job(br#"{"kernel":"fibonacci","n":[1],"items_per_task":0}"#).unwrap_err();
         assert!(e.to_string().contains("items_per_task"), "{e}");
         let (spec, opts) = parse_job(

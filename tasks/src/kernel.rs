@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::job::{JobError, JobSpec};
 use crate::result::JobResult;
-use crate::{factorial, fibonacci, matmul, wordcount};
+use crate::{factorial, fibonacci, matmul, wasm, wordcount};
 
 /// Work a task is expected to take, so that the coordinator can size batches
 /// and match tasks to agents that can hold them.
@@ -43,6 +43,10 @@ pub enum KernelError {
     /// The outputs cannot be reduced: missing, extra or of the wrong kernel.
     #[error("cannot reduce results: {0}")]
     Reduce(String),
+    /// An uploaded module failed the task: it trapped, ran out of fuel,
+    /// grew past its memory or returned a bad output.
+    #[error("{0}")]
+    Module(String),
 }
 
 /// One task's input, as an agent receives it.
@@ -56,6 +60,8 @@ pub enum TaskInput {
     Matmul(matmul::MatmulTask),
     /// The word counts of one chunk of text.
     Wordcount(wordcount::WordcountTask),
+    /// Consecutive items of a job, mapped by an uploaded module.
+    Wasm(wasm::WasmTask),
 }
 
 /// One task's output, as an agent returns it.
@@ -69,18 +75,65 @@ pub enum TaskOutput {
     Matmul(matmul::MatmulOutput),
     /// The chunk's counts, combined.
     Wordcount(wordcount::WordcountOutput),
+    /// The items' outputs, JSON texts in order.
+    Wasm(wasm::WasmOutput),
 }
 
 impl TaskInput {
     /// Runs the kernel. Pure and deterministic: the same input always gives
     /// the same output, which is what makes redundancy checks possible.
+    ///
+    /// A wasm task needs its module's bytes: see [`TaskInput::run_with_module`].
     pub fn run(&self) -> Result<TaskOutput, KernelError> {
+        self.run_with_module(None, u64::MAX)
+    }
+
+    /// Runs the kernel; a wasm task with `module`'s bytes, its linear memory
+    /// held to at most `memory_bytes` (what this agent can give it). A
+    /// module's failure (a trap, out of fuel, a bad output) is the task's,
+    /// with its reason.
+    pub fn run_with_module(
+        &self,
+        module: Option<&[u8]>,
+        memory_bytes: u64,
+    ) -> Result<TaskOutput, KernelError> {
         Ok(match self {
             TaskInput::Fibonacci(t) => TaskOutput::Fibonacci(t.run()?),
             TaskInput::Factorial(t) => TaskOutput::Factorial(t.run()?),
             TaskInput::Matmul(t) => TaskOutput::Matmul(t.run()?),
             TaskInput::Wordcount(t) => TaskOutput::Wordcount(t.run()?),
+            TaskInput::Wasm(t) => {
+                let bytes = module.ok_or_else(|| {
+                    KernelError::InvalidInput(format!(
+                        "a wasm task needs the bytes of module {}",
+                        t.module
+                    ))
+                })?;
+                TaskOutput::Wasm(
+                    t.run_with(bytes, &t.limits(memory_bytes))
+                        .map_err(|e| KernelError::Module(e.to_string()))?,
+                )
+            }
         })
+    }
+
+    /// The module a wasm task runs, if this is one.
+    pub fn module(&self) -> Option<wasm::ModuleId> {
+        match self {
+            TaskInput::Wasm(t) => Some(t.module),
+            _ => None,
+        }
+    }
+
+    /// The module an encoded wasm task runs, read from its first bytes
+    /// without decoding its items; `None` for other kernels.
+    pub fn module_of_encoded(bytes: &[u8]) -> Option<wasm::ModuleId> {
+        if crate::Kernel::of_encoded(bytes)? != crate::Kernel::Wasm {
+            return None;
+        }
+        postcard::take_from_bytes::<wasm::ModuleId>(&bytes[1..])
+            .ok()
+            .map(|(id, _)| id)
     }
 
     /// The estimate the planner gave this input.
@@ -90,6 +143,7 @@ impl TaskInput {
             TaskInput::Factorial(t) => t.cost(),
             TaskInput::Matmul(t) => t.cost(),
             TaskInput::Wordcount(t) => t.cost(),
+            TaskInput::Wasm(t) => t.cost(),
         }
     }
 
@@ -148,6 +202,14 @@ impl TaskOutput {
                 }
                 TaskOutput::Wordcount(w)
             }
+            TaskOutput::Wasm(mut w) => {
+                // A JSON value still, but not the module's.
+                match w.outputs.first_mut() {
+                    Some(o) => *o = format!("[{o},1]"),
+                    None => w.outputs.push("1".into()),
+                }
+                TaskOutput::Wasm(w)
+            }
         }
     }
 
@@ -174,6 +236,8 @@ pub enum ReducePlan {
     Matmul(matmul::MatmulReduce),
     /// Merge the chunks' counts, then sort and cut to `top`.
     Wordcount(wordcount::WordcountReduce),
+    /// Values, an exact sum, or the module's own reduce.
+    Wasm(wasm::WasmReduce),
 }
 
 /// A job split into tasks, with the plan to reduce their outputs.
@@ -194,18 +258,44 @@ impl JobSpec {
             JobSpec::Factorial(j) => j.plan(),
             JobSpec::Matmul(j) => j.plan(),
             JobSpec::Wordcount(j) => j.plan(),
+            JobSpec::Wasm(j) => j.plan(),
         }
     }
 }
 
 impl ReducePlan {
     /// Reduces the outputs of every task of the job, given in task order.
+    ///
+    /// A wasm job reduced by its module needs the module's bytes: see
+    /// [`ReducePlan::module_needed`] and [`ReducePlan::reduce_with_module`].
     pub fn reduce(&self, outputs: Vec<TaskOutput>) -> Result<JobResult, KernelError> {
+        self.reduce_with_module(outputs, None, &wasm::Limits::default())
+    }
+
+    /// The module whose bytes [`ReducePlan::reduce_with_module`] needs: a
+    /// wasm job with `"reduce":"module"`.
+    pub fn module_needed(&self) -> Option<wasm::ModuleId> {
+        match self {
+            ReducePlan::Wasm(r) if r.kind == wasm::ReduceKind::Module => Some(r.module),
+            _ => None,
+        }
+    }
+
+    /// Reduces as [`ReducePlan::reduce`] does; a `"reduce":"module"` job
+    /// calls `musketeer_reduce` from `module`'s bytes as a tree
+    /// ([`wasm::reduce_tree`]) within `limits` (the coordinator's own).
+    pub fn reduce_with_module(
+        &self,
+        outputs: Vec<TaskOutput>,
+        module: Option<&[u8]>,
+        limits: &wasm::Limits,
+    ) -> Result<JobResult, KernelError> {
         match self {
             ReducePlan::Fibonacci(r) => r.reduce(outputs),
             ReducePlan::Factorial(r) => r.reduce(outputs),
             ReducePlan::Matmul(r) => r.reduce(outputs),
             ReducePlan::Wordcount(r) => r.reduce(outputs),
+            ReducePlan::Wasm(r) => r.reduce(outputs, module, limits),
         }
     }
 

@@ -14,6 +14,7 @@
 //! - [`result`]: an aggregated job result and its renderings (JSON, TSV, NPY).
 //! - [`protocol`]: the messages agents and the coordinator exchange.
 //! - [`token`]: the join token, which pins the coordinator's CA.
+//! - [`wasm`]: the `wasm` kernel: uploaded WebAssembly modules, sandboxed.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
@@ -28,6 +29,7 @@ pub mod result;
 pub mod samples;
 pub mod size;
 pub mod token;
+pub mod wasm;
 pub mod wordcount;
 
 pub use job::{JobError, JobOptions, JobSpec};

@@ -12,6 +12,7 @@
 //! | `POST /v1/agent/release` | [`Release`] (JSON) | [`ReleaseAck`] (JSON) |
 //! | `GET /v1/agent/update?target=T` | | [`ReleaseInfo`] (JSON; 404 `no_release`) |
 //! | `GET /v1/agent/update/{target}/{version}` | | the release's binary |
+//! | `GET /v1/agent/modules/{id}` | | a WebAssembly module's bytes (`application/wasm`; 404 `not_found`) |
 //!
 //! Every call but `enrol` carries `Authorization: Bearer <agent credential>`.
 

@@ -33,15 +33,18 @@ pub enum Kernel {
     Matmul = 2,
     /// Word frequencies.
     Wordcount = 3,
+    /// An uploaded WebAssembly module mapped over items.
+    Wasm = 4,
 }
 
 impl Kernel {
     /// Every kernel, in tag order.
-    pub const ALL: [Kernel; 4] = [
+    pub const ALL: [Kernel; 5] = [
         Kernel::Fibonacci,
         Kernel::Factorial,
         Kernel::Matmul,
         Kernel::Wordcount,
+        Kernel::Wasm,
     ];
 
     /// The name the API, the stores and the metrics use.
@@ -51,6 +54,7 @@ impl Kernel {
             Kernel::Factorial => "factorial",
             Kernel::Matmul => "matmul",
             Kernel::Wordcount => "wordcount",
+            Kernel::Wasm => "wasm",
         }
     }
 
@@ -85,7 +89,7 @@ impl Kernel {
     /// The result formats this kernel's results offer, for error messages.
     pub const fn result_formats(self) -> &'static str {
         match self {
-            Kernel::Fibonacci | Kernel::Factorial => "json",
+            Kernel::Fibonacci | Kernel::Factorial | Kernel::Wasm => "json",
             Kernel::Matmul => "json or npy",
             Kernel::Wordcount => "json or tsv",
         }
@@ -106,6 +110,7 @@ impl TaskInput {
             TaskInput::Factorial(_) => Kernel::Factorial,
             TaskInput::Matmul(_) => Kernel::Matmul,
             TaskInput::Wordcount(_) => Kernel::Wordcount,
+            TaskInput::Wasm(_) => Kernel::Wasm,
         }
     }
 }
@@ -118,6 +123,7 @@ impl TaskOutput {
             TaskOutput::Factorial(_) => Kernel::Factorial,
             TaskOutput::Matmul(_) => Kernel::Matmul,
             TaskOutput::Wordcount(_) => Kernel::Wordcount,
+            TaskOutput::Wasm(_) => Kernel::Wasm,
         }
     }
 }
@@ -130,6 +136,7 @@ impl ReducePlan {
             ReducePlan::Factorial(_) => Kernel::Factorial,
             ReducePlan::Matmul(_) => Kernel::Matmul,
             ReducePlan::Wordcount(_) => Kernel::Wordcount,
+            ReducePlan::Wasm(_) => Kernel::Wasm,
         }
     }
 }
@@ -142,6 +149,7 @@ impl JobSpec {
             JobSpec::Factorial(_) => Kernel::Factorial,
             JobSpec::Matmul(_) => Kernel::Matmul,
             JobSpec::Wordcount(_) => Kernel::Wordcount,
+            JobSpec::Wasm(_) => Kernel::Wasm,
         }
     }
 }
@@ -154,6 +162,7 @@ impl JobResult {
             JobResult::Factorial(_) => Kernel::Factorial,
             JobResult::Matmul(_) => Kernel::Matmul,
             JobResult::Wordcount(_) => Kernel::Wordcount,
+            JobResult::Wasm(_) => Kernel::Wasm,
         }
     }
 }
@@ -172,7 +181,10 @@ mod tests {
         assert_eq!(Kernel::from_name("sort"), None);
         assert_eq!(Kernel::from_tag(Kernel::ALL.len() as u8), None);
         assert_eq!(Kernel::of_encoded(&[]), None);
-        assert_eq!(Kernel::names(), "fibonacci, factorial, matmul, wordcount");
+        assert_eq!(
+            Kernel::names(),
+            "fibonacci, factorial, matmul, wordcount, wasm"
+        );
     }
 
     /// The tags are postcard's variant indices of every kernel enum: a
@@ -202,10 +214,13 @@ mod tests {
             assert_eq!(Kernel::of_encoded(&result.encode()), Some(kernel));
             seen.push(kernel);
         }
+        // A wasm job needs a module, which no sample carries: the wasm
+        // tests check its tags with a module of their own.
+        seen.push(Kernel::Wasm);
         assert_eq!(
             seen,
             Kernel::ALL,
-            "samples::sample_jobs has one job per kernel"
+            "samples::sample_jobs has one job per built-in kernel"
         );
     }
 }

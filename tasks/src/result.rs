@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{factorial, fibonacci, matmul, wordcount};
+use crate::{factorial, fibonacci, matmul, wasm, wordcount};
 
 /// A rendering that the job's kernel does not offer.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -28,6 +28,8 @@ pub enum JobResult {
     Matmul(matmul::MatmulResult),
     /// See [`wordcount::WordcountResult`].
     Wordcount(wordcount::WordcountResult),
+    /// See [`wasm::WasmResult`].
+    Wasm(wasm::WasmResult),
 }
 
 impl JobResult {
@@ -50,6 +52,7 @@ impl JobResult {
             ("json", JobResult::Factorial(r)) => r.write_json(&mut out),
             ("json", JobResult::Matmul(r)) => r.write_json(&mut out),
             ("json", JobResult::Wordcount(r)) => r.write_json(&mut out),
+            ("json", JobResult::Wasm(r)) => r.write_json(&mut out),
             ("npy", JobResult::Matmul(r)) => r.write_npy(&mut out),
             ("tsv", JobResult::Wordcount(r)) => r.write_tsv(&mut out),
             _ => {

@@ -7,6 +7,9 @@
 //! serves a certificate from a public CA the digest is the word `public`
 //! and the agent trusts the usual web roots instead.
 //!
+//! A viewer token, `MSKVWR-<secret>`, reads what the admin token reads (the
+//! API's GET routes, the dashboard) and changes nothing.
+//!
 //! An agent credential is `MSKAGT-<agent id>-<secret>`. The coordinator stores
 //! only SHA-256 hashes of secrets, and compares them in constant time.
 
@@ -16,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 const TOKEN_PREFIX: &str = "MSKTKN-1-";
 const CREDENTIAL_PREFIX: &str = "MSKAGT-";
+const VIEWER_PREFIX: &str = "MSKVWR-";
 /// The digest word of a token for a coordinator with a public certificate.
 pub const PUBLIC_CA: &str = "public";
 
@@ -31,6 +35,9 @@ pub enum TokenError {
     /// Not shaped like an agent credential.
     #[error("not an agent credential: expected MSKAGT-<agent id>-<secret>")]
     NotACredential,
+    /// Not shaped like a viewer token.
+    #[error("not a viewer token: expected MSKVWR-<secret>, as printed by `musketeer-coordinator token create --viewer`")]
+    NotAViewerToken,
 }
 
 /// Which certificate authority an agent trusts, as its token says.
@@ -125,6 +132,40 @@ impl fmt::Display for AgentCredential {
     }
 }
 
+/// A parsed viewer token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ViewerToken {
+    /// The secret; the coordinator stores its hash.
+    pub secret: String,
+}
+
+impl ViewerToken {
+    /// Parses `MSKVWR-<secret>`, ignoring surrounding white space.
+    pub fn parse(s: &str) -> Result<ViewerToken, TokenError> {
+        let secret = s
+            .trim()
+            .strip_prefix(VIEWER_PREFIX)
+            .ok_or(TokenError::NotAViewerToken)?;
+        if secret.len() < 16 || !secret.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(TokenError::NotAViewerToken);
+        }
+        Ok(ViewerToken {
+            secret: secret.to_string(),
+        })
+    }
+
+    /// The token's id as listed and revoked (see [`JoinToken::id`]).
+    pub fn id(&self) -> String {
+        token_id(&self.secret)
+    }
+}
+
+impl fmt::Display for ViewerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{VIEWER_PREFIX}{}", self.secret)
+    }
+}
+
 /// SHA-256 of a DER certificate: the pin a join token carries.
 pub fn ca_digest(der: &[u8]) -> [u8; 32] {
     Sha256::digest(der).into()
@@ -143,6 +184,21 @@ pub fn token_id(secret: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn viewer_tokens_round_trip_and_are_not_join_tokens() {
+        let v = ViewerToken {
+            secret: "abcdefghijklmnopqrstuvwxyz012345".into(),
+        };
+        assert_eq!(ViewerToken::parse(&format!(" {v}\n")).unwrap(), v);
+        assert!(JoinToken::parse(&v.to_string()).is_err());
+        assert!(AgentCredential::parse(&v.to_string()).is_err());
+        assert_eq!(
+            ViewerToken::parse("MSKVWR-short"),
+            Err(TokenError::NotAViewerToken)
+        );
+        assert_eq!(v.id().len(), 12);
+    }
 
     #[test]
     fn token_round_trips() {

@@ -12,34 +12,41 @@
 //!   on free loopback ports, and their logs for failure messages.
 //! - [`reference`]: the independent, slow references results are checked
 //!   against.
-//! - [`redis`], [`shared`], [`balancer`]: a real `redis-server`, several
-//!   coordinators sharing it, and a TCP balancer in front of them.
+//! - [`redis`], [`shared`], [`haproxy`]: a real `redis-server`, several
+//!   coordinators sharing it, and HAProxy in front of them.
+//! - [`redis_cluster`]: a real Redis Cluster (three masters, three
+//!   replicas) whose masters a test can kill.
 //! - [`sim`]: thousands of simulated agents in one process, for load.
 //! - [`procstat`]: CPU and memory of a process tree, read from `/proc`.
 //! - [`dist`], [`docker`]: the static builds of `packaging/build` and the
 //!   container tests' Docker networks and containers.
 //! - [`bench`]: what the benchmark binaries (`src/bin/`) share.
+//! - [`wasm`]: the example kernels, hand-written WAT modules, uploads.
 //! - `tests/`: one end-to-end binary per area: `kernels` (every kernel
 //!   against its reference), `bad_input` (4xx errors, nothing accepted
 //!   lost), `authz` (the route/caller matrix), `security` (CA pinning,
 //!   credentials), `redundancy` (liars outvoted), `resilience` and `soak`
-//!   (killed processes lose no work), `scaleout` (shared Redis), `limits`
+//!   (killed processes lose no work), `scaleout` (shared Redis),
+//!   `redis_cluster` (a Redis Cluster failing over mid-job), `limits`
 //!   (the agent's footprint from outside), `cli` (the admin CLI and demo),
-//!   `self_update`, `cross` and `containers` (the `dist/` builds).
+//!   `self_update`, `cross` and `containers` (the `dist/` builds), `wasm`
+//!   (your own kernels: examples, uploads, hostile modules).
 //!
 //! The API client is the `musketeer-client` crate; the coordinator crate
 //! is a dependency only for its route table (`authz`) and release signing
 //! (`self_update`).
 
-pub mod balancer;
 pub mod bench;
 pub mod dist;
 pub mod docker;
+pub mod haproxy;
 pub mod procstat;
 pub mod redis;
+pub mod redis_cluster;
 pub mod reference;
 pub mod shared;
 pub mod sim;
+pub mod wasm;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -328,6 +335,33 @@ impl Coordinator {
     /// A job's status, as `GET /v1/jobs/{id}` shows it.
     pub async fn job_status(&self, id: &str) -> Result<Value> {
         Ok(self.client().get_json(&format!("/v1/jobs/{id}")).await?)
+    }
+
+    /// Submits a workflow; returns the answer (`id`, and `steps`: each
+    /// step's job id).
+    pub async fn submit_workflow(&self, body: &Value) -> Result<Value> {
+        Ok(musketeer_client::submit_workflow(&self.client(), serde_json::to_vec(body)?).await?)
+    }
+
+    /// A workflow's status, as `GET /v1/workflows/{id}` shows it.
+    pub async fn workflow(&self, id: &str) -> Result<Value> {
+        Ok(self
+            .client()
+            .get_json(&format!("/v1/workflows/{id}"))
+            .await?)
+    }
+
+    /// Waits for a workflow to finish (up to `timeout`); returns its status.
+    pub async fn wait_workflow(&self, id: &str, timeout: Duration) -> Result<Value> {
+        let c = self.client();
+        match tokio::time::timeout(timeout, musketeer_client::wait_workflow(&c, id)).await {
+            Ok(r) => Ok(r?),
+            Err(_) => bail!(
+                "workflow {id} did not finish in {timeout:?}: {}\ncoordinator log:\n{}",
+                self.workflow(id).await.unwrap_or_default(),
+                self.log()
+            ),
+        }
     }
 
     /// Cancels a job (`DELETE /v1/jobs/{id}`); a finished job is left alone.

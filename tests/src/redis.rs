@@ -141,6 +141,32 @@ impl RedisServer {
         self.info_number("persistence", "aof_delayed_fsync")
     }
 
+    /// Runs one command whose reply is an integer (`HEXISTS`, `HSTRLEN`,
+    /// `ZCARD`, ...), to look at the store from outside the coordinators.
+    pub fn integer_command(&self, args: &[&str]) -> Result<i64> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes())?;
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 256];
+        while !raw.ends_with(b"\r\n") {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&raw);
+        text.trim_end()
+            .strip_prefix(':')
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("{args:?} answered {text:?}, not an integer"))
+    }
+
     /// One numeric field of `INFO <section>`.
     fn info_number(&self, section: &str, field: &str) -> Result<u64> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port))?;

@@ -1,4 +1,4 @@
-//! Coordinators that share one Redis, behind one balancer address, with
+//! Coordinators that share one Redis, behind one HAProxy address, with
 //! agents that know only that address.
 
 use std::time::{Duration, Instant};
@@ -7,16 +7,16 @@ use anyhow::{bail, Result};
 use musketeer_client::ApiClient;
 use serde_json::Value;
 
-use crate::balancer::Balancer;
+use crate::haproxy::Haproxy;
 use crate::redis::RedisServer;
 use crate::{Agent, Coordinator, CoordinatorOptions};
 
-/// A Redis, `n` coordinators on it, a balancer in front, and agents.
+/// A Redis, `n` coordinators on it, HAProxy in front, and agents.
 pub struct SharedCluster {
     /// The agents, in start order (dropped first: they stop before the rest).
     pub agents: Vec<Agent>,
     /// The balancer all agents and clients go through.
-    pub balancer: Balancer,
+    pub balancer: Haproxy,
     /// The coordinators, in start order; the first made the cluster's CA.
     pub coordinators: Vec<Coordinator>,
     /// The shared store.
@@ -25,7 +25,7 @@ pub struct SharedCluster {
 
 impl SharedCluster {
     /// Starts Redis, `coordinators` coordinators with `--redis` (and
-    /// `options`), the balancer, and `agents` agents with `agent_flags`;
+    /// `options`), HAProxy, and `agents` agents with `agent_flags`;
     /// returns once every agent has enrolled.
     pub async fn start(
         coordinators: usize,
@@ -39,11 +39,12 @@ impl SharedCluster {
         let coordinators = (0..coordinators)
             .map(|_| Coordinator::start(options.clone()))
             .collect::<Result<Vec<_>>>()?;
-        let balancer = Balancer::start(
-            coordinators
+        let balancer = Haproxy::start(
+            &coordinators
                 .iter()
                 .map(|c| ([127, 0, 0, 1], c.port).into())
-                .collect(),
+                .collect::<Vec<_>>(),
+            &coordinators[0].ca_pem,
         )?;
         let token = coordinators[0].join_token.clone();
         let agents = (0..agents)
@@ -134,6 +135,7 @@ impl SharedCluster {
             .iter()
             .enumerate()
             .map(|(i, c)| format!("--- coordinator {i}:\n{}", c.log()))
+            .chain([format!("--- haproxy:\n{}", self.balancer.log())])
             .collect::<Vec<_>>()
             .join("\n")
     }

@@ -11,26 +11,41 @@ use std::collections::BTreeSet;
 use musketeer_coordinator::api::{routes, Access};
 use musketeer_coordinator::releases::SigningKey;
 use musketeer_tasks::protocol::{encode, ResultBatch};
-use musketeer_tests::{capacity, Coordinator, CoordinatorOptions, ManualAgent};
+use musketeer_tests::{capacity, wasm, Coordinator, CoordinatorOptions, ManualAgent};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 /// Who may call each route, written down independently of the code.
-const MATRIX: [(&str, &str, Access); 26] = [
+const MATRIX: [(&str, &str, Access); 45] = [
     ("GET", "/", Access::Public),
+    ("GET", "/dashboard/app.js", Access::Public),
+    ("GET", "/dashboard/app.css", Access::Public),
+    ("POST", "/login", Access::Public),
+    ("POST", "/logout", Access::Public),
+    ("GET", "/dashboard/snapshot", Access::Dashboard),
+    ("GET", "/dashboard/events", Access::Dashboard),
     ("GET", "/healthz", Access::Public),
     ("GET", "/metrics", Access::Public),
     ("GET", "/v1/openapi.json", Access::Public),
     ("POST", "/v1/jobs", Access::Admin),
-    ("GET", "/v1/jobs", Access::Admin),
+    ("GET", "/v1/jobs", Access::Read),
     ("POST", "/v1/jobs/wordcount", Access::Admin),
-    ("GET", "/v1/jobs/{id}", Access::Admin),
+    ("GET", "/v1/jobs/{id}", Access::Read),
     ("DELETE", "/v1/jobs/{id}", Access::Admin),
-    ("GET", "/v1/jobs/{id}/result", Access::Admin),
+    ("GET", "/v1/jobs/{id}/result", Access::Read),
+    ("GET", "/v1/jobs/{id}/why", Access::Read),
+    ("POST", "/v1/schedules", Access::Admin),
+    ("GET", "/v1/schedules", Access::Read),
+    ("POST", "/v1/schedules/{id}/pause", Access::Admin),
+    ("POST", "/v1/schedules/{id}/resume", Access::Admin),
+    ("DELETE", "/v1/schedules/{id}", Access::Admin),
+    ("POST", "/v1/workflows", Access::Admin),
+    ("GET", "/v1/workflows/{id}", Access::Read),
+    ("DELETE", "/v1/workflows/{id}", Access::Admin),
     ("POST", "/v1/tokens", Access::Admin),
-    ("GET", "/v1/tokens", Access::Admin),
+    ("GET", "/v1/tokens", Access::Read),
     ("DELETE", "/v1/tokens/{id}", Access::Admin),
-    ("GET", "/v1/agents", Access::Admin),
+    ("GET", "/v1/agents", Access::Read),
     ("DELETE", "/v1/agents/{id}", Access::Admin),
     ("POST", "/v1/agents/{id}/drain", Access::Admin),
     ("POST", "/v1/agent/enrol", Access::JoinToken),
@@ -39,10 +54,14 @@ const MATRIX: [(&str, &str, Access); 26] = [
     ("POST", "/v1/agent/heartbeat", Access::Agent),
     ("POST", "/v1/agent/release", Access::Agent),
     ("GET", "/v1/agent/self", Access::Agent),
-    ("GET", "/v1/releases", Access::Admin),
+    ("GET", "/v1/releases", Access::Read),
     ("POST", "/v1/releases/{target}/{version}", Access::Admin),
     ("GET", "/v1/agent/update", Access::Agent),
     ("GET", "/v1/agent/update/{target}/{version}", Access::Agent),
+    ("POST", "/v1/modules", Access::Admin),
+    ("GET", "/v1/modules", Access::Read),
+    ("DELETE", "/v1/modules/{id}", Access::Admin),
+    ("GET", "/v1/agent/modules/{id}", Access::Agent),
 ];
 
 /// The target and version of the release published while setting up, and
@@ -50,6 +69,11 @@ const MATRIX: [(&str, &str, Access); 26] = [
 const TARGET: &str = "x86_64-unknown-linux-musl";
 const PUBLISHED: &str = "1.0.0";
 const NEXT: &str = "1.0.1";
+
+/// A second valid module (the echo with one more function), to delete.
+fn spare_module() -> Vec<u8> {
+    wasm::module_with(&format!("{} (func $spare)", wasm::ECHO_MAP))
+}
 
 /// The kinds of caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,9 +87,13 @@ enum Caller {
     Admin,
     /// Holds a valid join token, which only enrols.
     Join,
+    /// Holds a viewer token, which only reads.
+    Viewer,
+    /// Holds a revoked viewer token.
+    RevokedViewer,
 }
 
-const CALLERS: [Caller; 8] = [
+const CALLERS: [Caller; 10] = [
     Caller::NoToken,
     Caller::Malformed,
     Caller::UnknownToken,
@@ -74,6 +102,8 @@ const CALLERS: [Caller; 8] = [
     Caller::Agent,
     Caller::Admin,
     Caller::Join,
+    Caller::Viewer,
+    Caller::RevokedViewer,
 ];
 
 /// The secrets of one cluster, and the objects the paths name.
@@ -82,10 +112,16 @@ struct World {
     agent: ManualAgent,
     removed: ManualAgent,
     revoked_join_token: String,
+    viewer_token: String,
+    revoked_viewer_token: String,
     /// A finished job (its result exists).
     done_job: String,
     /// A queued job to cancel.
     queued_job: String,
+    /// A workflow to look at and cancel (its one step stays queued).
+    workflow: String,
+    /// A schedule to pause, resume and delete (it fires in a year).
+    schedule: String,
     /// A token to revoke.
     spare_token_id: String,
     /// Agents to drain and to remove.
@@ -93,13 +129,25 @@ struct World {
     remove_me: String,
     /// The operator's release key (kept off the coordinator, as in life).
     release_key: SigningKey,
+    /// A stored module that agents fetch, and one to delete.
+    module: String,
+    spare_module: String,
 }
 
 impl World {
     async fn new() -> World {
         let release_key = SigningKey::generate().unwrap();
         let c = Coordinator::start(CoordinatorOptions {
-            extra: vec!["--release-key".into(), release_key.public().to_hex()],
+            // Ten kinds of caller on every route make a few hundred refusals
+            // from one address in a second, past its rate limit's burst: the
+            // limit is tested on its own (`security.rs`), here it would only
+            // turn refusals into 429s.
+            extra: vec![
+                "--release-key".into(),
+                release_key.public().to_hex(),
+                "--address-requests-per-s".into(),
+                "0".into(),
+            ],
             ..CoordinatorOptions::default()
         })
         .unwrap();
@@ -136,6 +184,27 @@ impl World {
             .await
             .unwrap();
 
+        let workflow = c
+            .submit_workflow(&json!({"steps": [
+                {"name": "a", "job": {"kernel": "factorial", "n": 30, "agent": "nobody"}}
+            ]}))
+            .await
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+
+        let schedule: Value = admin
+            .send(admin.request(Method::POST, "/v1/schedules").json(&json!({
+                "cron": "0 0 1 1 *", "job": {"kernel": "factorial", "n": 10}
+            })))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let schedule = schedule["id"].as_str().unwrap().to_string();
+
         let make_token = || async {
             let v: Value = admin
                 .send(admin.request(Method::POST, "/v1/tokens"))
@@ -150,6 +219,30 @@ impl World {
             )
         };
         let (spare_token_id, _) = make_token().await;
+        let make_viewer = || async {
+            let v: Value = admin
+                .send(
+                    admin
+                        .request(Method::POST, "/v1/tokens")
+                        .json(&json!({"role": "viewer"})),
+                )
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(v["role"], "viewer", "{v}");
+            (
+                v["id"].as_str().unwrap().to_string(),
+                v["token"].as_str().unwrap().to_string(),
+            )
+        };
+        let (_, viewer_token) = make_viewer().await;
+        let (revoked_viewer_id, revoked_viewer_token) = make_viewer().await;
+        admin
+            .send(admin.request(Method::DELETE, &format!("/v1/tokens/{revoked_viewer_id}")))
+            .await
+            .unwrap();
         let (revoked_id, revoked_join_token) = make_token().await;
         admin
             .send(admin.request(Method::DELETE, &format!("/v1/tokens/{revoked_id}")))
@@ -167,14 +260,23 @@ impl World {
             )
             .await
             .unwrap();
+        // Modules to fetch and to delete.
+        let module = wasm::push(&c, wasm::echo()).await.unwrap();
+        let spare_module = wasm::push(&c, spare_module()).await.unwrap();
         World {
+            module,
+            spare_module,
             release_key,
             c,
             agent,
             removed,
             revoked_join_token,
+            viewer_token,
+            revoked_viewer_token,
             done_job,
             queued_job,
+            workflow,
+            schedule,
             spare_token_id,
             drain_me,
             remove_me,
@@ -193,6 +295,8 @@ impl World {
             Caller::Agent => Some(self.agent.credential.clone()),
             Caller::Admin => Some(self.c.admin_token.clone()),
             Caller::Join => Some(self.c.join_token.clone()),
+            Caller::Viewer => Some(self.viewer_token.clone()),
+            Caller::RevokedViewer => Some(self.revoked_viewer_token.clone()),
         }
     }
 
@@ -210,6 +314,8 @@ impl World {
             Caller::Agent => Some(self.agent.credential.clone()),
             Caller::Admin => Some(self.c.admin_token.clone()),
             Caller::Join => Some(self.c.join_token.clone()),
+            Caller::Viewer => Some(self.viewer_token.clone()),
+            Caller::RevokedViewer => Some(self.revoked_viewer_token.clone()),
         }
     }
 
@@ -217,8 +323,14 @@ impl World {
     /// missing check.
     fn path(&self, template: &str) -> String {
         match template {
-            "/v1/jobs/{id}" | "/v1/jobs/{id}/result" => template.replace("{id}", &self.done_job),
+            "/v1/jobs/{id}" | "/v1/jobs/{id}/result" | "/v1/jobs/{id}/why" => {
+                template.replace("{id}", &self.done_job)
+            }
             "/v1/tokens/{id}" => template.replace("{id}", &self.spare_token_id),
+            "/v1/workflows/{id}" => template.replace("{id}", &self.workflow),
+            "/v1/schedules/{id}" | "/v1/schedules/{id}/pause" | "/v1/schedules/{id}/resume" => {
+                template.replace("{id}", &self.schedule)
+            }
             "/v1/agents/{id}/drain" => template.replace("{id}", &self.drain_me),
             "/v1/agents/{id}" => template.replace("{id}", &self.remove_me),
             "/v1/releases/{target}/{version}" => format!("/v1/releases/{TARGET}/{NEXT}"),
@@ -226,6 +338,8 @@ impl World {
                 format!("/v1/agent/update/{TARGET}/{PUBLISHED}")
             }
             "/v1/agent/update" => format!("/v1/agent/update?target={TARGET}"),
+            "/v1/agent/modules/{id}" => template.replace("{id}", &self.module),
+            "/v1/modules/{id}" => template.replace("{id}", &self.spare_module),
             p => p.to_string(),
         }
     }
@@ -246,6 +360,17 @@ impl World {
         match (method, template) {
             ("POST", "/v1/jobs") => req.json(&json!({"kernel": "factorial", "n": 10})),
             ("POST", "/v1/jobs/wordcount") => req.body("the cat and the hat"),
+            // Whoever calls, the form holds the admin token: a login is
+            // public, and its own refusals are tested in `dashboard.rs`.
+            ("POST", "/login") => req
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("token={}", self.c.admin_token)),
+            ("POST", "/v1/schedules") => req.json(&json!({
+                "cron": "0 0 1 1 *", "job": {"kernel": "factorial", "n": 10}
+            })),
+            ("POST", "/v1/workflows") => req.json(&json!({"steps": [
+                {"name": "a", "job": {"kernel": "factorial", "n": 10}}
+            ]})),
             ("POST", "/v1/agent/enrol") => match self.join_token(caller) {
                 Some(t) => req.json(&json!({"token": t, "capacity": cap})),
                 None => req.json(&json!({"capacity": cap})),
@@ -256,6 +381,9 @@ impl World {
             ("POST", "/v1/agent/results") => req
                 .header("content-type", "application/x-musketeer-postcard")
                 .body(encode(&ResultBatch::default()).unwrap()),
+            ("POST", "/v1/modules") => req
+                .header("content-type", "application/wasm")
+                .body(wasm::echo()),
             ("POST", "/v1/agent/heartbeat") => req.json(&json!({"running": []})),
             ("POST", "/v1/agent/release") => req.json(&json!({"tasks": []})),
             ("POST", "/v1/releases/{target}/{version}") => {
@@ -275,10 +403,14 @@ fn expected(access: Access, caller: Caller) -> StatusCode {
     match (access, caller) {
         (Access::Public, _) => StatusCode::OK,
         (Access::Admin, Admin) => StatusCode::OK,
+        (Access::Read | Access::Dashboard, Admin | Viewer) => StatusCode::OK,
         // Anything shaped like an agent credential, valid or not, is told
-        // that agents have no business here.
-        (Access::Admin, UnknownAgent | Removed | Agent) => StatusCode::FORBIDDEN,
-        (Access::Admin, _) => StatusCode::UNAUTHORIZED,
+        // that agents have no business here; a viewer, that it only reads.
+        (Access::Admin | Access::Read | Access::Dashboard, UnknownAgent | Removed | Agent) => {
+            StatusCode::FORBIDDEN
+        }
+        (Access::Admin, Viewer) => StatusCode::FORBIDDEN,
+        (Access::Admin | Access::Read | Access::Dashboard, _) => StatusCode::UNAUTHORIZED,
         (Access::Agent, Agent) => StatusCode::OK,
         (Access::Agent, _) => StatusCode::UNAUTHORIZED,
         (Access::JoinToken, Join) => StatusCode::OK,
@@ -366,7 +498,8 @@ async fn every_route_against_every_caller() {
         .unwrap();
     assert_eq!(queued["state"], "queued", "{queued}");
     let jobs = admin.get_json("/v1/jobs").await.unwrap();
-    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 2, "{jobs}");
+    // The two jobs, and the workflow's one step.
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 3, "{jobs}");
     let tokens = admin.get_json("/v1/tokens").await.unwrap();
     let spare = tokens["tokens"]
         .as_array()
@@ -376,6 +509,14 @@ async fn every_route_against_every_caller() {
         .cloned()
         .unwrap();
     assert_eq!(spare["revoked"], false, "{spare}");
+    assert!(
+        !tokens["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["role"] == "viewer" && t["uses"] != 0),
+        "a viewer token enrolled an agent: {tokens}"
+    );
     let agents = w.c.agents().await.unwrap();
     // Four enrolled by hand, one removed; enrolments with bad tokens made none.
     assert_eq!(agents.len(), 4, "{agents:?}");
@@ -383,6 +524,12 @@ async fn every_route_against_every_caller() {
         let a = agents.iter().find(|a| a["id"] == id.as_str()).unwrap();
         assert_eq!(a["state"], "active", "{a}");
     }
+    let modules = musketeer_client::list_modules(&admin).await.unwrap();
+    assert_eq!(
+        modules.len(),
+        2,
+        "refused callers neither added nor deleted one: {modules:?}"
+    );
 
     // Then the callers each route is for.
     for caller in CALLERS {
@@ -393,6 +540,13 @@ async fn every_route_against_every_caller() {
             let what = format!("{method} {template} by {caller:?}");
             let resp = w.request(method, template, caller).send().await.unwrap();
             let status = resp.status();
+            if template == "/dashboard/events" {
+                // A stream that never ends: its status and type say enough.
+                assert_eq!(status, StatusCode::OK, "{what}");
+                let kind = resp.headers()["content-type"].to_str().unwrap().to_string();
+                assert!(kind.starts_with("text/event-stream"), "{what}: {kind}");
+                continue;
+            }
             let body = resp.bytes().await.unwrap();
             assert!(
                 status.is_success(),
@@ -416,8 +570,9 @@ async fn every_route_against_every_caller() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_right_caller_with_a_bad_body_gets_a_clear_4xx() {
     let w = World::new().await;
-    let bad: [(&str, &str, Caller, &[u8]); 7] = [
+    let bad: [(&str, &str, Caller, &[u8]); 8] = [
         ("POST", "/v1/jobs", Caller::Admin, b"{\"kernel\":"),
+        ("POST", "/v1/modules", Caller::Admin, b"not a module"),
         ("POST", "/v1/agent/enrol", Caller::Agent, b"[]"),
         (
             "POST",

@@ -347,16 +347,11 @@ async fn cut_off_and_oversized_uploads_leave_no_job_behind() {
         metrics.contains("musketeer_jobs{state=\"succeeded\"} 1"),
         "{metrics}"
     );
-    let page = client
-        .send(client.request(Method::GET, "/"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        page.contains("1 active agents") && page.contains("wordcount"),
-        "{page}"
+    let snapshot = client.get_json("/dashboard/snapshot").await.unwrap();
+    assert_eq!(snapshot["overview"]["agents_online"], 1, "{snapshot}");
+    assert_eq!(
+        snapshot["jobs"]["items"][0]["kernel"], "wordcount",
+        "{snapshot}"
     );
 }
 

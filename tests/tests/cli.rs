@@ -37,8 +37,31 @@ async fn admin_cli_drives_a_cluster_from_the_data_directory() {
         token.starts_with("MSKTKN-1-") && !token.contains(char::is_whitespace),
         "{token:?}"
     );
+    // `--viewer`: a viewer token, listed with its role.
+    let (ok, viewer, err) = cli(&dir, &["token", "create", "--viewer"]);
+    assert!(ok, "{err}");
+    assert!(viewer.trim().starts_with("MSKVWR-"), "{viewer:?}");
     let (ok, listed, _) = cli(&dir, &["token", "list"]);
-    assert!(ok && listed.lines().count() == 3, "{listed}");
+    assert!(ok && listed.lines().count() == 4, "{listed}");
+    assert!(listed.lines().any(|l| l.contains(" viewer ")), "{listed}");
+
+    // `jobs why` names the label no agent carries.
+    let stuck = dir.join("stuck.json");
+    std::fs::write(
+        &stuck,
+        r#"{"kernel":"factorial","n":50,"labels":{"gpu":"yes"}}"#,
+    )
+    .unwrap();
+    let (ok, stuck_id, err) = cli(&dir, &["jobs", "submit", stuck.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let (ok, why, err) = cli(&dir, &["jobs", "why", stuck_id.trim()]);
+    assert!(ok, "{err}");
+    assert!(
+        why.contains("- no active agent carries label gpu=yes"),
+        "{why}"
+    );
+    let (ok, _, err) = cli(&dir, &["jobs", "cancel", stuck_id.trim()]);
+    assert!(ok, "{err}");
 
     // Submit from a file, wait with the progress bar, fetch the result.
     let job = dir.join("job.json");

@@ -1,7 +1,8 @@
 //! The static agents of `dist/` (packaging/build): each is statically
 //! linked, and each non-x86 one runs under qemu user emulation: `info`,
 //! `bench`, and a real `join` to a coordinator of the harness that finishes
-//! a job with the right answer.
+//! a job with the right answer; and a WebAssembly module that gives
+//! byte-identical outputs on all three.
 //!
 //! Skipped when qemu or `dist/` is missing, unless MUSKETEER_REQUIRE_CROSS=1
 //! (scripts/test sets it), which makes that a failure.
@@ -128,5 +129,119 @@ fn x86_64_agent_and_coordinator_are_static() {
         let out = Command::new(&bin).arg("--version").output().unwrap();
         assert!(out.status.success());
         assert!(String::from_utf8_lossy(&out.stdout).starts_with(name));
+    }
+}
+
+/// The same module and items on x86_64, aarch64 and armv7 agents give
+/// byte-identical outputs, floats included; with `redundancy: 3` across the
+/// three every task agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasm_outputs_are_byte_identical_across_architectures() {
+    let Some(native) = dist::prerequisite(REQUIRE_CROSS, dist::dist_bin(X86_64, "musketeer"))
+    else {
+        return;
+    };
+    let Some(arm64) = emulated(AARCH64, "qemu-aarch64-static") else {
+        return;
+    };
+    let Some(arm32) = emulated(ARMV7, "qemu-arm-static") else {
+        return;
+    };
+    let coordinator = Coordinator::start(CoordinatorOptions {
+        lease_ttl: 10.0,
+        ..CoordinatorOptions::default()
+    })
+    .unwrap();
+    let flags = ["--cpus", "1", "--auto-update", "false"];
+    let launchers: Vec<Vec<OsString>> = vec![
+        vec![native.into()],
+        vec![arm64.0.into(), arm64.1.into()],
+        vec![arm32.0.into(), arm32.1.into()],
+    ];
+    let agents: Vec<Agent> = launchers
+        .iter()
+        .map(|l| Agent::join_using(l, &coordinator.url, &coordinator.join_token, &flags).unwrap())
+        .collect();
+    let logs = || {
+        agents
+            .iter()
+            .map(Agent::log)
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    let end = std::time::Instant::now() + Duration::from_secs(120);
+    while coordinator.agents().await.unwrap().len() < 3 {
+        assert!(
+            std::time::Instant::now() < end,
+            "agents did not enrol:\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let pi =
+        musketeer_tests::wasm::push(&coordinator, musketeer_tests::wasm::kernel("pi").unwrap())
+            .await
+            .unwrap();
+    let mandelbrot = musketeer_tests::wasm::push(
+        &coordinator,
+        musketeer_tests::wasm::kernel("mandelbrot").unwrap(),
+    )
+    .await
+    .unwrap();
+    let client = coordinator.client();
+    let jobs = [
+        json!({"kernel": "wasm", "module": pi, "range": {"start": 0, "end": 6}, "items_per_task": 2}),
+        json!({"kernel": "wasm", "module": mandelbrot, "range": {"start": 96, "end": 160},
+               "items_per_task": 16}),
+    ];
+    for job in jobs {
+        // One run per architecture, each pinned to its agents.
+        let mut outputs = Vec::new();
+        for arch in ["x86_64", "aarch64", "arm"] {
+            let mut body = job.clone();
+            body["arch"] = json!(arch);
+            let id = coordinator.submit(&body).await.unwrap();
+            coordinator
+                .wait(&id, JOB_TIMEOUT)
+                .await
+                .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+            let bytes = musketeer_client::result_bytes(&client, &id, "json")
+                .await
+                .unwrap();
+            outputs.push((arch, bytes));
+        }
+        for (arch, bytes) in &outputs[1..] {
+            assert!(
+                *bytes == outputs[0].1,
+                "{arch} differs from x86_64 for {job}:\n{}\n{}",
+                String::from_utf8_lossy(bytes),
+                String::from_utf8_lossy(&outputs[0].1)
+            );
+        }
+        // All three on every task: the votes agree.
+        let mut body = job.clone();
+        body["redundancy"] = json!(3);
+        let id = coordinator.submit(&body).await.unwrap();
+        let bytes = {
+            coordinator
+                .result(&id, JOB_TIMEOUT)
+                .await
+                .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+            musketeer_client::result_bytes(&client, &id, "json")
+                .await
+                .unwrap()
+        };
+        assert!(
+            bytes == outputs[0].1,
+            "the replicated run differs for {job}"
+        );
+    }
+    for a in coordinator.agents().await.unwrap() {
+        assert_eq!(a["results_invalid"], 0, "no agent was outvoted: {a}");
+        assert!(
+            a["results_valid"].as_u64().unwrap() > 0,
+            "every agent voted: {a}"
+        );
     }
 }

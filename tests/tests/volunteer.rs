@@ -147,11 +147,11 @@ async fn a_paused_agent_uses_no_cpu_keeps_its_leases_and_resume_finishes_the_job
     let c = &cluster.coordinator;
     let agent_id = agent.wait_id().unwrap();
     wait_for_status(agent).await;
-    // Many tasks, so that one is running whenever the pause comes (with two,
-    // flake-hunt saw the first finish and the pause land between them): the
-    // planner would otherwise pack these items into a couple of tasks.
+    // Tasks of a second or two each, so the one seen running is still
+    // running when the pause lands: flake-hunt saw tasks of 20 items (about
+    // 100 ms) finish in the ~100 ms that `status` and `pause` take to start.
     let (mut job, want) = fib_job(2000);
-    job["items_per_task"] = json!(20);
+    job["items_per_task"] = json!(400);
     let id = c.submit(&job).await.unwrap();
     wait_for_lease(c, &agent_id).await;
     let end = Instant::now() + Duration::from_secs(30);

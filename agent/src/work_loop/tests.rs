@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use super::*;
 use crate::executor::tests::fib_task;
 use crate::executor::DutyCycle;
+use musketeer_tasks::wasm::ModuleId;
 
 /// A coordinator in memory: hands out its tasks, records every call.
 #[derive(Clone, Default)]
@@ -26,6 +27,10 @@ struct FakeState {
     unauthorized: bool,
     ttl_ms: u64,
     drain: bool,
+    /// The modules it serves.
+    modules: Vec<Vec<u8>>,
+    /// Module downloads asked for.
+    module_fetches: u32,
 }
 
 impl Fake {
@@ -136,6 +141,20 @@ impl AgentApi for Fake {
         Ok(ReleaseAck {
             released: r.tasks.len() as u32,
         })
+    }
+
+    async fn module(&self, id: &ModuleId) -> Result<Vec<u8>, ClientError> {
+        let mut s = self.state();
+        s.module_fetches += 1;
+        s.modules
+            .iter()
+            .find(|m| ModuleId::of(m) == *id)
+            .cloned()
+            .ok_or_else(|| ClientError::Rejected {
+                status: 404,
+                code: "not_found".into(),
+                message: format!("no module {id}"),
+            })
     }
 }
 
@@ -585,4 +604,63 @@ async fn a_hold_leases_and_starts_nothing_and_gives_frozen_tasks_back_in_time() 
         state.queue.is_empty(),
         "starting again once the hold is lifted"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasm_modules_are_fetched_once_and_a_missing_one_fails_its_task() {
+    use crate::worker::tests::wasm_input;
+    let primes = crate::bench::PRIMES_WASM;
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    {
+        let mut s = fake.state();
+        s.ttl_ms = 30_000;
+        s.modules.push(primes.to_vec());
+        for i in 0..6u32 {
+            let mut t = fib_task(i, vec![1]);
+            t.input = wasm_input(primes, &["0", "1"], 1 << 30);
+            s.tasks.push_back(t);
+        }
+        let mut missing = fib_task(6, vec![1]);
+        missing.input = wasm_input(b"\0asm not served", &["0"], 1 << 30);
+        s.tasks.push_back(missing);
+    }
+    let tuning = Tuning {
+        module_dir: Some(dir.path().join("modules")),
+        ..quick()
+    };
+    let stats = run_until(&fake, 2, None, tuning, |s| {
+        s.uploads.iter().map(Vec::len).sum::<usize>() == 7
+    })
+    .await
+    .unwrap();
+    assert_eq!((stats.done, stats.failed), (6, 1));
+    let s = fake.state();
+    for r in s.uploads.iter().flatten() {
+        match &r.outcome {
+            TaskOutcome::Done(bytes) => {
+                let musketeer_tasks::TaskOutput::Wasm(w) =
+                    musketeer_tasks::TaskOutput::decode(bytes).unwrap()
+                else {
+                    panic!("not a wasm output")
+                };
+                assert_eq!(w.outputs, ["168", "135"]);
+            }
+            TaskOutcome::Failed(why) => {
+                assert_eq!(r.task.index, 6);
+                assert!(
+                    why.contains("could not fetch module") && why.contains("404"),
+                    "{why}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        s.module_fetches, 2,
+        "one download per module, the missing one included"
+    );
+    let cached = std::fs::read_dir(dir.path().join("modules"))
+        .unwrap()
+        .count();
+    assert_eq!(cached, 1, "the module is cached in the state directory");
 }

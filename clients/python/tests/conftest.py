@@ -8,7 +8,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import pytest
 
@@ -35,6 +35,37 @@ def _wait_for(path: Path, proc: subprocess.Popen, log: Path, seconds: float = 30
         time.sleep(0.02)
 
 
+def start_agent(data_dir: Path, state: Path, *extra: str) -> subprocess.Popen:
+    """An agent joined to the coordinator of `data_dir`, its state in `state`."""
+    return subprocess.Popen(
+        [
+            str(_bin("musketeer")),
+            "join",
+            (data_dir / "url").read_text().strip(),
+            "--token",
+            (data_dir / "join.token").read_text().strip(),
+            "--state-dir",
+            str(state),
+            *extra,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=(state / "agent.log").open("ab"),
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, MUSKETEER_LOG="info", MUSKETEER_YIELD_TO_HOST_PERCENT="off"),
+    )
+
+
+def stop(proc: Optional[subprocess.Popen]) -> None:
+    """Stops a process the tests started: SIGTERM, then SIGKILL after 10 s."""
+    if proc is None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A coordinator's data directory, with the coordinator and one agent running."""
@@ -51,34 +82,11 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     agent = None
     try:
         _wait_for(d / "url", coord, log)
-        state = tmp_path_factory.mktemp("agent")
-        agent_log = state / "agent.log"
-        agent = subprocess.Popen(
-            [
-                str(_bin("musketeer")),
-                "join",
-                (d / "url").read_text().strip(),
-                "--token",
-                (d / "join.token").read_text().strip(),
-                "--state-dir",
-                str(state),
-                "--cpus",
-                "2",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=agent_log.open("ab"),
-            stderr=subprocess.STDOUT,
-            env=dict(env, MUSKETEER_YIELD_TO_HOST_PERCENT="off"),
-        )
+        agent = start_agent(d, tmp_path_factory.mktemp("agent"), "--cpus", "2")
         yield d
     finally:
-        for p in (agent, coord):
-            if p is not None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop(agent)
+        stop(coord)
 
 
 @pytest.fixture()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,3 +93,37 @@ def test_a_wrong_token_is_refused(data_dir) -> None:
         with pytest.raises(MusketeerError) as e:
             c.jobs()
     assert e.value.status == 401
+
+
+KERNELS = Path(__file__).resolve().parents[3] / "examples" / "kernels" / "target" / "wasm32-unknown-unknown" / "release"
+
+
+def queens(n: int) -> int:
+    def place(row: int, cols: list) -> int:
+        if row == n:
+            return 1
+        return sum(
+            place(row + 1, cols + [c])
+            for c in range(n)
+            if all(c != rc and abs(c - rc) != row - r for r, rc in enumerate(cols))
+        )
+
+    return place(0, [])
+
+
+def test_a_wasm_module_runs_as_a_job(cluster: Cluster) -> None:
+    path = KERNELS / "nqueens.wasm"
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: scripts/test builds examples/kernels first")
+    module = cluster.push_module(path)
+    assert module.startswith("sha256:")
+    assert cluster.push_module(path.read_bytes()) == module, "content-addressed"
+    listed = {m["id"]: m for m in cluster.modules()}
+    assert listed[module]["size"] == path.stat().st_size
+    boards = [4, 5, 6, 8]
+    job = cluster.submit(kernel="wasm", module=module, items=boards)
+    assert job.result(timeout=120) == {"values": [queens(n) for n in boards]}
+    cluster.delete_module(module)
+    with pytest.raises(MusketeerError) as e:
+        cluster.submit(kernel="wasm", module=module, items=[1])
+    assert e.value.code == "unknown_module"

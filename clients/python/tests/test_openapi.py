@@ -20,8 +20,10 @@ def test_the_document_is_valid_openapi_3_1(data_dir) -> None:
     validate(doc)
     for path in ("/v1/jobs", "/v1/jobs/{id}", "/v1/jobs/{id}/result", "/v1/jobs/wordcount", "/v1/agents"):
         assert path in doc["paths"], path
-    # Admin routes say they need the bearer token; the error shape is there.
-    assert doc["paths"]["/v1/jobs"]["post"]["security"] == [{"bearer": []}]
+    # Admin routes say they need the bearer token (or a dashboard session);
+    # agent routes the bearer credential alone; the error shape is there.
+    assert doc["paths"]["/v1/jobs"]["post"]["security"] == [{"bearer": []}, {"session": []}]
+    assert doc["paths"]["/v1/agent/lease"]["post"]["security"] == [{"bearer": []}]
     assert "ErrorBody" in doc["components"]["schemas"]
 
 

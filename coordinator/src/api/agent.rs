@@ -1,6 +1,5 @@
 //! The agent protocol's endpoints (see `musketeer_tasks::protocol`).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +8,6 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use musketeer_tasks::job::{AGENT_LABEL, ARCH_LABEL, RESERVED_LABEL_PREFIX};
 use musketeer_tasks::protocol::{
     Capacity, EnrolRequest, EnrolResponse, Heartbeat, HeartbeatAck, LeaseRequest, LeaseResponse,
     Release, ReleaseAck, ResultAck, ResultBatch, UploadError, POSTCARD_CONTENT_TYPE,
@@ -67,22 +65,6 @@ fn check_capacity(c: &Capacity) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The labels an agent carries when it leases: its own, less any it
-/// claims under the reserved prefix, plus the reserved ones the
-/// coordinator vouches for (its authenticated id, its architecture), which
-/// jobs target with `agent` and `arch`.
-fn labels_of(agent_id: &str, c: &Capacity) -> BTreeMap<String, String> {
-    let mut labels: BTreeMap<String, String> = c
-        .labels
-        .iter()
-        .filter(|(k, _)| !k.starts_with(RESERVED_LABEL_PREFIX))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    labels.insert(AGENT_LABEL.to_string(), agent_id.to_string());
-    labels.insert(ARCH_LABEL.to_string(), c.arch.clone());
-    labels
-}
-
 /// `POST /v1/agent/enrol`.
 #[utoipa::path(post, path = "/v1/agent/enrol", tag = "agent protocol", request_body(content = serde_json::Value, content_type = "application/json", description = "The join token and the capacity the agent offers"), responses((status = 200, description = "The agent's id and credential", body = serde_json::Value)))]
 pub async fn enrol(
@@ -130,6 +112,9 @@ pub async fn enrol(
         Err(EnrolRefusal::RevokedToken) => Err(unauthorized(
             "this join token was revoked: ask the operator for a new one",
         )),
+        Err(EnrolRefusal::NotAJoinToken) => Err(unauthorized(
+            "this is not a join token: ask the operator for one (`musketeer-coordinator token create`)",
+        )),
     }
 }
 
@@ -146,7 +131,7 @@ pub async fn lease(
         Vec::new()
     } else {
         let query = LeaseQuery {
-            labels: labels_of(&agent.id, &req.capacity),
+            labels: crate::scheduler::matching::agent_labels(&agent.id, &req.capacity),
             agent_id: agent.id,
             queues: req.capacity.queues.clone(),
             mem_bytes: req.capacity.memory_bytes,

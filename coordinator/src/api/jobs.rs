@@ -10,13 +10,13 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
-use musketeer_tasks::job::{parse_job, JobError, JobOptions};
+use musketeer_tasks::job::{parse_job, JobError, JobOptions, JobSpec};
+use musketeer_tasks::wasm::ReduceKind;
 use musketeer_tasks::wordcount::{self, Chunker, SplitRule, WordcountOptions};
 use musketeer_tasks::JobResult;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::auth::Admin;
 use super::error::read_body;
 use super::space::{check_room, content_length};
 use super::{ApiError, AppState, MAX_JOB_BODY};
@@ -28,22 +28,65 @@ use crate::store::{JobState, JobStatus, NewJob, NewTask};
 /// soon after the upload does.
 const STREAM_CHUNK_BYTES: usize = 4 << 20;
 
-fn job_error(e: JobError) -> ApiError {
+pub(super) fn job_error(e: JobError) -> ApiError {
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
     ApiError::new(status, e.code(), e.to_string())
 }
 
-fn new_job(st: &AppState, kernel: &str, mut options: JobOptions, reduce_plan: Vec<u8>) -> NewJob {
+/// A job to store: its id, the options as the store takes them, its times.
+pub(super) fn new_job(
+    st: &AppState,
+    kernel: &str,
+    mut options: JobOptions,
+    reduce_plan: Vec<u8>,
+    module: Option<String>,
+) -> Result<NewJob, ApiError> {
+    let now = st.scheduler.now_ms();
+    let timing = crate::timing::job_timing(&options, now).map_err(job_error)?;
     // `agent` and `arch` are matched as the reserved labels every agent
     // carries (see `agent::lease`), so the store needs no rule of its own.
     options.labels = options.required_labels();
-    NewJob {
+    Ok(NewJob {
         id: uuid::Uuid::now_v7().to_string(),
         kernel: kernel.to_string(),
         options,
         reduce_plan,
-        created_ms: st.scheduler.now_ms(),
+        created_ms: now,
+        module,
+        timing,
+    })
+}
+
+/// The module a wasm job runs, checked against the store: it must be
+/// stored, and export `musketeer_reduce` if the job reduces with it. A job
+/// refused here never becomes tasks that every agent would fail.
+async fn check_module(st: &AppState, spec: &JobSpec) -> Result<Option<String>, ApiError> {
+    let JobSpec::Wasm(job) = spec else {
+        return Ok(None);
+    };
+    let id = job.module.to_string();
+    let Some(module) = st.scheduler.store.module(&id).await? else {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_module",
+            format!(
+                "no module {id} is stored: upload it first with \
+                 `musketeer-coordinator modules push FILE` (POST /v1/modules), \
+                 and give the id it prints"
+            ),
+        ));
+    };
+    if job.reduce == ReduceKind::Module && !module.has_reduce {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_job",
+            format!(
+                "module {id} does not export musketeer_reduce, which \"reduce\":\"module\" \
+                 needs: use \"values\" or \"sum\", or export one (musketeer_guest::reduce!)"
+            ),
+        ));
     }
+    Ok(Some(id))
 }
 
 fn created(id: &str, tasks: u64) -> (StatusCode, Json<serde_json::Value>) {
@@ -54,7 +97,6 @@ fn created(id: &str, tasks: u64) -> (StatusCode, Json<serde_json::Value>) {
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body(content = serde_json::Value, description = "A job body: `kernel` and its fields, and the options of every job (see the README)", content_type = "application/json"), responses((status = 201, description = "Accepted", body = super::openapi::Submitted), (status = 507, description = "Refused for lack of storage: the job would not leave the free-disk reserve (`insufficient_storage`), or the disk or Redis is full (`store_full`)", body = super::openapi::ErrorBody)))]
 pub async fn submit(
     State(st): State<Arc<AppState>>,
-    _: Admin,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
@@ -67,6 +109,7 @@ pub async fn submit(
     .await?;
     let (spec, options) = parse_job(&body).map_err(job_error)?;
     drop(body);
+    let module = check_module(&st, &spec).await?;
     let kernel = spec.kernel();
     // Planning and encoding a big job is CPU work: keep it off the I/O threads.
     let plan_options = options.clone();
@@ -86,7 +129,7 @@ pub async fn submit(
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
     .map_err(job_error)?;
-    let job = new_job(&st, kernel, options, reduce);
+    let job = new_job(&st, kernel, options, reduce, module)?;
     let id = job.id.clone();
     let total = st.scheduler.submit(job, tasks).await?;
     tracing::info!(job = %id, kernel, tasks = total, "job accepted");
@@ -180,6 +223,14 @@ pub struct StreamParams {
     agent: Option<String>,
     /// Only agents of this architecture take the tasks.
     arch: Option<String>,
+    /// No task is leased until this many seconds after submission.
+    countdown_s: Option<u64>,
+    /// No task is leased before this RFC 3339 time.
+    not_before: Option<String>,
+    /// Tasks never leased by this RFC 3339 time end the job `expired`.
+    expires: Option<String>,
+    /// The result is deleted this many seconds after the job succeeded.
+    result_ttl_s: Option<u64>,
 }
 
 /// `POST /v1/jobs/wordcount`: the raw text as the body, options as query
@@ -188,7 +239,6 @@ pub struct StreamParams {
 #[utoipa::path(post, path = "/v1/jobs/wordcount", tag = "jobs", params(StreamParams), request_body(content = String, description = "The raw text, streamed", content_type = "text/plain"), responses((status = 201, description = "Accepted", body = super::openapi::Submitted), (status = 507, description = "Refused for lack of storage: the job would not leave the free-disk reserve (`insufficient_storage`), or the disk or Redis is full (`store_full`)", body = super::openapi::ErrorBody)))]
 pub async fn submit_wordcount_stream(
     State(st): State<Arc<AppState>>,
-    _: Admin,
     params: Result<Query<StreamParams>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Body,
@@ -212,6 +262,10 @@ pub async fn submit_wordcount_stream(
         redundancy: p.redundancy.unwrap_or(d.redundancy),
         agent: p.agent,
         arch: p.arch,
+        countdown_s: p.countdown_s,
+        not_before: p.not_before,
+        expires: p.expires,
+        result_ttl_s: p.result_ttl_s,
         ..d
     };
     options.validate().map_err(job_error)?;
@@ -222,7 +276,8 @@ pub async fn submit_wordcount_stream(
         "wordcount",
         options,
         wordcount::reduce_plan(&wc).encode(),
-    );
+        None,
+    )?;
     let id = job.id.clone();
     let store = st.scheduler.store.clone();
     // Armed first: a begin cut short leaves pieces to remove too.
@@ -296,7 +351,6 @@ pub struct ListParams {
 #[utoipa::path(get, path = "/v1/jobs", operation_id = "list_jobs", tag = "jobs", params(("limit" = Option<u32>, Query, description = "At most this many jobs, newest first (default 100)")), responses((status = 200, description = "The newest jobs first", body = super::openapi::JobList)))]
 pub async fn list(
     State(st): State<Arc<AppState>>,
-    _: Admin,
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(p) = params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
@@ -320,7 +374,6 @@ async fn find(st: &AppState, id: &str) -> Result<JobStatus, ApiError> {
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "The job's id")), responses((status = 200, description = "Its state and progress", body = JobStatus)))]
 pub async fn status(
     State(st): State<Arc<AppState>>,
-    _: Admin,
     Path(id): Path<String>,
 ) -> Result<Json<JobStatus>, ApiError> {
     Ok(Json(find(&st, &id).await?))
@@ -332,7 +385,6 @@ pub async fn status(
 #[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "The job's id")), responses((status = 200, description = "Cancelled (again, if it already was)", body = JobStatus)))]
 pub async fn cancel(
     State(st): State<Arc<AppState>>,
-    _: Admin,
     Path(id): Path<String>,
 ) -> Result<Json<JobStatus>, ApiError> {
     let job = st
@@ -365,10 +417,9 @@ pub struct ResultParams {
 }
 
 /// `GET /v1/jobs/{id}/result[?format=json|tsv|npy]`.
-#[utoipa::path(get, path = "/v1/jobs/{id}/result", tag = "jobs", params(("id" = String, Path, description = "The job's id"), ("format" = Option<String>, Query, description = "`json` (default), `tsv` (word count) or `npy` (matmul)")), responses((status = 200, description = "The aggregated result", content((serde_json::Value = "application/json"), (String = "text/tab-separated-values"), (Vec<u8> = "application/octet-stream")))))]
+#[utoipa::path(get, path = "/v1/jobs/{id}/result", tag = "jobs", params(("id" = String, Path, description = "The job's id"), ("format" = Option<String>, Query, description = "`json` (default), `tsv` (word count) or `npy` (matmul)")), responses((status = 200, description = "The aggregated result", content((serde_json::Value = "application/json"), (String = "text/tab-separated-values"), (Vec<u8> = "application/octet-stream"))), (status = 410, description = "The result was deleted when its `result_ttl_s` ran out (`result_expired`)", body = super::openapi::ErrorBody)))]
 pub async fn result(
     State(st): State<Arc<AppState>>,
-    _: Admin,
     Path(id): Path<String>,
     params: Result<Query<ResultParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -377,6 +428,8 @@ pub async fn result(
     if job.state != JobState::Succeeded {
         let message = match (&job.state, &job.error) {
             (JobState::Failed, Some(e)) => format!("job {id} failed: {e}"),
+            (JobState::Expired, Some(e)) => format!("job {id} {e}"),
+            (s, _) if s.is_finished() => format!("job {id} is {}: it has no result", s.as_str()),
             (s, _) => format!(
                 "job {id} is {}: {} of {} tasks done; ask again when it has succeeded",
                 s.as_str(),
@@ -389,12 +442,26 @@ pub async fn result(
             ..ApiError::new(StatusCode::CONFLICT, "not_finished", message)
         });
     }
-    let bytes = st
-        .scheduler
-        .store
-        .job_result(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("result of job", &id))?;
+    let expired = || {
+        let at = job.result_expires_ms.map(crate::timing::rfc3339);
+        ApiError::new(
+            StatusCode::GONE,
+            "result_expired",
+            format!(
+                "the result of job {id} was deleted at {} (its `result_ttl_s` ran out): submit the job again to compute it",
+                at.unwrap_or_default()
+            ),
+        )
+    };
+    if job.result_expired(st.scheduler.now_ms()) {
+        return Err(expired());
+    }
+    let bytes = match st.scheduler.store.job_result(&id).await? {
+        Some(bytes) => bytes,
+        // Deleted between the two reads.
+        None if job.result_expires_ms.is_some() => return Err(expired()),
+        None => return Err(ApiError::not_found("result of job", &id)),
+    };
     let format = p.format.unwrap_or_else(|| "json".into());
     let rendered = tokio::task::spawn_blocking(move || {
         let result = JobResult::decode(&bytes).map_err(|e| {
@@ -412,4 +479,18 @@ pub async fn result(
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
     let (body, content_type) = rendered;
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+/// `GET /v1/jobs/{id}/why`: why a queued or running job's waiting tasks
+/// wait (see [`crate::scheduler::why`]); no reasons when nothing waits.
+#[utoipa::path(get, path = "/v1/jobs/{id}/why", tag = "jobs", params(("id" = String, Path, description = "The job's id")), responses((status = 200, description = "Why its waiting tasks wait", body = crate::scheduler::why::Why)))]
+pub async fn why(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::scheduler::why::Why>, ApiError> {
+    st.scheduler
+        .why(&id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("job", &id))
 }

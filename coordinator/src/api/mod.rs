@@ -1,5 +1,5 @@
-//! The HTTP API: `/v1/jobs` for submitters, `/v1/tokens` and `/v1/agents`
-//! for the operator, `/v1/agent/*` for agents, and `/`, `/healthz`,
+//! The HTTP API: `/v1/jobs` and `/v1/modules` for submitters, `/v1/tokens`
+//! and `/v1/agents` for the operator, `/v1/agent/*` for agents, and `/`, `/healthz`,
 //! `/metrics` for people and monitors. Every error is
 //! `{"error":{"code":..,"message":..}}`, 4xx for the caller's fault.
 
@@ -10,10 +10,15 @@ mod connection;
 mod dashboard;
 mod error;
 mod jobs;
+mod metrics;
+mod modules;
 mod openapi;
 pub mod rate_limit;
 mod releases;
+mod schedules;
+pub mod session;
 mod space;
+mod workflows;
 
 use std::sync::Arc;
 
@@ -54,6 +59,9 @@ pub struct AppState {
     pub releases: Arc<crate::releases::Releases>,
     /// Free disk, the upload reserve, and whether the store is full.
     pub space: Arc<crate::space::Space>,
+    /// `serve --public-dashboard`: the dashboard's reads are open to
+    /// anyone (the API's are not).
+    pub public_dashboard: bool,
 }
 
 /// Who may call a route: the authorisation matrix test checks each route
@@ -66,8 +74,15 @@ pub enum Access {
     JoinToken,
     /// An enrolled agent's credential.
     Agent,
-    /// The admin token.
+    /// The admin token, or an admin's dashboard session (with its CSRF
+    /// token): routes that change state.
     Admin,
+    /// The admin token or a viewer token, or a dashboard session of
+    /// either: routes that only read.
+    Read,
+    /// What `Read` allows, and anyone when the coordinator runs with
+    /// `--public-dashboard`: the dashboard's live data.
+    Dashboard,
 }
 
 /// One route of the API.
@@ -100,29 +115,74 @@ fn table() -> Vec<(Route, Handler)> {
     };
     vec![
         r("GET", "/", Public, get(dashboard::page)),
-        r("GET", "/healthz", Public, get(dashboard::healthz)),
-        r("GET", "/metrics", Public, get(dashboard::metrics)),
+        r("GET", "/dashboard/app.js", Public, get(dashboard::script)),
+        r("GET", "/dashboard/app.css", Public, get(dashboard::style)),
+        r("POST", "/login", Public, post(dashboard::login)),
+        r("POST", "/logout", Public, post(dashboard::logout)),
+        r(
+            "GET",
+            "/dashboard/snapshot",
+            Dashboard,
+            get(dashboard::snapshot),
+        ),
+        r(
+            "GET",
+            "/dashboard/events",
+            Dashboard,
+            get(dashboard::events),
+        ),
+        r("GET", "/healthz", Public, get(metrics::healthz)),
+        r("GET", "/metrics", Public, get(metrics::metrics)),
         r("GET", "/v1/openapi.json", Public, get(openapi::document)),
         r("POST", "/v1/jobs", Admin, post(jobs::submit)),
-        r("GET", "/v1/jobs", Admin, get(jobs::list)),
+        r("GET", "/v1/jobs", Read, get(jobs::list)),
         r(
             "POST",
             "/v1/jobs/wordcount",
             Admin,
             post(jobs::submit_wordcount_stream),
         ),
-        r("GET", "/v1/jobs/{id}", Admin, get(jobs::status)),
+        r("GET", "/v1/jobs/{id}", Read, get(jobs::status)),
         r("DELETE", "/v1/jobs/{id}", Admin, delete(jobs::cancel)),
-        r("GET", "/v1/jobs/{id}/result", Admin, get(jobs::result)),
+        r("GET", "/v1/jobs/{id}/result", Read, get(jobs::result)),
+        r("GET", "/v1/jobs/{id}/why", Read, get(jobs::why)),
+        r("POST", "/v1/schedules", Admin, post(schedules::create)),
+        r("GET", "/v1/schedules", Read, get(schedules::list)),
+        r(
+            "POST",
+            "/v1/schedules/{id}/pause",
+            Admin,
+            post(schedules::pause),
+        ),
+        r(
+            "POST",
+            "/v1/schedules/{id}/resume",
+            Admin,
+            post(schedules::resume),
+        ),
+        r(
+            "DELETE",
+            "/v1/schedules/{id}",
+            Admin,
+            delete(schedules::delete),
+        ),
+        r("POST", "/v1/workflows", Admin, post(workflows::submit)),
+        r("GET", "/v1/workflows/{id}", Read, get(workflows::status)),
+        r(
+            "DELETE",
+            "/v1/workflows/{id}",
+            Admin,
+            delete(workflows::cancel),
+        ),
         r("POST", "/v1/tokens", Admin, post(admin::create_token)),
-        r("GET", "/v1/tokens", Admin, get(admin::list_tokens)),
+        r("GET", "/v1/tokens", Read, get(admin::list_tokens)),
         r(
             "DELETE",
             "/v1/tokens/{id}",
             Admin,
             delete(admin::revoke_token),
         ),
-        r("GET", "/v1/agents", Admin, get(admin::list_agents)),
+        r("GET", "/v1/agents", Read, get(admin::list_agents)),
         r(
             "DELETE",
             "/v1/agents/{id}",
@@ -141,7 +201,11 @@ fn table() -> Vec<(Route, Handler)> {
         r("POST", "/v1/agent/heartbeat", Agent, post(agent::heartbeat)),
         r("POST", "/v1/agent/release", Agent, post(agent::release)),
         r("GET", "/v1/agent/self", Agent, get(agent::whoami)),
-        r("GET", "/v1/releases", Admin, get(releases::list)),
+        r("GET", "/v1/agent/modules/{id}", Agent, get(modules::fetch)),
+        r("POST", "/v1/modules", Admin, post(modules::upload)),
+        r("GET", "/v1/modules", Read, get(modules::list)),
+        r("DELETE", "/v1/modules/{id}", Admin, delete(modules::delete)),
+        r("GET", "/v1/releases", Read, get(releases::list)),
         r(
             "POST",
             "/v1/releases/{target}/{version}",
@@ -167,9 +231,20 @@ pub fn routes() -> Vec<Route> {
 pub fn router(state: Arc<AppState>) -> Router {
     table()
         .into_iter()
-        // Routes on one path with different methods merge.
+        // Routes on one path with different methods merge. Each carries
+        // the guard of its access class: who may call it is decided here,
+        // from the table, and nowhere else.
         .fold(Router::new(), |router, (route, handler)| {
-            router.route(route.path, handler)
+            let access = route.access;
+            let guard = axum::middleware::from_fn_with_state(
+                state.clone(),
+                move |st: axum::extract::State<Arc<AppState>>,
+                      req: axum::extract::Request,
+                      next: axum::middleware::Next| {
+                    auth::guard(access, st, req, next)
+                },
+            );
+            router.route(route.path, handler.route_layer(guard))
         })
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)

@@ -10,7 +10,9 @@ use std::sync::{Arc, OnceLock};
 
 use axum::Json;
 use utoipa::openapi::path::{Operation, PathItem};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+};
 use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
@@ -33,6 +35,14 @@ pub struct Submitted {
 pub struct JobList {
     /// The newest first.
     jobs: Vec<crate::store::JobStatus>,
+}
+
+/// `GET /v1/modules`' answer.
+#[derive(ToSchema)]
+#[allow(dead_code)] // only its schema is used
+pub struct ModuleList {
+    /// Oldest first.
+    modules: Vec<crate::store::ModuleRecord>,
 }
 
 /// Every error: `{"error":{"code":..,"message":..}}`, 4xx for the caller's
@@ -60,11 +70,17 @@ pub struct ErrorDetail {
 /// [`FromRouteTable`] adds.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Musketeer coordinator", description = "Jobs, agents, tokens and releases of a Musketeer cluster."),
+    info(title = "Musketeer coordinator", description = "Jobs, WebAssembly modules, agents, tokens and releases of a Musketeer cluster."),
     paths(
         super::dashboard::page,
-        super::dashboard::healthz,
-        super::dashboard::metrics,
+        super::dashboard::script,
+        super::dashboard::style,
+        super::dashboard::login,
+        super::dashboard::logout,
+        super::dashboard::snapshot,
+        super::dashboard::events,
+        super::metrics::healthz,
+        super::metrics::metrics,
         document,
         super::jobs::submit,
         super::jobs::list,
@@ -72,6 +88,15 @@ pub struct ErrorDetail {
         super::jobs::status,
         super::jobs::cancel,
         super::jobs::result,
+        super::jobs::why,
+        super::schedules::create,
+        super::schedules::list,
+        super::schedules::pause,
+        super::schedules::resume,
+        super::schedules::delete,
+        super::workflows::submit,
+        super::workflows::status,
+        super::workflows::cancel,
         super::admin::create_token,
         super::admin::list_tokens,
         super::admin::revoke_token,
@@ -88,8 +113,13 @@ pub struct ErrorDetail {
         super::releases::publish,
         super::releases::latest,
         super::releases::download,
+        super::modules::upload,
+        super::modules::list,
+        super::modules::delete,
+        super::modules::fetch,
     ),
-    components(schemas(ErrorBody, ErrorDetail, Submitted, JobList)),
+    components(schemas(ErrorBody, ErrorDetail, Submitted, JobList, ModuleList, super::modules::Uploaded)),
+    tags((name = "dashboard", description = "The web dashboard: login, the page, its live data")),
     modifiers(&FromRouteTable)
 )]
 struct ApiDoc;
@@ -101,6 +131,16 @@ struct FromRouteTable;
 
 /// The name of the bearer scheme in the document.
 const BEARER: &str = "bearer";
+/// The name of the dashboard session's cookie scheme in the document.
+const SESSION: &str = "session";
+
+/// Whether a route of `access` needs a credential.
+fn secured(access: Access) -> bool {
+    matches!(
+        access,
+        Access::Admin | Access::Agent | Access::Read | Access::Dashboard
+    )
+}
 
 impl Modify for FromRouteTable {
     fn modify(&self, doc: &mut Document) {
@@ -111,10 +151,17 @@ impl Modify for FromRouteTable {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "The admin token (data directory's admin.token), or an agent's credential on /v1/agent/*",
+                        "The admin token (data directory's admin.token); a viewer token (`token create --viewer`) on the routes that only read; an agent's credential on /v1/agent/*",
                     ))
                     .build(),
             ),
+        );
+        components.add_security_scheme(
+            SESSION,
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                super::session::COOKIE,
+                "A dashboard session from POST /login; a request that changes state must also send its CSRF token in X-CSRF-Token",
+            ))),
         );
         let error = ResponseBuilder::new()
             .description("An error: 4xx for the caller's fault, 5xx for the coordinator's")
@@ -137,9 +184,13 @@ impl Modify for FromRouteTable {
             op.responses
                 .responses
                 .insert("default".into(), error.clone().into());
-            let bearer = matches!(route.access, Access::Admin | Access::Agent);
-            op.security =
-                bearer.then(|| vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
+            op.security = secured(route.access).then(|| {
+                let mut ways = vec![SecurityRequirement::new(BEARER, Vec::<String>::new())];
+                if route.access != Access::Agent {
+                    ways.push(SecurityRequirement::new(SESSION, Vec::<String>::new()));
+                }
+                ways
+            });
         }
     }
 }
@@ -219,7 +270,7 @@ mod tests {
             let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
             assert_eq!(
                 secured,
-                matches!(route.access, Access::Admin | Access::Agent),
+                super::secured(route.access),
                 "{} {}: {op}",
                 route.method,
                 route.path

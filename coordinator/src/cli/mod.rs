@@ -1,7 +1,11 @@
-//! The admin CLI: `token`, `agents` and `jobs`, each a thin client of the API.
+//! The admin CLI: `token`, `agents`, `jobs` and `modules`, each a thin
+//! client of the API.
 
 pub mod client;
+pub mod modules;
 pub mod release;
+pub mod schedules;
+pub mod workflows;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,14 +16,21 @@ use reqwest::Method;
 use serde_json::Value;
 
 pub use client::{connect, Connection};
+pub use modules::ModulesCommand;
 pub use musketeer_client::{result_bytes, submit_json, ApiClient};
 pub use release::ReleaseCommand;
+pub use schedules::SchedulesCommand;
+pub use workflows::WorkflowsCommand;
 
 /// `token ...`
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Make a join token; prints the token alone, for `TOKEN=$(...)`.
-    Create,
+    /// Make a join token (or with --viewer a viewer token); prints the token alone, for `TOKEN=$(...)`.
+    Create {
+        /// A viewer token: reads everything the admin can (API and dashboard), changes nothing, enrols no agent.
+        #[arg(long)]
+        viewer: bool,
+    },
     /// List tokens (ids only; secrets are never shown again).
     List,
     /// Revoke a token: no agent can enrol with it any more.
@@ -50,6 +61,8 @@ pub enum AgentsCommand {
 #[derive(Debug, Subcommand)]
 pub enum JobsCommand {
     /// Submit a job body (a JSON file, or - for standard input); prints the job id.
+    /// A wasm job names its module as `modules push` printed it:
+    /// `{"kernel":"wasm","module":"sha256:...","range":{"start":0,"end":100}}`.
     Submit {
         /// The JSON job body, or with --wordcount a text file to count.
         file: PathBuf,
@@ -95,6 +108,14 @@ pub enum JobsCommand {
         /// The job's id.
         id: String,
     },
+    /// Say why a job waits: missing labels, memory, priority, backoff, no agents.
+    Why {
+        /// The job's id.
+        id: String,
+        /// Print the JSON answer instead.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn print_json(v: &Value) -> Result<()> {
@@ -114,9 +135,13 @@ fn age(now: u64, then: u64) -> String {
 /// Runs a `token` command.
 pub async fn token(c: &ApiClient, cmd: TokenCommand) -> Result<()> {
     match cmd {
-        TokenCommand::Create => {
+        TokenCommand::Create { viewer } => {
+            let role = if viewer { "viewer" } else { "join" };
             let v: Value = c
-                .send(c.request(Method::POST, "/v1/tokens"))
+                .send(
+                    c.request(Method::POST, "/v1/tokens")
+                        .json(&serde_json::json!({ "role": role })),
+                )
                 .await?
                 .json()
                 .await?;
@@ -124,7 +149,7 @@ pub async fn token(c: &ApiClient, cmd: TokenCommand) -> Result<()> {
         }
         TokenCommand::List => {
             let v = c.get_json("/v1/tokens").await?;
-            println!("{:<14} {:<8} {:>5}", "ID", "STATE", "USES");
+            println!("{:<14} {:<7} {:<8} {:>5}", "ID", "ROLE", "STATE", "USES");
             for t in v["tokens"].as_array().into_iter().flatten() {
                 let state = if t["revoked"].as_bool() == Some(true) {
                     "revoked"
@@ -132,8 +157,9 @@ pub async fn token(c: &ApiClient, cmd: TokenCommand) -> Result<()> {
                     "active"
                 };
                 println!(
-                    "{:<14} {:<8} {:>5}",
+                    "{:<14} {:<7} {:<8} {:>5}",
                     t["id"].as_str().unwrap_or("?"),
+                    t["role"].as_str().unwrap_or("join"),
                     state,
                     t["uses"]
                 );
@@ -168,7 +194,7 @@ pub async fn agents(c: &ApiClient, cmd: AgentsCommand) -> Result<()> {
 
 /// How a column's cells line up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Align {
+pub(crate) enum Align {
     Left,
     Right,
 }
@@ -176,7 +202,7 @@ enum Align {
 /// Lays `rows` out under `columns` (header, alignment), each column as wide
 /// as its widest cell, so that long ids, hostnames or trust notes never
 /// shift the columns after them. Lines end without trailing blanks.
-fn table(columns: &[(&str, Align)], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(columns: &[(&str, Align)], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = columns.iter().map(|(h, _)| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -364,6 +390,14 @@ pub async fn jobs(c: &ApiClient, cmd: JobsCommand) -> Result<()> {
                 }
             }
         }
+        JobsCommand::Why { id, json } => {
+            let v = c.get_json(&format!("/v1/jobs/{id}/why")).await?;
+            if json {
+                print_json(&v)?;
+            } else {
+                print!("{}", why_text(&v));
+            }
+        }
         JobsCommand::Cancel { id } => print_json(
             &c.send(c.request(Method::DELETE, &format!("/v1/jobs/{id}")))
                 .await?
@@ -372,6 +406,27 @@ pub async fn jobs(c: &ApiClient, cmd: JobsCommand) -> Result<()> {
         )?,
     }
     Ok(())
+}
+
+/// `jobs why`: the job's state and counts, then one reason a line.
+fn why_text(v: &Value) -> String {
+    let mut out = format!(
+        "job {} is {}: {} tasks waiting, {} leased\n",
+        v["id"].as_str().unwrap_or("?"),
+        v["state"].as_str().unwrap_or("?"),
+        v["waiting"],
+        v["leased"]
+    );
+    let reasons = v["reasons"].as_array().cloned().unwrap_or_default();
+    if reasons.is_empty() {
+        out.push_str("nothing waits\n");
+    }
+    for r in reasons {
+        out.push_str("- ");
+        out.push_str(r["message"].as_str().unwrap_or("?"));
+        out.push('\n');
+    }
+    out
 }
 
 /// The agents list's trust column: the level, and the outvoted results
@@ -391,6 +446,23 @@ fn trust_column(agent: &serde_json::Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn why_lists_one_reason_a_line() {
+        let v = json!({"id": "j1", "state": "queued", "waiting": 3, "leased": 0,
+            "eligible_agents": 0, "reasons": [
+                {"code": "missing_label", "message": "no active agent carries label gpu=yes"},
+                {"code": "memory", "message": "needs 8 GiB, the largest active agent offers 4 GiB"}]});
+        assert_eq!(
+            why_text(&v),
+            "job j1 is queued: 3 tasks waiting, 0 leased\n\
+             - no active agent carries label gpu=yes\n\
+             - needs 8 GiB, the largest active agent offers 4 GiB\n"
+        );
+        let none =
+            json!({"id": "j2", "state": "succeeded", "waiting": 0, "leased": 0, "reasons": []});
+        assert!(why_text(&none).ends_with("nothing waits\n"));
+    }
 
     #[test]
     fn table_columns_are_as_wide_as_their_widest_cell() {

@@ -11,7 +11,7 @@ use musketeer_tasks::TaskInput;
 use super::*;
 use crate::clock::ManualClock;
 use crate::store::conformance::{enrol, query, T0};
-use crate::store::{JobState, SqliteStore};
+use crate::store::{JobState, JobTiming, SqliteStore};
 
 /// A scheduler over a fresh store, with its clock at [`T0`].
 struct Fixture {
@@ -46,6 +46,8 @@ async fn submit(s: &Arc<Scheduler>, body: &str) -> String {
         options,
         reduce_plan: plan.reduce.encode(),
         created_ms: s.now_ms(),
+        module: None,
+        timing: JobTiming::default(),
     };
     let tasks = plan
         .tasks
@@ -273,4 +275,54 @@ async fn absurd_cpu_reports_are_clamped() {
     let agents = f.scheduler.store.list_agents().await.unwrap();
     let a = agents.iter().find(|a| a.id == "a").unwrap();
     assert!(a.cpu_ms <= 2 * 7 * 24 * 3600 * 1000, "{}", a.cpu_ms);
+}
+
+/// `why` reads the job's backlog and the agents as the store has them
+/// now: a missing label, a retry's backoff, and agents gone silent.
+#[tokio::test]
+async fn why_a_job_waits_follows_the_store_and_the_clock() {
+    let f = fixture(Duration::from_secs(10)).await;
+    let s = &f.scheduler;
+    assert_eq!(s.why("no-such-job").await.unwrap(), None);
+    let gpu = submit(
+        s,
+        r#"{"kernel":"factorial","n":100,"labels":{"gpu":"yes"}}"#,
+    )
+    .await;
+    let why = s.why(&gpu).await.unwrap().unwrap();
+    assert_eq!(why.state, JobState::Queued);
+    assert!(why.waiting >= 1, "{why:?}");
+    let messages: Vec<&str> = why.reasons.iter().map(|r| r.message.as_str()).collect();
+    assert_eq!(messages, ["no active agent carries label gpu=yes"]);
+
+    // A task that failed waits out its backoff, and the why says until when.
+    let fib = submit(
+        s,
+        r#"{"kernel":"fibonacci","n":[1,2],"items_per_task":1,"priority":9}"#,
+    )
+    .await;
+    let leased = s.lease(query("a", 0, 1), Duration::ZERO).await.unwrap();
+    assert_eq!(leased[0].task.job, fib);
+    let failed = TaskReport {
+        task: leased[0].task.clone(),
+        cpu_ms: 1,
+        outcome: TaskOutcome::Failed("boom".into()),
+    };
+    s.complete("a", vec![failed]).await.unwrap();
+    let why = s.why(&fib).await.unwrap().unwrap();
+    let codes: Vec<&str> = why.reasons.iter().map(|r| r.code.as_str()).collect();
+    assert_eq!(codes, ["retry_backoff", "busy"], "{why:?}");
+    assert!(
+        why.reasons[0].message.contains("until"),
+        "{}",
+        why.reasons[0].message
+    );
+    // The label job now also stands behind the priority-9 task.
+    let why = s.why(&gpu).await.unwrap().unwrap();
+    assert_eq!(why.reasons[0].code, "missing_label", "{why:?}");
+
+    // Agents that stop calling are no longer online.
+    f.clock.advance(why::ONLINE_WINDOW_MS + 1);
+    let why = s.why(&fib).await.unwrap().unwrap();
+    assert_eq!(why.reasons[0].code, "no_agent", "{why:?}");
 }

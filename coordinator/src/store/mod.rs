@@ -6,14 +6,24 @@
 
 /// The `impl Store` of a store split by operation: every method delegates
 /// to the function of the same name in the store's `agents`, `jobs`,
-/// `leasing` or `results` module, written once for both stores. Methods
+/// `leasing`, `modules` or `results` module, written once for both stores. Methods
 /// only one store has (beyond the trait's defaults) go in the braces.
 macro_rules! store_by_operation {
     ($store:ty { $($extra:tt)* }) => {
         #[async_trait::async_trait]
         impl Store for $store {
-            async fn create_token(&self, id: &str, secret_hash: [u8; 32], now_ms: u64) -> StoreResult<()> {
-                agents::create_token(self, id, secret_hash, now_ms).await
+            async fn create_token(
+                &self,
+                id: &str,
+                secret_hash: [u8; 32],
+                role: TokenRole,
+                now_ms: u64,
+            ) -> StoreResult<()> {
+                agents::create_token(self, id, secret_hash, role, now_ms).await
+            }
+
+            async fn token_by_hash(&self, secret_hash: [u8; 32]) -> StoreResult<Option<TokenRecord>> {
+                agents::token_by_hash(self, secret_hash).await
             }
 
             async fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>> {
@@ -144,6 +154,92 @@ macro_rules! store_by_operation {
                 jobs::stats(self).await
             }
 
+            async fn put_module(&self, module: NewModule) -> StoreResult<bool> {
+                modules::put_module(self, module).await
+            }
+
+            async fn module_bytes(&self, id: &str) -> StoreResult<Option<Vec<u8>>> {
+                modules::module_bytes(self, id).await
+            }
+
+            async fn module(&self, id: &str) -> StoreResult<Option<ModuleRecord>> {
+                modules::module(self, id).await
+            }
+
+            async fn list_modules(&self) -> StoreResult<Vec<ModuleRecord>> {
+                modules::list_modules(self).await
+            }
+
+            async fn delete_module(&self, id: &str) -> StoreResult<ModuleDeletion> {
+                modules::delete_module(self, id).await
+            }
+
+            async fn job_backlog(&self, id: &str, now_ms: u64) -> StoreResult<Option<Backlog>> {
+                jobs::job_backlog(self, id, now_ms).await
+            }
+
+            async fn expire_jobs(&self, now_ms: u64) -> StoreResult<Vec<String>> {
+                expiry::expire_jobs(self, now_ms).await
+            }
+
+            async fn purge_expired_results(&self, now_ms: u64) -> StoreResult<u64> {
+                expiry::purge_expired_results(self, now_ms).await
+            }
+
+            async fn create_workflow(&self, wf: NewWorkflow) -> StoreResult<()> {
+                workflows::create_workflow(self, wf).await
+            }
+
+            async fn workflow(&self, id: &str) -> StoreResult<Option<WorkflowRecord>> {
+                workflows::workflow(self, id).await
+            }
+
+            async fn open_workflows(&self) -> StoreResult<Vec<String>> {
+                workflows::open_workflows(self).await
+            }
+
+            async fn finish_workflow(
+                &self,
+                id: &str,
+                state: WorkflowState,
+                now_ms: u64,
+            ) -> StoreResult<bool> {
+                workflows::finish_workflow(self, id, state, now_ms).await
+            }
+
+            async fn start_waiting_job(
+                &self,
+                id: &str,
+                reduce_plan: Vec<u8>,
+                tasks: Vec<NewTask>,
+            ) -> StoreResult<bool> {
+                workflows::start_waiting_job(self, id, reduce_plan, tasks).await
+            }
+
+            async fn create_schedule(&self, s: NewSchedule) -> StoreResult<()> {
+                schedules::create_schedule(self, s).await
+            }
+
+            async fn list_schedules(&self) -> StoreResult<Vec<ScheduleRecord>> {
+                schedules::list_schedules(self).await
+            }
+
+            async fn pause_schedule(&self, id: &str, paused: bool, next_run_ms: u64) -> StoreResult<bool> {
+                schedules::pause_schedule(self, id, paused, next_run_ms).await
+            }
+
+            async fn delete_schedule(&self, id: &str) -> StoreResult<bool> {
+                schedules::delete_schedule(self, id).await
+            }
+
+            async fn claim_tick(&self, tick: ScheduleTick, job: NewJob) -> StoreResult<bool> {
+                schedules::claim_tick(self, tick, job).await
+            }
+
+            async fn create_fired_job(&self, schedule: &str, job: NewJob) -> StoreResult<bool> {
+                schedules::create_fired_job(self, schedule, job).await
+            }
+
             $($extra)*
         }
     };
@@ -154,8 +250,10 @@ pub mod blobs;
 pub mod conformance;
 pub mod redis;
 pub mod rules;
+mod schedule;
 pub mod sqlite;
 pub mod validation;
+mod workflow;
 
 use std::collections::BTreeMap;
 
@@ -166,8 +264,10 @@ use serde::{Deserialize, Serialize};
 
 pub use self::redis::RedisStore;
 pub use rules::retry_backoff_ms;
+pub use schedule::{NewSchedule, ScheduleRecord, ScheduleTick, LAST_JOBS};
 pub use sqlite::SqliteStore;
 pub use validation::Trust;
+pub use workflow::{NewWorkflow, WorkflowRecord, WorkflowState, WorkflowStep};
 
 /// A failure of the store itself (not of the caller's request).
 #[derive(Debug, thiserror::Error)]
@@ -223,6 +323,11 @@ pub enum JobState {
     Failed,
     /// Cancelled by a submitter.
     Cancelled,
+    /// Its `expires` time came while tasks of it had never been leased.
+    Expired,
+    /// A workflow step's job, waiting for the steps it needs to succeed:
+    /// it has no tasks until then.
+    Waiting,
 }
 
 impl JobState {
@@ -234,6 +339,8 @@ impl JobState {
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
+            JobState::Expired => "expired",
+            JobState::Waiting => "waiting",
         }
     }
 
@@ -245,6 +352,8 @@ impl JobState {
             "succeeded" => JobState::Succeeded,
             "failed" => JobState::Failed,
             "cancelled" => JobState::Cancelled,
+            "expired" => JobState::Expired,
+            "waiting" => JobState::Waiting,
             _ => return None,
         })
     }
@@ -253,7 +362,7 @@ impl JobState {
     pub fn is_finished(self) -> bool {
         matches!(
             self,
-            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled | JobState::Expired
         )
     }
 }
@@ -271,6 +380,64 @@ pub struct NewJob {
     pub reduce_plan: Vec<u8>,
     /// When it was submitted (ms since the Unix epoch).
     pub created_ms: u64,
+    /// The WebAssembly module it runs (`sha256:<hex>`), if any: the store
+    /// keeps the module while the job is unfinished.
+    pub module: Option<String>,
+    /// When it may start, expires, and how long its result is kept.
+    pub timing: JobTiming,
+}
+
+/// A WebAssembly module about to be stored, validated already.
+#[derive(Clone, Debug)]
+pub struct NewModule {
+    /// `sha256:<hex of the bytes>`.
+    pub id: String,
+    /// The module's bytes.
+    pub bytes: Vec<u8>,
+    /// Whether it exports `musketeer_reduce`.
+    pub has_reduce: bool,
+    /// When it was uploaded (ms since the Unix epoch).
+    pub created_ms: u64,
+}
+
+/// A stored module as the API lists it (never its bytes).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct ModuleRecord {
+    /// `sha256:<hex of the bytes>`.
+    pub id: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was first uploaded (ms since the Unix epoch).
+    pub created_ms: u64,
+    /// Whether it exports `musketeer_reduce` (so `"reduce":"module"` works).
+    pub has_reduce: bool,
+    /// Whether an unfinished job uses it (then it cannot be deleted).
+    pub in_use: bool,
+}
+
+/// What [`Store::delete_module`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModuleDeletion {
+    /// The module is gone.
+    Deleted,
+    /// No module has this id.
+    NotFound,
+    /// Unfinished jobs use it (some of their ids); nothing changed.
+    InUse(Vec<String>),
+}
+
+/// A job's times, resolved from its options at submission (see
+/// [`crate::timing`]) into milliseconds since the Unix epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JobTiming {
+    /// No task is leased before this (0: at once). The one home of the
+    /// rule is each task's not-before time, which retries' backoff uses too.
+    pub not_before_ms: u64,
+    /// Tasks never leased by then are not leased at all, and the job ends
+    /// [`JobState::Expired`].
+    pub expires_ms: Option<u64>,
+    /// The result is deleted this long after the job succeeded.
+    pub result_ttl_ms: Option<u64>,
 }
 
 /// A task about to be stored.
@@ -305,6 +472,29 @@ pub struct JobStatus {
     pub started_ms: Option<u64>,
     /// When it finished.
     pub finished_ms: Option<u64>,
+    /// No task of it is leased before this (`countdown_s`, `not_before`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<u64>,
+    /// When it expires if tasks of it were never leased (`expires`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<u64>,
+    /// When its result is deleted (`result_ttl_s` after it succeeded); from
+    /// then on `GET .../result` answers `410 result_expired`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_expires_ms: Option<u64>,
+    /// The workflow whose step it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+    /// The schedule whose tick made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+}
+
+impl JobStatus {
+    /// Whether the job's result was, or is due to be, deleted by `now_ms`.
+    pub fn result_expired(&self, now_ms: u64) -> bool {
+        self.result_expires_ms.is_some_and(|at| at <= now_ms)
+    }
 }
 
 /// How far a job has come.
@@ -319,7 +509,7 @@ pub struct Progress {
 }
 
 /// What the operator allowed an agent to do.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AgentState {
     /// Leases work.
@@ -365,11 +555,13 @@ pub struct NewAgent {
 }
 
 /// An agent as the API shows it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct AgentRecord {
     /// Its id.
     pub id: String,
-    /// What it offers.
+    /// What it offers: `cpus`, `memory_bytes`, `arch`, `os`, `hostname`,
+    /// `version`, `queues`, `labels`.
+    #[schema(value_type = Object)]
     pub capacity: Capacity,
     /// What it may do.
     pub state: AgentState,
@@ -403,11 +595,45 @@ pub struct AgentAuth {
     pub state: AgentState,
 }
 
-/// A join token as listed (never its secret).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+/// What a token opens.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenRole {
+    /// A join token: enrols agents, and nothing else.
+    #[default]
+    Join,
+    /// A viewer token: reads everything the admin can, changes nothing,
+    /// enrols no agent.
+    Viewer,
+}
+
+impl TokenRole {
+    /// The name the API and the stores use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenRole::Join => "join",
+            TokenRole::Viewer => "viewer",
+        }
+    }
+
+    /// Parses [`TokenRole::as_str`]; a token stored before roles existed
+    /// (no role) is a join token.
+    pub fn parse(s: Option<&str>) -> Option<TokenRole> {
+        match s {
+            None | Some("join") => Some(TokenRole::Join),
+            Some("viewer") => Some(TokenRole::Viewer),
+            Some(_) => None,
+        }
+    }
+}
+
+/// A token as listed (never its secret).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct TokenRecord {
     /// The token's id.
     pub id: String,
+    /// What it opens.
+    pub role: TokenRole,
     /// When it was made.
     pub created_ms: u64,
     /// Whether it still enrols agents.
@@ -423,6 +649,8 @@ pub enum EnrolRefusal {
     UnknownToken,
     /// The token was revoked.
     RevokedToken,
+    /// The token is not a join token (a viewer token).
+    NotAJoinToken,
 }
 
 /// One agent's request for work, with everything matching needs.
@@ -477,19 +705,61 @@ pub struct Stats {
     pub agents: BTreeMap<String, u64>,
 }
 
+/// How many of a job's waiting tasks [`Store::job_backlog`] reads the memory
+/// estimates of: enough for any job a person looks at, bounded so that
+/// asking about a million-task job stays one cheap read.
+pub const BACKLOG_SCAN: u64 = 1000;
+
+/// What a job has waiting, for explaining why it waits
+/// ([`crate::scheduler::why`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Its queue.
+    pub queue: String,
+    /// Its priority.
+    pub priority: u8,
+    /// Every label an agent must carry, the reserved `musketeer.agent` and
+    /// `musketeer.arch` included.
+    pub labels: BTreeMap<String, String>,
+    /// Tasks (replicas) that could be leased now.
+    pub leasable: u64,
+    /// Tasks waiting out a retry backoff.
+    pub retrying: u64,
+    /// When the first of those may be leased again.
+    pub retry_at_ms: Option<u64>,
+    /// Tasks leased now.
+    pub leased: u64,
+    /// The smallest and largest memory estimate of the first
+    /// [`BACKLOG_SCAN`] waiting tasks (0 when none waits).
+    pub mem_min: u64,
+    /// See `mem_min`.
+    pub mem_max: u64,
+    /// Tasks of other jobs in its queue, of a higher priority, that could
+    /// be leased now: they go first.
+    pub ahead: u64,
+}
+
 /// The coordinator's state. Implementations must make each method atomic:
 /// a crash between two calls may lose neither an accepted job nor an
 /// accepted result, and may count nothing twice.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Stores a join token's hash.
-    async fn create_token(&self, id: &str, secret_hash: [u8; 32], now_ms: u64) -> StoreResult<()>;
+    /// Stores a token's hash and what it opens.
+    async fn create_token(
+        &self,
+        id: &str,
+        secret_hash: [u8; 32],
+        role: TokenRole,
+        now_ms: u64,
+    ) -> StoreResult<()>;
+    /// The token whose secret has this hash, revoked or not.
+    async fn token_by_hash(&self, secret_hash: [u8; 32]) -> StoreResult<Option<TokenRecord>>;
     /// Lists tokens, newest last.
     async fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>>;
     /// Revokes a token; false if there is none with that id.
     async fn revoke_token(&self, id: &str) -> StoreResult<bool>;
 
-    /// Trades a valid token for a new agent, atomically.
+    /// Trades a valid join token for a new agent, atomically.
     async fn enrol_agent(
         &self,
         token_hash: [u8; 32],
@@ -579,6 +849,72 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counts for metrics and the dashboard.
     async fn stats(&self) -> StoreResult<Stats>;
+
+    /// Stores a module under its id; true if it is new, false if these
+    /// bytes were stored already (content-addressed: the id is their digest).
+    async fn put_module(&self, module: NewModule) -> StoreResult<bool>;
+    /// A module's bytes.
+    async fn module_bytes(&self, id: &str) -> StoreResult<Option<Vec<u8>>>;
+    /// A module's record.
+    async fn module(&self, id: &str) -> StoreResult<Option<ModuleRecord>>;
+    /// Every module, oldest first.
+    async fn list_modules(&self) -> StoreResult<Vec<ModuleRecord>>;
+    /// Forgets a module, atomically refused while an unfinished job (one
+    /// being submitted included) uses it.
+    async fn delete_module(&self, id: &str) -> StoreResult<ModuleDeletion>;
+    /// What job `id` has waiting and what stands before it in its queue,
+    /// as of `now_ms`; `None` for an unknown or unsealed job.
+    async fn job_backlog(&self, id: &str, now_ms: u64) -> StoreResult<Option<Backlog>>;
+
+    /// Ends, as [`JobState::Expired`], every unfinished job past its
+    /// `expires` time that still has a task never leased (its other tasks
+    /// are cancelled and its inputs deleted); returns their ids.
+    async fn expire_jobs(&self, now_ms: u64) -> StoreResult<Vec<String>>;
+    /// Deletes the results whose TTL ran out by `now_ms`; returns how many.
+    async fn purge_expired_results(&self, now_ms: u64) -> StoreResult<u64>;
+
+    /// Stores a workflow and every step's job, in state `waiting` and
+    /// visible at once, in one atomic step.
+    async fn create_workflow(&self, wf: NewWorkflow) -> StoreResult<()>;
+    /// A stored workflow.
+    async fn workflow(&self, id: &str) -> StoreResult<Option<WorkflowRecord>>;
+    /// The ids of workflows still running, oldest first.
+    async fn open_workflows(&self) -> StoreResult<Vec<String>>;
+    /// Finishes a running workflow; the first call wins (true).
+    async fn finish_workflow(
+        &self,
+        id: &str,
+        state: WorkflowState,
+        now_ms: u64,
+    ) -> StoreResult<bool>;
+    /// Makes a waiting job `queued` with its reduce plan and tasks, in one
+    /// atomic step that only a waiting job passes: false if it was not
+    /// (released already, failed or cancelled).
+    async fn start_waiting_job(
+        &self,
+        id: &str,
+        reduce_plan: Vec<u8>,
+        tasks: Vec<NewTask>,
+    ) -> StoreResult<bool>;
+
+    /// Stores a schedule.
+    async fn create_schedule(&self, s: NewSchedule) -> StoreResult<()>;
+    /// Every schedule, oldest first.
+    async fn list_schedules(&self) -> StoreResult<Vec<ScheduleRecord>>;
+    /// Pauses or resumes a schedule, with its next tick; false if unknown.
+    async fn pause_schedule(&self, id: &str, paused: bool, next_run_ms: u64) -> StoreResult<bool>;
+    /// Deletes a schedule; false if unknown.
+    async fn delete_schedule(&self, id: &str) -> StoreResult<bool>;
+    /// Claims a tick, once however many coordinators try: only while the
+    /// schedule is active and its next tick is still `tick.tick_ms` (then
+    /// moved to `tick.next_run_ms`), recording `job`'s id as its newest and
+    /// creating `job` in state `waiting` with the schedule's id (on Redis
+    /// in a second step: see [`Store::create_fired_job`]). True if claimed.
+    async fn claim_tick(&self, tick: ScheduleTick, job: NewJob) -> StoreResult<bool>;
+    /// Creates a claimed tick's job, `waiting`, unless it exists (its
+    /// claimer may have died between the claim and the creation); true if
+    /// this call created it.
+    async fn create_fired_job(&self, schedule: &str, job: NewJob) -> StoreResult<bool>;
 
     /// For a store that several coordinators share: a number that changes
     /// whenever tasks may have become leasable anywhere (including retries

@@ -29,7 +29,7 @@ pub fn quorum(redundancy: u32) -> usize {
 }
 
 /// What the coordinator thinks of an agent's results so far.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Trust {
     /// Not enough agreeing results yet: its work is always replicated.

@@ -206,6 +206,31 @@ class Cluster:
         v = self._json("GET", "/v1/jobs", params={"limit": limit})
         return [JobStatus.from_json(j) for j in v["jobs"]]
 
+    # -- modules --------------------------------------------------------
+
+    def push_module(self, module: Union[bytes, str, os.PathLike]) -> str:
+        """Uploads a WebAssembly module (its bytes, or a path to a `.wasm`
+        file) and returns its id, `sha256:<hex>`, to name in a wasm job."""
+        if isinstance(module, (bytes, bytearray, memoryview)):
+            data = bytes(module)
+        else:
+            with open(module, "rb") as f:
+                data = f.read()
+        v = self._json(
+            "POST", "/v1/modules", data=data, headers={"Content-Type": "application/wasm"}
+        )
+        return str(v["id"])
+
+    def modules(self) -> List[Dict[str, Any]]:
+        """Every stored module (`id`, `size`, `created_ms`, `has_reduce`,
+        `in_use`), oldest first."""
+        return list(self._json("GET", "/v1/modules")["modules"])
+
+    def delete_module(self, module_id: str) -> None:
+        """Deletes a module; `MusketeerError` 409 `module_in_use` while an
+        unfinished job uses it."""
+        self._request("DELETE", f"/v1/modules/{module_id}")
+
     # -- agents ---------------------------------------------------------
 
     def agents(self) -> List[Dict[str, Any]]:

@@ -249,6 +249,8 @@ pub async fn unsealed_jobs_are_dropped(store: &dyn Store) {
             options: JobOptions::default(),
             reduce_plan: vec![],
             created_ms: T0,
+            module: None,
+            timing: JobTiming::default(),
         })
         .await
         .unwrap();
@@ -268,10 +270,19 @@ pub async fn unsealed_jobs_are_dropped(store: &dyn Store) {
     assert!(store.lease(query("x", T0, 5)).await.unwrap().is_empty());
 }
 
-/// Tokens: enrolment needs a known, unrevoked token.
+/// Tokens: enrolment needs a known, unrevoked join token; a viewer
+/// token is found by its hash and enrols nobody.
 pub async fn tokens(store: &dyn Store) {
     let hash = musketeer_tasks::token::secret_hash("s");
-    store.create_token("t1", hash, T0).await.unwrap();
+    store
+        .create_token("t1", hash, TokenRole::Join, T0)
+        .await
+        .unwrap();
+    let viewer = musketeer_tasks::token::secret_hash("v");
+    store
+        .create_token("v1", viewer, TokenRole::Viewer, T0 + 1)
+        .await
+        .unwrap();
     let agent = |id: &str| NewAgent {
         id: id.into(),
         secret_hash: [2; 32],
@@ -288,8 +299,30 @@ pub async fn tokens(store: &dyn Store) {
         store.enrol_agent(hash, agent("c")).await.unwrap(),
         Err(EnrolRefusal::RevokedToken)
     );
+    assert_eq!(
+        store.enrol_agent(viewer, agent("d")).await.unwrap(),
+        Err(EnrolRefusal::NotAJoinToken)
+    );
     let listed = store.list_tokens().await.unwrap();
     assert_eq!((listed[0].uses, listed[0].revoked), (1, true));
+    assert_eq!(listed[0].role, TokenRole::Join);
+    assert_eq!(
+        listed[1],
+        TokenRecord {
+            id: "v1".into(),
+            role: TokenRole::Viewer,
+            created_ms: T0 + 1,
+            revoked: false,
+            uses: 0,
+        }
+    );
+    assert_eq!(
+        store.token_by_hash(viewer).await.unwrap(),
+        Some(listed[1].clone())
+    );
+    assert_eq!(store.token_by_hash([9; 32]).await.unwrap(), None);
+    assert!(store.revoke_token("v1").await.unwrap());
+    assert!(store.token_by_hash(viewer).await.unwrap().unwrap().revoked);
 }
 
 /// Tasks an agent cannot take (labels it lacks, more memory than it has)
@@ -356,6 +389,8 @@ pub async fn expiries_do_not_revive_a_failed_job(store: &dyn Store) {
             },
             reduce_plan: vec![],
             created_ms: T0,
+            module: None,
+            timing: JobTiming::default(),
         })
         .await
         .unwrap();
@@ -391,4 +426,91 @@ pub async fn only_active_agents_lease_and_restarts_renew(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(out.accepted, 1);
+}
+
+/// What a job has waiting: leasable, leased and retrying tasks, their
+/// memory estimates, its labels, and the higher-priority work before it.
+pub async fn backlog_counts_what_waits(store: &dyn Store) {
+    enrol(store, "a").await;
+    assert_eq!(store.job_backlog("nope", T0).await.unwrap(), None);
+    let labelled = JobOptions {
+        labels: BTreeMap::from([("gpu".to_string(), "yes".to_string())]),
+        priority: 3,
+        max_attempts: 3,
+        ..JobOptions::default()
+    };
+    let tasks = (0..4u64)
+        .map(|i| NewTask {
+            input: vec![i as u8; 8],
+            cost: Cost {
+                work: 10,
+                mem_bytes: 100 * (i + 1),
+            },
+        })
+        .collect();
+    add_job(store, "w", labelled, tasks).await;
+    let b = store.job_backlog("w", T0).await.unwrap().unwrap();
+    assert_eq!(
+        b,
+        Backlog {
+            queue: "default".into(),
+            priority: 3,
+            labels: BTreeMap::from([("gpu".to_string(), "yes".to_string())]),
+            leasable: 4,
+            retrying: 0,
+            retry_at_ms: None,
+            leased: 0,
+            mem_min: 100,
+            mem_max: 400,
+            ahead: 0,
+        }
+    );
+    // Two tasks of a higher priority in the same queue go first; one in
+    // another queue and one of a lower priority do not count.
+    let high = JobOptions {
+        priority: 7,
+        ..JobOptions::default()
+    };
+    job(store, "high", 2, high).await;
+    let low = JobOptions {
+        priority: 1,
+        ..JobOptions::default()
+    };
+    job(store, "low", 1, low).await;
+    let elsewhere = JobOptions {
+        priority: 9,
+        queue: "video".into(),
+        ..JobOptions::default()
+    };
+    job(store, "video", 1, elsewhere).await;
+    let b = store.job_backlog("w", T0).await.unwrap().unwrap();
+    assert_eq!(b.ahead, 2);
+    // Once leased, they no longer stand before it.
+    let got = store.lease(query("a", T0, 2)).await.unwrap();
+    assert!(got.iter().all(|t| t.task.job == "high"), "{got:?}");
+    assert_eq!(store.job_backlog("w", T0).await.unwrap().unwrap().ahead, 0);
+
+    // A leased task, and a failed one waiting out its backoff.
+    let mut q = query("a", T0, 2);
+    q.labels = BTreeMap::from([("gpu".to_string(), "yes".to_string())]);
+    let got = store.lease(q).await.unwrap();
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|t| t.task.job == "w"), "{got:?}");
+    store
+        .complete("a", vec![failed(&got[0].task, "boom")], T0)
+        .await
+        .unwrap();
+    let b = store.job_backlog("w", T0).await.unwrap().unwrap();
+    assert_eq!((b.leasable, b.retrying, b.leased), (2, 1, 1), "{b:?}");
+    assert_eq!(b.retry_at_ms, Some(T0 + retry_backoff_ms(1)));
+    // The leased task's estimate (200) is not waiting; the retry's (100) is.
+    assert_eq!((b.mem_min, b.mem_max), (100, 400), "{b:?}");
+    // After the backoff the retry is leasable again.
+    let later = T0 + retry_backoff_ms(1);
+    let b = store.job_backlog("w", later).await.unwrap().unwrap();
+    assert_eq!(
+        (b.leasable, b.retrying, b.retry_at_ms),
+        (3, 0, None),
+        "{b:?}"
+    );
 }

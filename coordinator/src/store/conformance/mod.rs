@@ -68,7 +68,9 @@ fn failed(task: &TaskRef, why: &str) -> TaskReport {
 /// Enrols `agent` with an active state, as every rule's agents are.
 pub(crate) async fn enrol(store: &dyn Store, agent: &str) {
     let token_hash = musketeer_tasks::token::secret_hash("tok");
-    let _ = store.create_token("t", token_hash, T0).await;
+    let _ = store
+        .create_token("t", token_hash, TokenRole::Join, T0)
+        .await;
     store
         .enrol_agent(
             token_hash,
@@ -100,6 +102,17 @@ pub(crate) async fn job(store: &dyn Store, id: &str, tasks: usize, options: JobO
 
 /// A sealed Fibonacci job of these tasks.
 pub(crate) async fn add_job(store: &dyn Store, id: &str, options: JobOptions, tasks: Vec<NewTask>) {
+    add_timed_job(store, id, options, JobTiming::default(), tasks).await
+}
+
+/// A sealed Fibonacci job of these tasks, with these times.
+pub(crate) async fn add_timed_job(
+    store: &dyn Store,
+    id: &str,
+    options: JobOptions,
+    timing: JobTiming,
+    tasks: Vec<NewTask>,
+) {
     store
         .begin_job(NewJob {
             id: id.into(),
@@ -107,6 +120,8 @@ pub(crate) async fn add_job(store: &dyn Store, id: &str, options: JobOptions, ta
             options,
             reduce_plan: vec![0],
             created_ms: T0,
+            module: None,
+            timing,
         })
         .await
         .unwrap();
@@ -114,11 +129,19 @@ pub(crate) async fn add_job(store: &dyn Store, id: &str, options: JobOptions, ta
     store.seal_job(id).await.unwrap();
 }
 
+mod expiry;
 mod leasing;
+mod modules;
 mod results;
+mod schedules;
+mod workflows;
 
+pub use expiry::*;
 pub use leasing::*;
+pub use modules::*;
 pub use results::*;
+pub use schedules::*;
+pub use workflows::*;
 
 /// Instantiates `$m!(rule, ...)` with every rule above, so that each store
 /// runs the same list.
@@ -139,12 +162,22 @@ macro_rules! every_rule {
             replicas_agree_or_ask_another_agent,
             endless_disagreement_fails_and_flags,
             trusted_agents_earn_unreplicated_work,
-            a_removed_agents_votes_are_discarded
+            a_removed_agents_votes_are_discarded,
+            modules_are_content_addressed,
+            a_module_in_use_is_kept,
+            backlog_counts_what_waits,
+            a_countdown_holds_every_task_back,
+            unleased_jobs_expire_and_leased_ones_run_on,
+            results_are_deleted_when_their_ttl_runs_out,
+            workflows_are_stored_whole_and_released_once,
+            a_tick_is_claimed_once_and_makes_one_job
         );
     };
 }
 
 #[cfg(test)]
 mod redis;
+#[cfg(test)]
+mod redis_cluster;
 #[cfg(test)]
 mod sqlite;

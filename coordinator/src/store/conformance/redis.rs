@@ -1,23 +1,40 @@
 //! The same rules against a real Redis server (`MUSKETEER_TEST_REDIS_URL`),
-//! each test under its own key prefix so they run in parallel on one server.
+//! each test under its own key prefix so they run in parallel on one server;
+//! `redis_cluster.rs` runs them all again on a Redis Cluster.
 
 use crate::store::RedisStore;
 
 /// Where the Redis tests find their server.
 const URL_VAR: &str = "MUSKETEER_TEST_REDIS_URL";
 
-async fn store() -> RedisStore {
-    let url = std::env::var(URL_VAR).unwrap_or_else(|_| {
+/// A store under a fresh prefix on the Redis that `var` names; fails (does
+/// not skip) when it is not set, saying how to start one (`how`).
+pub(super) async fn store_at(var: &str, how: &str) -> RedisStore {
+    let url = std::env::var(var).unwrap_or_else(|_| {
         panic!(
-            "{URL_VAR} is not set: the Redis store's tests need a Redis server. \
-             Run scripts/test (it starts one), or start `redis-server --port 6390` \
-             and set {URL_VAR}=redis://127.0.0.1:6390"
+            "{var} is not set: the Redis store's tests need {how}. Run scripts/test \
+             (it starts one), or start one and set {var}"
         )
     });
     let prefix = format!("test-{}", uuid::Uuid::now_v7().simple());
     RedisStore::connect(&url, &prefix)
         .await
-        .unwrap_or_else(|e| panic!("cannot use the Redis at {url} ({URL_VAR}): {e}"))
+        .unwrap_or_else(|e| panic!("cannot use the Redis at {url} ({var}): {e}"))
+}
+
+/// A second coordinator's store on the same Redis and prefix as `a`.
+pub(super) async fn same_store(var: &str, a: &RedisStore) -> RedisStore {
+    let url = std::env::var(var).unwrap();
+    RedisStore::connect(&url, &a.prefix()).await.unwrap()
+}
+
+async fn store() -> RedisStore {
+    store_at(
+        URL_VAR,
+        "a Redis server (`redis-server --port 6390`, then \
+         MUSKETEER_TEST_REDIS_URL=redis://127.0.0.1:6390)",
+    )
+    .await
 }
 
 macro_rules! conformance {
@@ -32,15 +49,27 @@ macro_rules! conformance {
 
 every_rule!(conformance);
 
+#[tokio::test]
+async fn coordinators_share_one_state() {
+    shared_state(store().await, URL_VAR).await;
+}
+
+#[tokio::test]
+async fn only_dead_coordinators_uploads_are_dropped() {
+    dead_uploads(store().await, URL_VAR).await;
+}
+
+#[tokio::test]
+async fn a_stale_removal_does_not_hide_work() {
+    stale_removal(store().await).await;
+}
+
 /// Several coordinators: each opens its own store on the same server
 /// and prefix; a task is leased once across them, and results and
 /// expiry from any of them count.
-#[tokio::test]
-async fn coordinators_share_one_state() {
+pub(super) async fn shared_state(a: RedisStore, var: &str) {
     use super::*;
-    let a = store().await;
-    let url = std::env::var(URL_VAR).unwrap();
-    let b = RedisStore::connect(&url, &a.prefix()).await.unwrap();
+    let b = same_store(var, &a).await;
     enrol(&a, "x").await;
     enrol(&b, "y").await;
     job(&a, "j", 4, JobOptions::default()).await;
@@ -75,18 +104,17 @@ async fn coordinators_share_one_state() {
 
 /// An upload in flight on a live coordinator survives another's start;
 /// one whose coordinator is gone is dropped.
-#[tokio::test]
-async fn only_dead_coordinators_uploads_are_dropped() {
+pub(super) async fn dead_uploads(a: RedisStore, var: &str) {
     use super::*;
-    let a = store().await;
-    let url = std::env::var(URL_VAR).unwrap();
-    let b = RedisStore::connect(&url, &a.prefix()).await.unwrap();
+    let b = same_store(var, &a).await;
     let upload = |id: &str| NewJob {
         id: id.into(),
         kernel: "wordcount".into(),
         options: JobOptions::default(),
         reduce_plan: vec![],
         created_ms: T0,
+        module: None,
+        timing: JobTiming::default(),
     };
     a.begin_job(upload("mine")).await.unwrap();
     assert_eq!(b.abort_unsealed_jobs().await.unwrap(), 0, "a is alive");
@@ -102,9 +130,7 @@ async fn only_dead_coordinators_uploads_are_dropped() {
 
 /// A lease that saw a job drained must not take it out of its queue's
 /// index after a release gave it work again (a newer version).
-#[tokio::test]
-async fn a_stale_removal_does_not_hide_work() {
-    let s = store().await;
+pub(super) async fn stale_removal(s: RedisStore) {
     assert!(
         s.queue_race("j", "default", 2, 1).await.unwrap(),
         "stale removal ignored"

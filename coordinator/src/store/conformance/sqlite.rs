@@ -30,6 +30,8 @@ async fn big_job(s: &SqliteStore, id: &str) {
         options: JobOptions::default(),
         reduce_plan: vec![],
         created_ms: T0,
+        module: None,
+        timing: JobTiming::default(),
     })
     .await
     .unwrap();

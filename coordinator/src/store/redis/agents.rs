@@ -7,6 +7,7 @@ pub(super) async fn create_token(
     store: &RedisStore,
     id: &str,
     secret_hash: [u8; 32],
+    role: TokenRole,
     now_ms: u64,
 ) -> StoreResult<()> {
     let k = store.keys();
@@ -15,8 +16,49 @@ pub(super) async fn create_token(
             .scripts()
             .token_create
             .call(&[k.shared("tokens"), k.shared("tokh"), k.token(id)]);
-    c.arg(id).arg(hex::encode(secret_hash)).arg(now_ms);
-    store.one(c).await.map(drop)
+    c.arg(id)
+        .arg(hex::encode(secret_hash))
+        .arg(now_ms)
+        .arg(role.as_str());
+    store
+        .one_failover_safe(c, &[&k.shared("tokens")])
+        .await
+        .map(drop)
+}
+
+/// The fields of a token's hash that [`token_record`] reads, in order.
+const TOKEN_FIELDS: [&str; 4] = ["created_ms", "revoked", "uses", "role"];
+
+/// A token from its [`TOKEN_FIELDS`], if it exists.
+fn token_record(id: String, row: Value) -> StoreResult<Option<TokenRecord>> {
+    let f = reply_items(row);
+    if f.first().and_then(reply_string).is_none() {
+        return Ok(None);
+    }
+    let role = f.get(3).and_then(reply_string);
+    Ok(Some(TokenRecord {
+        role: TokenRole::parse(role.as_deref())
+            .ok_or_else(|| corrupt(format!("token {id} has an unknown role {role:?}")))?,
+        id,
+        created_ms: f.first().map(reply_i64).unwrap_or(0) as u64,
+        revoked: f.get(1).map(reply_i64).unwrap_or(0) != 0,
+        uses: f.get(2).map(reply_i64).unwrap_or(0) as u64,
+    }))
+}
+
+pub(super) async fn token_by_hash(
+    store: &RedisStore,
+    secret_hash: [u8; 32],
+) -> StoreResult<Option<TokenRecord>> {
+    let k = store.keys();
+    let mut c = ::redis::cmd("HGET");
+    c.arg(k.shared("tokh")).arg(hex::encode(secret_hash));
+    let Some(id) = reply_string(&store.one(c).await?) else {
+        return Ok(None);
+    };
+    let mut c = ::redis::cmd("HMGET");
+    c.arg(k.token(&id)).arg(&TOKEN_FIELDS[..]);
+    token_record(id, store.one(c).await?)
 }
 
 pub(super) async fn list_tokens(store: &RedisStore) -> StoreResult<Vec<TokenRecord>> {
@@ -35,31 +77,23 @@ pub(super) async fn list_tokens(store: &RedisStore) -> StoreResult<Vec<TokenReco
     .collect();
     let mut p = ::redis::pipe();
     for id in &ids {
-        p.cmd("HMGET")
-            .arg(k.token(id))
-            .arg("created_ms")
-            .arg("revoked")
-            .arg("uses");
+        p.cmd("HMGET").arg(k.token(id)).arg(&TOKEN_FIELDS[..]);
     }
     let rows: Vec<Value> = store.run(&p).await?;
-    Ok(ids
-        .into_iter()
-        .zip(rows)
-        .map(|(id, row)| {
-            let f = reply_items(row);
-            TokenRecord {
-                id,
-                created_ms: f.first().map(reply_i64).unwrap_or(0) as u64,
-                revoked: f.get(1).map(reply_i64).unwrap_or(0) != 0,
-                uses: f.get(2).map(reply_i64).unwrap_or(0) as u64,
-            }
-        })
-        .collect())
+    let mut tokens = Vec::new();
+    for (id, row) in ids.into_iter().zip(rows) {
+        tokens.extend(token_record(id, row)?);
+    }
+    Ok(tokens)
 }
 
 pub(super) async fn revoke_token(store: &RedisStore, id: &str) -> StoreResult<bool> {
-    let c = store.scripts().token_revoke.call(&[store.keys().token(id)]);
-    Ok(reply_i64(&store.one(c).await?) == 1)
+    let key = store.keys().token(id);
+    let c = store
+        .scripts()
+        .token_revoke
+        .call(std::slice::from_ref(&key));
+    Ok(reply_i64(&store.one_failover_safe(c, &[&key]).await?) == 1)
 }
 
 pub(super) async fn enrol_agent(
@@ -80,9 +114,11 @@ pub(super) async fn enrol_agent(
         .arg(&agent.secret_hash[..])
         .arg(capacity)
         .arg(agent.now_ms);
-    Ok(match reply_i64(&store.one(c).await?) {
+    let enrolled = store.one_failover_safe(c, &[&k.shared("agents")]).await?;
+    Ok(match reply_i64(&enrolled) {
         0 => Ok(()),
         1 => Err(EnrolRefusal::UnknownToken),
+        3 => Err(EnrolRefusal::NotAJoinToken),
         _ => Err(EnrolRefusal::RevokedToken),
     })
 }
@@ -184,7 +220,8 @@ pub(super) async fn drain_agent(store: &RedisStore, id: &str) -> StoreResult<boo
         .agent_set_state
         .call(&[store.keys().agent(id)]);
     c.arg("draining").arg("active");
-    Ok(reply_i64(&store.one(c).await?) == 1)
+    let key = store.keys().agent(id);
+    Ok(reply_i64(&store.one_failover_safe(c, &[&key]).await?) == 1)
 }
 
 pub(super) async fn remove_agent(store: &RedisStore, id: &str, _now_ms: u64) -> StoreResult<bool> {
@@ -193,7 +230,9 @@ pub(super) async fn remove_agent(store: &RedisStore, id: &str, _now_ms: u64) -> 
         .agent_set_state
         .call(&[store.keys().agent(id)]);
     c.arg("removed").arg("active").arg("draining");
-    let changed = reply_i64(&store.one(c).await?) == 1;
+    // A removal is a revocation: a failover must not undo it.
+    let key = store.keys().agent(id);
+    let changed = reply_i64(&store.one_failover_safe(c, &[&key]).await?) == 1;
     // The operator took the agent away; that is no fault of the tasks
     // it held, so they go back without losing an attempt.
     let active = store.active_jobs().await?;

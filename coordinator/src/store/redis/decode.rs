@@ -74,6 +74,11 @@ pub(super) fn status_of(id: &str, f: &[Value]) -> Option<JobStatus> {
         created_ms: reply_i64(&f[8]) as u64,
         started_ms: reply_opt_i64(&f[9]).map(|v| v as u64),
         finished_ms: reply_opt_i64(&f[10]).map(|v| v as u64),
+        not_before_ms: reply_opt_i64(&f[12]).map(|v| v as u64),
+        expires_ms: reply_opt_i64(&f[13]).map(|v| v as u64),
+        result_expires_ms: reply_opt_i64(&f[14]).map(|v| v as u64),
+        workflow: reply_string(&f[15]),
+        schedule: reply_string(&f[16]),
     })
 }
 
@@ -92,7 +97,7 @@ pub(super) fn reply_pairs(v: Value) -> Vec<(String, String)> {
 }
 
 /// The fields of a job's hash that its status needs, in this order.
-pub(super) const STATUS_FIELDS: [&str; 12] = [
+pub(super) const STATUS_FIELDS: [&str; 17] = [
     "kernel",
     "state",
     "queue",
@@ -105,4 +110,9 @@ pub(super) const STATUS_FIELDS: [&str; 12] = [
     "started_ms",
     "finished_ms",
     "sealed",
+    "not_before_ms",
+    "expires_ms",
+    "result_expires_ms",
+    "workflow",
+    "schedule",
 ];

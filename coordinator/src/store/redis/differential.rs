@@ -3,7 +3,8 @@
 //! expiries and a removal: the embedded store defines what redundancy
 //! means, and the Redis store's scripts must judge every vote alike. A
 //! second run does the same for leasing under batch limits (count, work,
-//! bytes, memory, the overfill rule), retries and expiries.
+//! bytes, memory, the overfill rule), retries and expiries; a third for
+//! time: countdowns, job expiry and result TTLs.
 
 use musketeer_tasks::protocol::{Capacity, TaskOutcome, TaskReport};
 use musketeer_tasks::{Cost, JobOptions};
@@ -57,7 +58,10 @@ fn answer(agent: &str, job: &str, index: u32) -> Vec<u8> {
 /// Enrols each of `agents` with one token.
 async fn enrol_all(store: &dyn Store, agents: &[&str]) {
     let token_hash = musketeer_tasks::token::secret_hash("tok");
-    store.create_token("t", token_hash, T0).await.unwrap();
+    store
+        .create_token("t", token_hash, TokenRole::Join, T0)
+        .await
+        .unwrap();
     for a in agents {
         store
             .enrol_agent(
@@ -363,4 +367,317 @@ async fn redis_leases_batches_as_the_embedded_store_does() {
         "{by_work} by work, {by_bytes} by bytes"
     );
     assert!(overfilled > 0, "no batch used the overfill allowance");
+}
+
+/// Jobs with countdowns, expiries and result TTLs, some of each and some
+/// without: what leases, the expiry sweep and the result purge decide.
+async fn setup_timed(store: &dyn Store, rng: &mut Rng) {
+    enrol_all(store, &["a", "b"]).await;
+    for j in 0..10u64 {
+        let timing = JobTiming {
+            not_before_ms: if j % 3 == 0 {
+                T0 + rng.below(20_000)
+            } else {
+                0
+            },
+            expires_ms: (j % 2 == 0).then(|| T0 + 5_000 + rng.below(30_000)),
+            result_ttl_ms: (j % 4 != 3).then(|| 1 + rng.below(20_000)),
+        };
+        let tasks = (0..6)
+            .map(|i| NewTask {
+                input: vec![i as u8; 4],
+                cost: Cost {
+                    work: 1,
+                    mem_bytes: 1,
+                },
+            })
+            .collect();
+        crate::store::conformance::add_timed_job(
+            store,
+            &format!("t{j}"),
+            JobOptions::default(),
+            timing,
+            tasks,
+        )
+        .await;
+    }
+}
+
+/// What a store shows of its jobs' times and results.
+async fn timed_view(store: &dyn Store) -> Vec<String> {
+    let mut out = Vec::new();
+    for j in store.list_jobs(100).await.unwrap() {
+        let result = store.job_result(&j.id).await.unwrap().is_some();
+        out.push(format!(
+            "{} {:?} {:?} {:?} nb={:?} ex={:?} rex={:?} result={result}",
+            j.id, j.state, j.progress, j.error, j.not_before_ms, j.expires_ms, j.result_expires_ms
+        ));
+    }
+    out.sort();
+    out
+}
+
+/// The two stores hold back, expire and purge alike: countdowns (the
+/// not-before time of tasks, as backoff), `expires` (no task never leased
+/// goes out past it; the sweep ends the job) and result TTLs.
+#[tokio::test]
+async fn redis_keeps_time_as_the_embedded_store_does() {
+    let (_dir, sqlite, redis) = both_stores().await;
+    setup_timed(&sqlite, &mut Rng(11)).await;
+    setup_timed(&redis, &mut Rng(11)).await;
+    let stores = [&sqlite as &dyn Store, &redis];
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut now = T0;
+    let (mut expired, mut purged, mut held_back) = (0, 0, 0);
+    for step in 0..200 {
+        let agent = ["a", "b"][rng.below(2) as usize];
+        let q = query(agent, now, 1 + rng.below(4) as u32);
+        let mut leased = Vec::new();
+        for store in stores {
+            let mut got = store.lease(q.clone()).await.unwrap();
+            got.sort_by(|a, b| (&a.task.job, a.task.index).cmp(&(&b.task.job, b.task.index)));
+            leased.push(got);
+        }
+        let keys = |l: &Vec<LeasedTask>| -> Vec<(String, u32)> {
+            l.iter()
+                .map(|t| (t.task.job.clone(), t.task.index))
+                .collect()
+        };
+        assert_eq!(keys(&leased[0]), keys(&leased[1]), "step {step}: leased");
+        let fates: Vec<u64> = leased[0].iter().map(|_| rng.below(5)).collect();
+        for (store, got) in stores.into_iter().zip(&leased) {
+            let reports: Vec<TaskReport> = got
+                .iter()
+                .zip(&fates)
+                .filter(|(_, fate)| **fate != 1)
+                .map(|(t, fate)| TaskReport {
+                    task: t.task.clone(),
+                    cpu_ms: 1,
+                    outcome: if *fate == 0 {
+                        TaskOutcome::Failed("flaky".into())
+                    } else {
+                        TaskOutcome::Done(answer("a", &t.task.job, t.task.index))
+                    },
+                })
+                .collect();
+            let out = store.complete(agent, reports, now).await.unwrap();
+            for id in out.ready {
+                store.finish_job(&id, Ok(vec![1, 2, 3]), now).await.unwrap();
+            }
+        }
+        now += 300;
+        if step % 10 == 9 {
+            now += TTL;
+            expire_both(&sqlite, &redis, now, step).await;
+        }
+        let mut a = sqlite.expire_jobs(now).await.unwrap();
+        let mut b = redis.expire_jobs(now).await.unwrap();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "step {step}: expired jobs");
+        expired += a.len();
+        let a = sqlite.purge_expired_results(now).await.unwrap();
+        let b = redis.purge_expired_results(now).await.unwrap();
+        assert_eq!(a, b, "step {step}: purged results");
+        purged += a;
+        let view = timed_view(&sqlite).await;
+        held_back += view
+            .iter()
+            .filter(|j| j.contains("Queued") && j.contains("nb=Some"))
+            .count();
+        assert_eq!(view, timed_view(&redis).await, "step {step}");
+    }
+    assert!(expired > 0, "no job expired");
+    assert!(purged > 0, "no result was purged");
+    assert!(held_back > 0, "no countdown held a job back");
+}
+
+/// What both stores show of workflows and their jobs.
+async fn workflow_view(store: &dyn Store, workflows: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    for w in 0..workflows {
+        out.push(format!(
+            "{:?}",
+            store.workflow(&format!("w{w}")).await.unwrap()
+        ));
+    }
+    out.push(format!("open {:?}", store.open_workflows().await.unwrap()));
+    let mut jobs: Vec<String> = store
+        .list_jobs(1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| {
+            format!(
+                "{} {:?} {:?} {:?} {:?} {:?}",
+                j.id, j.state, j.progress, j.error, j.workflow, j.schedule
+            )
+        })
+        .collect();
+    jobs.sort();
+    out.extend(jobs);
+    out
+}
+
+/// The two stores keep workflows (created whole, each waiting job released
+/// once, failed or cancelled instead, finished once) and schedules (a tick
+/// claimed once, only while active and due at that very tick) alike.
+#[tokio::test]
+async fn redis_keeps_workflows_and_schedules_as_the_embedded_store_does() {
+    let (_dir, sqlite, redis) = both_stores().await;
+    let stores = [&sqlite as &dyn Store, &redis];
+    const WORKFLOWS: u64 = 4;
+    for store in stores {
+        enrol_all(store, &["a"]).await;
+        for w in 0..WORKFLOWS {
+            let steps: Vec<WorkflowStep> = (0..6)
+                .map(|s| WorkflowStep {
+                    name: format!("s{s}"),
+                    job: format!("w{w}s{s}"),
+                    needs: (s > 0).then(|| format!("s{}", s - 1)).into_iter().collect(),
+                    body: serde_json::json!({"kernel": "fibonacci", "n": [s]}),
+                })
+                .collect();
+            let jobs = steps
+                .iter()
+                .map(|s| NewJob {
+                    module: None,
+                    id: s.job.clone(),
+                    kernel: "fibonacci".into(),
+                    options: JobOptions::default(),
+                    reduce_plan: Vec::new(),
+                    created_ms: T0,
+                    timing: JobTiming::default(),
+                })
+                .collect();
+            store
+                .create_workflow(NewWorkflow {
+                    id: format!("w{w}"),
+                    created_ms: T0,
+                    steps,
+                    jobs,
+                })
+                .await
+                .unwrap();
+        }
+        store
+            .create_schedule(NewSchedule {
+                id: "s".into(),
+                cron: "* * * * * *".into(),
+                timezone: "UTC".into(),
+                job: serde_json::json!({"kernel": "factorial", "n": 5}),
+                created_ms: T0,
+                next_run_ms: T0 + 1000,
+            })
+            .await
+            .unwrap();
+    }
+    let mut rng = Rng(0x0dd_ba11);
+    let mut now = T0;
+    let (mut released, mut claimed) = (0, 0);
+    for step in 0..300 {
+        let job = format!("w{}s{}", rng.below(WORKFLOWS), rng.below(6));
+        let op = rng.below(7);
+        let tasks = 1 + rng.below(3) as usize;
+        let state = [
+            WorkflowState::Succeeded,
+            WorkflowState::Failed,
+            WorkflowState::Cancelled,
+        ][rng.below(3) as usize];
+        let next_run = store_next_run(&sqlite).await;
+        let stale = rng.below(3) == 0;
+        let mut answers = Vec::new();
+        for store in stores {
+            let answer = match op {
+                0 | 1 => {
+                    let t = (0..tasks)
+                        .map(|i| NewTask {
+                            input: vec![i as u8; 4],
+                            cost: Cost {
+                                work: 1,
+                                mem_bytes: 1,
+                            },
+                        })
+                        .collect();
+                    format!(
+                        "{:?}",
+                        store.start_waiting_job(&job, vec![7], t).await.unwrap()
+                    )
+                }
+                2 => format!(
+                    "{:?}",
+                    store.cancel_job(&job, now).await.unwrap().map(|j| j.state)
+                ),
+                3 => {
+                    store
+                        .finish_job(&job, Err("a need failed".into()), now)
+                        .await
+                        .unwrap();
+                    String::new()
+                }
+                4 => {
+                    let got = store.lease(query("a", now, 8)).await.unwrap();
+                    let reports = got
+                        .iter()
+                        .map(|t| TaskReport {
+                            task: t.task.clone(),
+                            cpu_ms: 1,
+                            outcome: TaskOutcome::Done(answer("a", &t.task.job, t.task.index)),
+                        })
+                        .collect();
+                    let mut out = store.complete("a", reports, now).await.unwrap();
+                    out.ready.sort();
+                    for id in &out.ready {
+                        store.finish_job(id, Ok(vec![1]), now).await.unwrap();
+                    }
+                    format!("{} {:?}", got.len(), out)
+                }
+                5 => {
+                    let w = job.split('s').next().unwrap().to_string();
+                    format!("{:?}", store.finish_workflow(&w, state, now).await.unwrap())
+                }
+                _ => {
+                    let tick = if stale { next_run - 1000 } else { next_run };
+                    let fired = NewJob {
+                        module: None,
+                        id: format!("f{step}"),
+                        kernel: "factorial".into(),
+                        options: JobOptions::default(),
+                        reduce_plan: Vec::new(),
+                        created_ms: now,
+                        timing: JobTiming::default(),
+                    };
+                    let t = ScheduleTick {
+                        schedule: "s".into(),
+                        tick_ms: tick,
+                        next_run_ms: tick + 1000,
+                        now_ms: now,
+                    };
+                    format!("{:?}", store.claim_tick(t, fired).await.unwrap())
+                }
+            };
+            answers.push(answer);
+        }
+        assert_eq!(answers[0], answers[1], "step {step}: op {op} on {job}");
+        released += usize::from(op <= 1 && answers[0] == "true");
+        claimed += usize::from(op == 6 && answers[0] == "true");
+        now += 250;
+        assert_eq!(
+            workflow_view(&sqlite, WORKFLOWS).await,
+            workflow_view(&redis, WORKFLOWS).await,
+            "step {step}"
+        );
+        assert_eq!(
+            sqlite.list_schedules().await.unwrap(),
+            redis.list_schedules().await.unwrap(),
+            "step {step}"
+        );
+    }
+    assert!(released > 3, "{released} releases");
+    assert!(claimed > 3, "{claimed} claims");
+}
+
+/// The schedule's next tick, as the embedded store has it.
+async fn store_next_run(store: &SqliteStore) -> u64 {
+    store.list_schedules().await.unwrap()[0].next_run_ms
 }

@@ -7,6 +7,10 @@ if not is_open(redis.call('HGET', M, 'state')) then
 end
 if ok == '1' then
   redis.call('HSET', M, 'state', 'succeeded', 'result', payload, 'finished_ms', now)
+  local ttl = redis.call('HGET', M, 'result_ttl_ms')
+  if ttl then
+    redis.call('HSET', M, 'result_expires_ms', string.format('%d', tonumber(now) + tonumber(ttl)))
+  end
   -- The result holds everything now.
   redis.call('DEL', PEND, WAIT, LIVE, HELD, INP, OUTP, VOTES)
 else

@@ -31,6 +31,10 @@ for _, slot in ipairs(due) do
 end
 
 local timeout = tonumber(redis.call('HGET', M, 'timeout_s') or '-1')
+-- Past the job's `expires`, a task never leased is not leased any more
+-- (the expiry sweep ends the job): as the embedded store's lease query.
+local expires = tonumber(redis.call('HGET', M, 'expires_ms') or '-1')
+local past_expiry = expires >= 0 and now >= expires
 local replicated = redundancy() > 1
 local out = {0, timeout, 1, 0}
 local leased_here = 0
@@ -54,7 +58,8 @@ while not full and scanned < max_scan do
     local m = tonumber(string.sub(cost, sep + 1))
     -- (Another replica leased in this batch counts too: it is held now.)
     if m > mem_bytes or overfills(granted, work, w, max_work)
-        or (replicated and has_a_say(slot, agent)) then
+        or (replicated and has_a_say(slot, agent))
+        or (past_expiry and tonumber(redis.call('HGET', T, 'a' .. slot) or '0') == 0) then
       skipped = skipped + 1
     else
       local lease = redis.call('HINCRBY', M, 'lease_seq', 1)

@@ -67,8 +67,9 @@ local function give_up_reason(votes, distinct, quorum)
   return __GIVE_UP_REASON__
 end
 
+-- Open: not finished. A waiting job (a workflow step) has no tasks yet.
 local function is_open(state)
-  return state == 'queued' or state == 'running'
+  return state == 'queued' or state == 'running' or state == 'waiting'
 end
 
 -- Forgets a leased slot's lease (it must be in LIVE).
@@ -120,6 +121,42 @@ local function retry_or_fail(slot, reason, use_backoff, now)
     redis.call('ZADD', WAIT, not_before, slot)
   end
   return not_before
+end
+
+-- Appends the tasks in ARGV from `first` on (work, mem, input each), each
+-- with as many replicas as the job's redundancy, leasable now or, with a
+-- countdown (not_before_ms), from then on: held where retries wait out
+-- their backoff, which the lease script releases alike. `open` false: the
+-- job ended meanwhile, and its tasks are counted but never run nor hold
+-- memory. Returns the job's new task count.
+local function append_tasks(first, open)
+  local f = redis.call('HMGET', M, 'total', 'redundancy', 'not_before_ms')
+  local total = tonumber(f[1])
+  local replicas = tonumber(f[2] or '1')
+  local not_before = tonumber(f[3] or '0')
+  local n = 0
+  for i = first, #ARGV, 3 do
+    local idx = total + n
+    redis.call('HSET', T, 'c' .. idx, ARGV[i] .. ':' .. ARGV[i + 1], 'a' .. idx, 0)
+    if replicas > 1 then
+      redis.call('HSET', T, 'n' .. idx, replicas)
+    end
+    if open then
+      -- The replicas share the one stored input.
+      redis.call('HSET', INP, idx, ARGV[i + 2])
+      for r = 0, replicas - 1 do
+        local slot = slot_of(idx, r)
+        if not_before > 0 then
+          redis.call('ZADD', WAIT, not_before, slot)
+        else
+          redis.call('ZADD', PEND, slot, slot)
+        end
+      end
+    end
+    n = n + 1
+  end
+  redis.call('HSET', M, 'total', total + n)
+  return total + n
 end
 
 -- Whether this agent holds this slot under this lease.

@@ -75,28 +75,20 @@ impl RedisStore {
     }
 }
 
-pub(super) async fn begin_job(store: &RedisStore, job: NewJob) -> StoreResult<()> {
+/// Writes a job's fields, and its entries in the indexes of time (its
+/// countdown, its expiry), into `p`: `queued` and unsealed for an upload
+/// to come, or `waiting` and visible at once for a workflow's step.
+pub(super) fn write_meta(
+    store: &RedisStore,
+    p: &mut Pipeline,
+    job: &NewJob,
+    seq: u64,
+    state: JobState,
+    workflow: Option<&str>,
+) -> StoreResult<()> {
     let k = store.keys();
-    let seq = reply_i64(
-        &store
-            .one({
-                let mut c = ::redis::cmd("INCR");
-                c.arg(k.shared("seq"));
-                c
-            })
-            .await?,
-    ) as u64;
     let labels = serde_json::to_string(&job.options.labels).map_err(|e| corrupt(e.to_string()))?;
     let o = &job.options;
-    let mut p = ::redis::pipe();
-    // First the upload's entry (so a crash from here on leaves nothing
-    // abort_unsealed_jobs cannot find), then the job, then the indexes
-    // (so whoever meets the job there finds its fields).
-    p.cmd("HSET")
-        .arg(k.shared("unsealed"))
-        .arg(&job.id)
-        .arg(&store.inner.instance)
-        .ignore();
     let meta = k.meta(&job.id);
     p.cmd("HSET")
         .arg(&meta)
@@ -119,9 +111,9 @@ pub(super) async fn begin_job(store: &RedisStore, job: NewJob) -> StoreResult<()
         .arg("labels")
         .arg(labels)
         .arg("state")
-        .arg("queued")
+        .arg(state.as_str())
         .arg("sealed")
-        .arg(0)
+        .arg(i64::from(state == JobState::Waiting))
         .arg("total")
         .arg(0)
         .arg("done")
@@ -133,11 +125,77 @@ pub(super) async fn begin_job(store: &RedisStore, job: NewJob) -> StoreResult<()
         .arg("created_ms")
         .arg(job.created_ms)
         .arg("plan")
-        .arg(job.reduce_plan)
+        .arg(&job.reduce_plan)
         .ignore();
     if let Some(t) = o.timeout_s {
         p.cmd("HSET").arg(&meta).arg("timeout_s").arg(t).ignore();
     }
+    let t = &job.timing;
+    if t.not_before_ms > 0 {
+        // Tasks wait in the job's retry zset until then (job_add_tasks.lua),
+        // and long-polls everywhere are woken when it comes (work_epoch).
+        p.cmd("HSET")
+            .arg(&meta)
+            .arg("not_before_ms")
+            .arg(t.not_before_ms)
+            .ignore();
+        p.cmd("ZADD")
+            .arg(k.shared("due"))
+            .arg(t.not_before_ms)
+            .arg(&job.id)
+            .ignore();
+    }
+    if let Some(at) = t.expires_ms {
+        p.cmd("HSET").arg(&meta).arg("expires_ms").arg(at).ignore();
+        p.cmd("ZADD")
+            .arg(k.shared(EXPIRING))
+            .arg(at)
+            .arg(&job.id)
+            .ignore();
+    }
+    if let Some(ttl) = t.result_ttl_ms {
+        p.cmd("HSET")
+            .arg(&meta)
+            .arg("result_ttl_ms")
+            .arg(ttl)
+            .ignore();
+    }
+    if let Some(w) = workflow {
+        p.cmd("HSET").arg(&meta).arg("workflow").arg(w).ignore();
+    }
+    Ok(())
+}
+
+pub(super) async fn begin_job(store: &RedisStore, job: NewJob) -> StoreResult<()> {
+    let k = store.keys();
+    let seq = reply_i64(
+        &store
+            .one({
+                let mut c = ::redis::cmd("INCR");
+                c.arg(k.shared("seq"));
+                c
+            })
+            .await?,
+    ) as u64;
+    let o = &job.options;
+    let mut p = ::redis::pipe();
+    // First the upload's entry (so a crash from here on leaves nothing
+    // abort_unsealed_jobs cannot find), then the job, then the indexes
+    // (so whoever meets the job there finds its fields).
+    p.cmd("HSET")
+        .arg(k.shared("unsealed"))
+        .arg(&job.id)
+        .arg(&store.inner.instance)
+        .ignore();
+    // After the upload's entry: a user whose job has neither that entry
+    // nor a record is one that was aborted (see `modules::users`).
+    if let Some(module) = &job.module {
+        p.cmd("SADD")
+            .arg(k.module_users(module))
+            .arg(&job.id)
+            .ignore();
+    }
+    write_meta(store, &mut p, &job, seq, JobState::Queued, None)?;
     p.cmd("HSET")
         .arg(k.shared("active"))
         .arg(&job.id)
@@ -170,7 +228,13 @@ pub(super) async fn add_tasks(
 
 pub(super) async fn seal_job(store: &RedisStore, job_id: &str) -> StoreResult<(u64, bool)> {
     let k = store.keys();
-    let v = reply_items(store.one(store.scripts().seal.call(&k.job(job_id))).await?);
+    // One connection for the seal, its index entries and the wait for
+    // replicas that covers both (a cluster's `WAIT` is per connection).
+    let mut conn = store.conn();
+    let mut p = ::redis::pipe();
+    p.add_command(store.scripts().seal.call(&k.job(job_id)));
+    let mut v: Vec<Value> = store.run_on(&mut conn, &p).await?;
+    let v = reply_items(v.pop().unwrap_or(Value::Nil));
     let [total, done, seq] = v.as_slice() else {
         return Err(corrupt("malformed seal reply"));
     };
@@ -186,13 +250,15 @@ pub(super) async fn seal_job(store: &RedisStore, job_id: &str) -> StoreResult<(u
         .ignore();
     p.cmd("HDEL").arg(k.shared("unsealed")).arg(job_id).ignore();
     store.bump_epoch(&mut p);
-    if let Err(e) = store.run::<()>(&p).await {
+    let meta = k.meta(job_id);
+    if let Err(e) = store.run_on::<()>(&mut conn, &p).await {
         if !e.is_out_of_space() {
             return Err(e);
         }
         // The script sealed the job: it is accepted, whole, and its tasks
         // run; only its place in the job list waits for memory.
         tracing::warn!(job = %job_id, "Redis is out of memory: the job is accepted, its entry in the job list follows once Redis has room");
+        store.wait_failover_safe(&mut conn, &[&meta]).await?;
         let store = store.clone();
         tokio::spawn(async move {
             while let Err(e) = store.run::<()>(&p).await {
@@ -200,7 +266,13 @@ pub(super) async fn seal_job(store: &RedisStore, job_id: &str) -> StoreResult<(u
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
         });
+        return Ok((total, total > 0 && done == total));
     }
+    // The job's keys and its index entries (begin_job's too: they came
+    // before these on the same master) are on a replica before the 201.
+    store
+        .wait_failover_safe(&mut conn, &[&meta, &k.shared("jobs")])
+        .await?;
     Ok((total, total > 0 && done == total))
 }
 
@@ -248,7 +320,10 @@ pub(super) async fn cancel_job(
 ) -> StoreResult<Option<JobStatus>> {
     let mut c = store.scripts().cancel.call(&store.keys().job(id));
     c.arg(now_ms);
-    let changed = reply_i64(&store.one(c).await?) == 1;
+    // On a replica before the job leaves the indexes: else a failover
+    // could bring it back running, and out of every index.
+    let meta = store.keys().meta(id);
+    let changed = reply_i64(&store.one_failover_safe(c, &[&meta]).await?) == 1;
     let status = store.job(id).await?;
     if let (true, Some(s)) = (changed, &status) {
         store
@@ -310,7 +385,16 @@ pub(super) async fn finish_job(
     let mut p = ::redis::pipe();
     p.add_command(c).ignore();
     p.cmd("HGET").arg(&keys[0]).arg("queue");
-    let (queue,): (Option<String>,) = store.run(&p).await?;
+    p.cmd("HGET").arg(&keys[0]).arg("result_expires_ms");
+    // As a cancel: on a replica before the job leaves the indexes.
+    let (queue, result_expires): (Option<String>, Option<u64>) =
+        store.run_failover_safe(&p, &[&keys[0]]).await?;
+    if let Some(at) = result_expires {
+        // Idempotent: a second reduce of the job adds the same entry.
+        let mut c = ::redis::cmd("ZADD");
+        c.arg(store.keys().shared(RESULTS_EXPIRING)).arg(at).arg(id);
+        store.one(c).await?;
+    }
     if let Some(queue) = queue {
         store.forget_finished(&[(id.to_string(), queue)]).await?;
     }
@@ -423,4 +507,111 @@ pub(super) async fn work_epoch(store: &RedisStore, now_ms: u64) -> StoreResult<O
     p.cmd("INCR").arg(k.shared("epoch"));
     let (epoch,): (u64,) = store.run(&p).await?;
     Ok(Some(epoch))
+}
+
+pub(super) async fn job_backlog(
+    store: &RedisStore,
+    id: &str,
+    now_ms: u64,
+) -> StoreResult<Option<Backlog>> {
+    let k = store.keys();
+    let keys = k.job(id);
+    let (pend, wait, live, tasks) = (&keys[1], &keys[2], &keys[3], &keys[4]);
+    let mut c = ::redis::cmd("HMGET");
+    c.arg(&keys[0])
+        .arg("queue")
+        .arg("priority")
+        .arg("labels")
+        .arg("sealed");
+    let f = reply_items(store.one(c).await?);
+    let (Some(queue), Some(priority), Some(labels)) = (
+        f.first().and_then(reply_string),
+        f.get(1).and_then(reply_opt_i64),
+        f.get(2).and_then(reply_string),
+    ) else {
+        return Ok(None);
+    };
+    if f.get(3).and_then(reply_string).as_deref() != Some("1") {
+        return Ok(None);
+    }
+    let labels: BTreeMap<String, String> =
+        serde_json::from_str(&labels).map_err(|e| corrupt(format!("labels of job {id}: {e}")))?;
+    let later = format!("({now_ms}");
+    let scan = BACKLOG_SCAN as i64 - 1;
+    let mut p = ::redis::pipe();
+    p.cmd("ZCARD").arg(pend);
+    p.cmd("ZCOUNT").arg(wait).arg("-inf").arg(now_ms);
+    p.cmd("ZCOUNT").arg(wait).arg(&later).arg("+inf");
+    p.cmd("ZRANGEBYSCORE")
+        .arg(wait)
+        .arg(&later)
+        .arg("+inf")
+        .arg("LIMIT")
+        .arg(0)
+        .arg(1);
+    p.cmd("ZCARD").arg(live);
+    p.cmd("ZRANGE").arg(pend).arg(0).arg(scan);
+    p.cmd("ZRANGE").arg(wait).arg(0).arg(scan);
+    // Jobs of a higher priority in the same queue: a score below this one's
+    // priority band (see `queue_score`).
+    p.cmd("ZRANGEBYSCORE")
+        .arg(k.queue(&queue))
+        .arg("-inf")
+        .arg(format!("({}", queue_score(priority as u8, 0)));
+    let v: Vec<Value> = store.run(&p).await?;
+    let count = |i: usize| v.get(i).map(reply_i64).unwrap_or(0) as u64;
+    let strings = |i: usize| -> Vec<String> {
+        v.get(i)
+            .cloned()
+            .map(reply_items)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(reply_string)
+            .collect()
+    };
+    let first_retry = strings(3).into_iter().next();
+    let mut slots = strings(5);
+    slots.extend(strings(6));
+    slots.truncate(BACKLOG_SCAN as usize);
+    let higher: Vec<String> = strings(7).into_iter().filter(|j| j != id).collect();
+
+    let mut p = ::redis::pipe();
+    p.cmd("ZSCORE")
+        .arg(wait)
+        .arg(first_retry.as_deref().unwrap_or(""));
+    for slot in &slots {
+        let idx = slot.parse::<u64>().unwrap_or(0) % (1 << 32);
+        p.cmd("HGET").arg(tasks).arg(format!("c{idx}"));
+    }
+    for other in &higher {
+        let keys = k.job(other);
+        p.cmd("ZCARD").arg(&keys[1]);
+        p.cmd("ZCOUNT").arg(&keys[2]).arg("-inf").arg(now_ms);
+    }
+    let w: Vec<Value> = store.run(&p).await?;
+    // Scores are whole milliseconds, which Redis writes without a point.
+    let retry_at_ms = first_retry
+        .and(w.first().and_then(reply_opt_i64))
+        .map(|t| t as u64);
+    let mems: Vec<u64> = w[1..1 + slots.len()]
+        .iter()
+        .filter_map(reply_string)
+        .filter_map(|cost| cost.split_once(':')?.1.parse().ok())
+        .collect();
+    let ahead = w[1 + slots.len()..]
+        .iter()
+        .map(|c| reply_i64(c) as u64)
+        .sum();
+    Ok(Some(Backlog {
+        queue,
+        priority: priority as u8,
+        labels,
+        leasable: count(0) + count(1),
+        retrying: count(2),
+        retry_at_ms,
+        leased: count(4),
+        mem_min: mems.iter().copied().min().unwrap_or(0),
+        mem_max: mems.iter().copied().max().unwrap_or(0),
+        ahead,
+    }))
 }

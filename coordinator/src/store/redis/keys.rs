@@ -38,6 +38,17 @@ impl Keys {
         self.shared(&format!("q:{queue}"))
     }
 
+    /// A module's hash (bytes and record), in the shared slot with the
+    /// module index and its users, which its scripts touch together.
+    pub(super) fn module(&self, id: &str) -> String {
+        self.shared(&format!("mod:{id}"))
+    }
+
+    /// The ids of the jobs that use a module.
+    pub(super) fn module_users(&self, id: &str) -> String {
+        self.shared(&format!("mod:{id}:jobs"))
+    }
+
     pub(super) fn alive(&self, instance: &str) -> String {
         self.shared(&format!("coord:{instance}"))
     }

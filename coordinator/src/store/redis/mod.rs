@@ -42,13 +42,24 @@
 //! `appendonly yes` a reply is sent after the write reached the AOF file,
 //! so a killed Redis loses nothing; `appendfsync everysec` (the default)
 //! can lose the last second to a power cut, `always` nothing.
+//!
+//! # Redis Cluster
+//! The same store runs on a Redis Cluster (`redis+cluster://`, see
+//! `connection.rs`): the hash tags put each job on one slot and the rest on
+//! one other, pipelines that span slots are cut by slot there. A cluster
+//! replicates asynchronously, so a master killed right after a write may
+//! leave a promoted replica without it. Lost progress (a lease, a result)
+//! only makes tasks run again; what must not be lost waits for a replica
+//! (`WAIT`, [`REPLICA_WAIT`]) before the caller is answered: a sealed job
+//! and its index entries (before its `201`), a finished or cancelled job
+//! (before it leaves the indexes, or it would be forgotten half done),
+//! tokens, agents and the shared trust.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Cmd, ErrorKind, Pipeline, ServerErrorKind, Value};
 use musketeer_tasks::protocol::{HeartbeatAck, LeasedTask, TaskOutcome, TaskRef, TaskReport};
 use musketeer_tasks::{Cost, Kernel};
@@ -57,14 +68,21 @@ use super::rules::{self, Batch};
 use super::*;
 
 mod agents;
+mod connection;
 mod decode;
+mod expiry;
 mod jobs;
 mod keys;
 mod leasing;
+mod modules;
 mod results;
+mod schedules;
 mod scripts;
+mod workflows;
 
+use connection::{Connection, Target};
 use decode::*;
+use expiry::{EXPIRING, RESULTS_EXPIRING};
 use keys::Keys;
 use scripts::Scripts;
 
@@ -90,6 +108,11 @@ const MAX_KNOWN_REPLICATED: usize = 100_000;
 /// unsealed uploads are dropped by the others once it is not.
 const ALIVE_TTL: Duration = Duration::from_secs(15);
 
+/// How long a write that must survive a failover waits for a replica of
+/// its master on a Redis Cluster; past it the write stands on its master
+/// alone (and its append-only file), with a warning.
+pub const REPLICA_WAIT: Duration = Duration::from_secs(1);
+
 /// What a judged vote came to, as the result script reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Ballot {
@@ -102,7 +125,7 @@ enum Ballot {
 }
 
 struct Inner {
-    conns: Vec<ConnectionManager>,
+    conns: Vec<Connection>,
     next: AtomicUsize,
     keys: Keys,
     scripts: Scripts,
@@ -158,36 +181,18 @@ fn corrupt(what: impl Into<String>) -> StoreError {
 }
 
 impl RedisStore {
-    /// Connects to Redis at `url` (`redis://[:password@]host:port[/db]`),
-    /// with every key under `prefix`, so several clusters (or tests) can
-    /// share one server.
+    /// Connects to Redis at `url`: one server
+    /// (`redis://[:password@]host:port[/db]`) or a Redis Cluster
+    /// (`redis+cluster://[:password@]host:port[,host:port...]`, any of its
+    /// nodes), with every key under `prefix`, so several clusters (or
+    /// tests) can share one Redis.
     pub async fn connect(url: &str, prefix: &str) -> StoreResult<RedisStore> {
         if prefix.is_empty() || prefix.contains(['{', '}']) {
             return Err(StoreError::Config(format!(
                 "the Redis key prefix {prefix:?} must be non-empty and without braces"
             )));
         }
-        let client = ::redis::Client::open(url)
-            .map_err(|e| StoreError::Config(format!("{url} is not a Redis URL: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(60)))
-            .set_number_of_retries(3)
-            .set_max_delay(Duration::from_secs(1))
-            // Thousands of agents' calls at once: queue them in the
-            // connection's pipeline rather than in front of it.
-            .set_pipeline_buffer_size(4096);
-        let mut conns = Vec::with_capacity(CONNECTIONS);
-        for _ in 0..CONNECTIONS {
-            let conn = ConnectionManager::new_with_config(client.clone(), config.clone())
-                .await
-                .map_err(|e| {
-                    StoreError::Config(format!(
-                        "cannot reach Redis at {url}: {e} (is redis-server running there?)"
-                    ))
-                })?;
-            conns.push(conn);
-        }
+        let conns = Target::parse(url)?.connect(url, CONNECTIONS).await?;
         let store = RedisStore {
             inner: Arc::new(Inner {
                 conns,
@@ -229,11 +234,12 @@ impl RedisStore {
         self.run::<Value>(&p).await.map(drop)
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Connection {
         let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.conns.len();
         self.inner.conns[i].clone()
     }
 
+    /// Loads every script (on a cluster, on every node).
     async fn load_scripts(&self) -> StoreResult<()> {
         let mut p = ::redis::pipe();
         for s in self.inner.scripts.all() {
@@ -249,18 +255,64 @@ impl RedisStore {
     /// the retry is safe; other commands in a pipeline with scripts must
     /// be safe to repeat.
     async fn run<T: ::redis::FromRedisValue>(&self, p: &Pipeline) -> StoreResult<T> {
+        self.run_on(&mut self.conn(), p).await
+    }
+
+    /// [`RedisStore::run`] on the connection `c`.
+    async fn run_on<T: ::redis::FromRedisValue>(
+        &self,
+        c: &mut Connection,
+        p: &Pipeline,
+    ) -> StoreResult<T> {
         if p.is_empty() {
             return ::redis::from_redis_value(Value::Array(Vec::new()))
                 .map_err(|e| corrupt(e.to_string()));
         }
-        let mut c = self.conn();
-        match p.query_async(&mut c).await {
+        match p.query_async(c).await {
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                 self.load_scripts().await?;
-                Ok(p.query_async(&mut c).await?)
+                Ok(p.query_async(c).await?)
             }
             r => Ok(r?),
         }
+    }
+
+    /// Runs a pipeline whose writes must survive a failover: on a Redis
+    /// Cluster, returns once a replica of each master that the slots of
+    /// `keys` are on has them (or after [`REPLICA_WAIT`], with a warning).
+    async fn run_failover_safe<T: ::redis::FromRedisValue>(
+        &self,
+        p: &Pipeline,
+        keys: &[&str],
+    ) -> StoreResult<T> {
+        let mut c = self.conn();
+        let out = self.run_on(&mut c, p).await?;
+        self.wait_failover_safe(&mut c, keys).await?;
+        Ok(out)
+    }
+
+    /// Waits until a replica has what `c` wrote to the masters of `keys`
+    /// (see [`RedisStore::run_failover_safe`]); nothing on one server.
+    async fn wait_failover_safe(&self, c: &mut Connection, keys: &[&str]) -> StoreResult<()> {
+        for key in keys {
+            if c.wait_for_replica(key, REPLICA_WAIT).await? == Some(0) {
+                tracing::warn!(
+                    "no replica of the Redis master of {key} acknowledged a write within {} ms: \
+                     it stands on that master alone until one does (give every master a replica)",
+                    REPLICA_WAIT.as_millis()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// [`RedisStore::one`] for a write that must survive a failover, as
+    /// [`RedisStore::run_failover_safe`].
+    async fn one_failover_safe(&self, cmd: Cmd, keys: &[&str]) -> StoreResult<Value> {
+        let mut p = ::redis::pipe();
+        p.add_command(cmd);
+        let mut v: Vec<Value> = self.run_failover_safe(&p, keys).await?;
+        Ok(v.pop().unwrap_or(Value::Nil))
     }
 
     /// Runs one command (in a pipeline of one, for the script reload).
@@ -420,6 +472,71 @@ mod tests {
             .contains("local BACKOFF = {1000, 2000, 4000"));
         assert!(!s.lease.code.contains("__"));
         assert!(s.complete.code.contains("local QUORUM = {1, 2, 2, 3"));
+    }
+
+    /// A store on the Redis Cluster of `MUSKETEER_TEST_REDIS_CLUSTER_URL`
+    /// (scripts/test starts one), under a prefix of its own.
+    async fn cluster_store() -> RedisStore {
+        let var = "MUSKETEER_TEST_REDIS_CLUSTER_URL";
+        let url = std::env::var(var).unwrap_or_else(|_| {
+            panic!("{var} is not set: this test needs a Redis Cluster; run scripts/test (it starts one)")
+        });
+        let prefix = format!("test-{}", uuid::Uuid::now_v7().simple());
+        RedisStore::connect(&url, &prefix).await.unwrap()
+    }
+
+    /// Pipelines whose commands lie in several slots (on several masters)
+    /// answer in their own order, writes in runs and reads all at once.
+    #[tokio::test]
+    async fn cluster_pipelines_across_slots_keep_their_order() {
+        let s = cluster_store().await;
+        let k = s.keys();
+        let keys: Vec<String> = (0..12)
+            .map(|i| format!("{}:x", k.meta(&i.to_string())))
+            .chain([k.shared("x")])
+            .collect();
+        let slots: HashSet<_> = keys
+            .iter()
+            .map(::redis::cluster_routing::Slot::for_key)
+            .collect();
+        assert!(slots.len() > 3, "the keys span several slots");
+        let mut p = ::redis::pipe();
+        for (i, key) in keys.iter().enumerate() {
+            p.cmd("SET").arg(key).arg(i).ignore();
+            p.cmd("INCR").arg(key);
+        }
+        let incremented: Vec<i64> = s.run(&p).await.unwrap();
+        assert_eq!(incremented, (1..=keys.len() as i64).collect::<Vec<_>>());
+        let mut p = ::redis::pipe();
+        for key in keys.iter().rev() {
+            p.cmd("GET").arg(key);
+        }
+        let read: Vec<i64> = s.run(&p).await.unwrap();
+        assert_eq!(read, (1..=keys.len() as i64).rev().collect::<Vec<_>>());
+        // A failover-safe write is on a replica of its master on return.
+        let mut c = s.conn();
+        let mut p = ::redis::pipe();
+        p.cmd("SET").arg(&keys[0]).arg("kept").ignore();
+        s.run_on::<()>(&mut c, &p).await.unwrap();
+        let replicas = c.wait_for_replica(&keys[0], REPLICA_WAIT).await.unwrap();
+        assert!(replicas >= Some(1), "{replicas:?}");
+    }
+
+    /// Scripts reloaded on every node after a `SCRIPT FLUSH` everywhere: a
+    /// `NOSCRIPT` from any master is answered by loading them again.
+    #[tokio::test]
+    async fn cluster_scripts_come_back_after_a_flush() {
+        let s = cluster_store().await;
+        crate::store::conformance::enrol(&s, "a").await;
+        let mut p = ::redis::pipe();
+        p.cmd("SCRIPT").arg("FLUSH").ignore();
+        s.run::<()>(&p).await.unwrap();
+        crate::store::conformance::job(&s, "j", 2, musketeer_tasks::JobOptions::default()).await;
+        let got = s
+            .lease(crate::store::conformance::query("a", 1_000_000, 2))
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 2);
     }
 
     #[test]

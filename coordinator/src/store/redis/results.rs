@@ -18,7 +18,9 @@ impl RedisStore {
             .trust_share
             .call(&[self.keys().shared("trust")]);
         c.arg(ca_pem).arg(ca_key_pem).arg(admin_token);
-        let v = reply_items(self.one(c).await?);
+        // Every coordinator must adopt the same CA, failover or not.
+        let key = self.keys().shared("trust");
+        let v = reply_items(self.one_failover_safe(c, &[&key]).await?);
         match v.as_slice() {
             [a, b, c] => Ok((
                 reply_string(a).ok_or_else(|| corrupt("no shared CA"))?,

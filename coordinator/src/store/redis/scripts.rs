@@ -36,6 +36,10 @@ pub(super) struct Scripts {
     pub(super) abort: Lua,
     pub(super) cancel: Lua,
     pub(super) finish: Lua,
+    pub(super) expire_unleased: Lua,
+    pub(super) start_waiting: Lua,
+    pub(super) workflow_finish: Lua,
+    pub(super) schedule_claim: Lua,
     pub(super) token_create: Lua,
     pub(super) token_revoke: Lua,
     pub(super) agent_enrol: Lua,
@@ -43,6 +47,8 @@ pub(super) struct Scripts {
     pub(super) trust_share: Lua,
     pub(super) queue_put: Lua,
     pub(super) queue_remove: Lua,
+    pub(super) module_put: Lua,
+    pub(super) module_delete: Lua,
 }
 
 impl Scripts {
@@ -90,6 +96,10 @@ impl Scripts {
             abort: job(include_str!("job_abort.lua")),
             cancel: job(include_str!("job_cancel.lua")),
             finish: job(include_str!("job_finish.lua")),
+            expire_unleased: job(include_str!("job_expire_unleased.lua")),
+            start_waiting: job(include_str!("job_start_waiting.lua")),
+            workflow_finish: Lua::new(include_str!("workflow_finish.lua").into()),
+            schedule_claim: Lua::new(include_str!("schedule_claim.lua").into()),
             token_create: Lua::new(include_str!("token_create.lua").into()),
             token_revoke: Lua::new(include_str!("token_revoke.lua").into()),
             agent_enrol: Lua::new(include_str!("agent_enrol.lua").into()),
@@ -97,10 +107,12 @@ impl Scripts {
             trust_share: Lua::new(include_str!("trust_share.lua").into()),
             queue_put: Lua::new(include_str!("queue_put.lua").into()),
             queue_remove: Lua::new(include_str!("queue_remove.lua").into()),
+            module_put: Lua::new(include_str!("module_put.lua").into()),
+            module_delete: Lua::new(include_str!("module_delete.lua").into()),
         }
     }
 
-    pub(super) fn all(&self) -> [&Lua; 18] {
+    pub(super) fn all(&self) -> [&Lua; 24] {
         [
             &self.lease,
             &self.complete,
@@ -113,6 +125,10 @@ impl Scripts {
             &self.abort,
             &self.cancel,
             &self.finish,
+            &self.expire_unleased,
+            &self.start_waiting,
+            &self.workflow_finish,
+            &self.schedule_claim,
             &self.token_create,
             &self.token_revoke,
             &self.agent_enrol,
@@ -120,6 +136,8 @@ impl Scripts {
             &self.trust_share,
             &self.queue_put,
             &self.queue_remove,
+            &self.module_put,
+            &self.module_delete,
         ]
     }
 }

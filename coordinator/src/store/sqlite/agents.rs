@@ -7,34 +7,64 @@ pub(super) async fn create_token(
     store: &SqliteStore,
     id: &str,
     secret_hash: [u8; 32],
+    role: TokenRole,
     now_ms: u64,
 ) -> StoreResult<()> {
     let id = id.to_string();
     store
         .write(move |tx| {
             tx.execute(
-                "INSERT INTO tokens (id, secret_hash, created_ms) VALUES (?1, ?2, ?3)",
-                params![id, secret_hash.to_vec(), now_ms as i64],
+                "INSERT INTO tokens (id, secret_hash, created_ms, role) VALUES (?1, ?2, ?3, ?4)",
+                params![id, secret_hash.to_vec(), now_ms as i64, role.as_str()],
             )?;
             Ok(())
         })
         .await
 }
 
+const TOKEN_COLUMNS: &str = "id, created_ms, revoked, uses, role";
+
+fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
+    let role: String = r.get(4)?;
+    Ok(TokenRecord {
+        id: r.get(0)?,
+        role: TokenRole::parse(Some(&role)).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                4,
+                rusqlite::types::Type::Text,
+                format!("unknown token role {role:?}").into(),
+            )
+        })?,
+        created_ms: r.get::<_, i64>(1)? as u64,
+        revoked: r.get::<_, i64>(2)? != 0,
+        uses: r.get::<_, i64>(3)? as u64,
+    })
+}
+
 pub(super) async fn list_tokens(store: &SqliteStore) -> StoreResult<Vec<TokenRecord>> {
     store
         .read(|c| {
-            let mut st =
-                c.prepare("SELECT id, created_ms, revoked, uses FROM tokens ORDER BY created_ms")?;
-            let rows = st.query_map([], |r| {
-                Ok(TokenRecord {
-                    id: r.get(0)?,
-                    created_ms: r.get::<_, i64>(1)? as u64,
-                    revoked: r.get::<_, i64>(2)? != 0,
-                    uses: r.get::<_, i64>(3)? as u64,
-                })
-            })?;
+            let mut st = c.prepare(&format!(
+                "SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_ms"
+            ))?;
+            let rows = st.query_map([], token_from_row)?;
             Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+}
+
+pub(super) async fn token_by_hash(
+    store: &SqliteStore,
+    secret_hash: [u8; 32],
+) -> StoreResult<Option<TokenRecord>> {
+    store
+        .read(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE secret_hash = ?1"),
+                [secret_hash.to_vec()],
+                token_from_row,
+            )
+            .optional()?)
         })
         .await
 }
@@ -52,17 +82,20 @@ pub(super) async fn enrol_agent(
     agent: NewAgent,
 ) -> StoreResult<Result<(), EnrolRefusal>> {
     store.write(move |tx| {
-        let token: Option<(String, i64)> = tx
+        let token: Option<(String, i64, String)> = tx
             .query_row(
-                "SELECT id, revoked FROM tokens WHERE secret_hash = ?1",
+                "SELECT id, revoked, role FROM tokens WHERE secret_hash = ?1",
                 [token_hash.to_vec()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
         let token_id = match token {
             None => return Ok(Err(EnrolRefusal::UnknownToken)),
-            Some((_, revoked)) if revoked != 0 => return Ok(Err(EnrolRefusal::RevokedToken)),
-            Some((id, _)) => id,
+            Some((_, _, role)) if role != TokenRole::Join.as_str() => {
+                return Ok(Err(EnrolRefusal::NotAJoinToken))
+            }
+            Some((_, revoked, _)) if revoked != 0 => return Ok(Err(EnrolRefusal::RevokedToken)),
+            Some((id, _, _)) => id,
         };
         tx.execute("UPDATE tokens SET uses = uses + 1 WHERE id = ?1", [&token_id])?;
         let capacity = serde_json::to_string(&agent.capacity)

@@ -3,7 +3,7 @@
 
 use super::*;
 
-const JOB_COLUMNS: &str = "id, kernel, state, queue, priority, total, done, failed, error, created_ms, started_ms, finished_ms";
+const JOB_COLUMNS: &str = "id, kernel, state, queue, priority, total, done, failed, error, created_ms, started_ms, finished_ms, not_before_ms, expires_ms, result_expires_ms, workflow, schedule";
 
 fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobStatus> {
     let state: String = row.get(2)?;
@@ -22,6 +22,11 @@ fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobStatus> {
         created_ms: row.get::<_, i64>(9)? as u64,
         started_ms: row.get::<_, Option<i64>>(10)?.map(|v| v as u64),
         finished_ms: row.get::<_, Option<i64>>(11)?.map(|v| v as u64),
+        not_before_ms: Some(row.get::<_, i64>(12)? as u64).filter(|&t| t > 0),
+        expires_ms: row.get::<_, Option<i64>>(13)?.map(|v| v as u64),
+        result_expires_ms: row.get::<_, Option<i64>>(14)?.map(|v| v as u64),
+        workflow: row.get(15)?,
+        schedule: row.get(16)?,
     })
 }
 
@@ -48,7 +53,7 @@ fn sealed_blob_jobs(c: &Connection) -> rusqlite::Result<HashSet<i64>> {
 /// Failed and cancelled jobs that still hold inputs.
 fn finished_with_inputs(c: &Connection) -> rusqlite::Result<Vec<i64>> {
     c.prepare(
-        "SELECT seq FROM jobs WHERE state IN ('failed', 'cancelled')
+        "SELECT seq FROM jobs WHERE state IN ('failed', 'cancelled', 'expired')
          AND EXISTS (SELECT 1 FROM task_inputs i WHERE i.job_seq = jobs.seq)",
     )?
     .query_map([], |r| r.get(0))?
@@ -56,37 +61,65 @@ fn finished_with_inputs(c: &Connection) -> rusqlite::Result<Vec<i64>> {
 }
 
 fn delete_job(tx: &Transaction<'_>, seq: i64) -> rusqlite::Result<()> {
-    for table in ["task_inputs", "task_outputs", "replica_outputs", "tasks"] {
+    for table in [
+        "task_inputs",
+        "task_outputs",
+        "replica_outputs",
+        "tasks",
+        "job_modules",
+    ] {
         tx.execute(&format!("DELETE FROM {table} WHERE job_seq = ?1"), [seq])?;
     }
     tx.execute("DELETE FROM jobs WHERE seq = ?1", [seq])?;
     Ok(())
 }
 
+/// Inserts a job's row: `queued` and unsealed for an upload to come,
+/// or `waiting` and visible at once for a workflow's step.
+pub(super) fn insert_job(
+    tx: &Transaction<'_>,
+    job: &NewJob,
+    state: JobState,
+    workflow: Option<&str>,
+) -> StoreResult<()> {
+    let labels = serde_json::to_string(&job.options.labels)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    tx.execute(
+        "INSERT INTO jobs (id, kernel, queue, priority, max_attempts, timeout_s, redundancy,
+                           labels, state, created_ms, reduce_plan, not_before_ms, expires_ms,
+                           result_ttl_ms, sealed, workflow)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+        params![
+            job.id,
+            job.kernel,
+            job.options.queue,
+            job.options.priority as i64,
+            job.options.max_attempts as i64,
+            job.options.timeout_s.map(|t| t as i64),
+            job.options.redundancy as i64,
+            labels,
+            state.as_str(),
+            job.created_ms as i64,
+            job.reduce_plan,
+            job.timing.not_before_ms as i64,
+            job.timing.expires_ms.map(|t| t as i64),
+            job.timing.result_ttl_ms.map(|t| t as i64),
+            i64::from(state == JobState::Waiting),
+            workflow,
+        ],
+    )?;
+    if let Some(module) = &job.module {
+        tx.execute(
+            "INSERT INTO job_modules (job_seq, module) VALUES (?1, ?2)",
+            params![tx.last_insert_rowid(), module],
+        )?;
+    }
+    Ok(())
+}
+
 pub(super) async fn begin_job(store: &SqliteStore, job: NewJob) -> StoreResult<()> {
     store
-        .write_relaxed(move |tx| {
-            let labels = serde_json::to_string(&job.options.labels)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            tx.execute(
-            "INSERT INTO jobs (id, kernel, queue, priority, max_attempts, timeout_s, redundancy,
-                               labels, state, created_ms, reduce_plan)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10)",
-            params![
-                job.id,
-                job.kernel,
-                job.options.queue,
-                job.options.priority as i64,
-                job.options.max_attempts as i64,
-                job.options.timeout_s.map(|t| t as i64),
-                job.options.redundancy as i64,
-                labels,
-                job.created_ms as i64,
-                job.reduce_plan,
-            ],
-        )?;
-            Ok(())
-        })
+        .write_relaxed(move |tx| insert_job(tx, &job, JobState::Queued, None))
         .await
 }
 
@@ -127,13 +160,11 @@ pub(super) async fn add_tasks(
     .map_err(|e| StoreError::Worker(e.to_string()))??;
     store
         .write_relaxed(move |tx| {
-            let (queue, priority, now_total, state, redundancy): (String, i64, i64, String, i64) =
-                tx.query_row(
-                    "SELECT queue, priority, total, state, redundancy FROM jobs
-                 WHERE seq = ?1 AND id = ?2 AND sealed = 0",
-                    params![seq, job_id],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-                )?;
+            let (now_total, state): (i64, String) = tx.query_row(
+                "SELECT total, state FROM jobs WHERE seq = ?1 AND id = ?2 AND sealed = 0",
+                params![seq, job_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
             // A streamed job can fail (a chunk out of attempts) while its
             // upload goes on: the rest of its tasks must not run.
             let initial = match JobState::parse(&state) {
@@ -145,38 +176,59 @@ pub(super) async fn add_tasks(
                     "tasks were added to job {seq} concurrently"
                 )));
             }
-            let mut task_row = tx.prepare_cached(
-                "INSERT INTO tasks (job_seq, idx, replica, state, queue, priority, work, mem)
-             VALUES (?1, ?2, ?8, ?7, ?3, ?4, ?5, ?6)",
-            )?;
-            let mut input_row = tx.prepare_cached(
-                "INSERT INTO task_inputs (job_seq, idx, data, external) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            let n = tasks.len() as i64;
-            for (i, (task, external)) in tasks.into_iter().enumerate() {
-                let idx = total + i as i64;
-                // One row per replica; all share the one stored input.
-                for replica in 0..redundancy.max(1) {
-                    task_row.execute(params![
-                        seq,
-                        idx,
-                        queue,
-                        priority,
-                        task.cost.work as i64,
-                        task.cost.mem_bytes as i64,
-                        initial,
-                        replica
-                    ])?;
-                }
-                input_row.execute(params![seq, idx, task.input, external as i64])?;
-            }
-            tx.execute(
-                "UPDATE jobs SET total = total + ?2 WHERE seq = ?1",
-                params![seq, n],
-            )?;
-            Ok(())
+            insert_tasks(tx, seq, total, tasks, initial)
         })
         .await
+}
+
+/// Inserts tasks of job `seq` from index `first` on (their inputs inline,
+/// or already in files where marked), one row per replica, all leasable
+/// from the job's not-before time, and counts them in its total.
+pub(super) fn insert_tasks(
+    tx: &Transaction<'_>,
+    seq: i64,
+    first: i64,
+    tasks: Vec<(NewTask, bool)>,
+    initial: i64,
+) -> StoreResult<()> {
+    let (queue, priority, redundancy, not_before): (String, i64, i64, i64) = tx.query_row(
+        "SELECT queue, priority, redundancy, not_before_ms FROM jobs WHERE seq = ?1",
+        [seq],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
+    let total = first;
+    let mut task_row = tx.prepare_cached(
+        "INSERT INTO tasks (job_seq, idx, replica, state, queue, priority, work, mem,
+                                    not_before_ms)
+             VALUES (?1, ?2, ?8, ?7, ?3, ?4, ?5, ?6, ?9)",
+    )?;
+    let mut input_row = tx.prepare_cached(
+        "INSERT INTO task_inputs (job_seq, idx, data, external) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    let n = tasks.len() as i64;
+    for (i, (task, external)) in tasks.into_iter().enumerate() {
+        let idx = total + i as i64;
+        // One row per replica; all share the one stored input.
+        for replica in 0..redundancy.max(1) {
+            task_row.execute(params![
+                seq,
+                idx,
+                queue,
+                priority,
+                task.cost.work as i64,
+                task.cost.mem_bytes as i64,
+                initial,
+                replica,
+                not_before
+            ])?;
+        }
+        input_row.execute(params![seq, idx, task.input, external as i64])?;
+    }
+    tx.execute(
+        "UPDATE jobs SET total = total + ?2 WHERE seq = ?1",
+        params![seq, n],
+    )?;
+    Ok(())
 }
 
 pub(super) async fn seal_job(store: &SqliteStore, job_id: &str) -> StoreResult<(u64, bool)> {
@@ -309,7 +361,7 @@ pub(super) async fn cancel_job(
             };
             let changed = tx.execute(
                 "UPDATE jobs SET state = 'cancelled', finished_ms = ?2
-             WHERE seq = ?1 AND state IN ('queued', 'running')",
+             WHERE seq = ?1 AND state IN ('queued', 'running', 'waiting')",
                 params![seq, now_ms as i64],
             )?;
             if changed > 0 {
@@ -366,8 +418,9 @@ pub(super) async fn finish_job(
             match result {
                 Ok(bytes) => {
                     tx.execute(
-                        "UPDATE jobs SET state = 'succeeded', result = ?2, finished_ms = ?3
-                     WHERE id = ?1 AND state IN ('queued', 'running')",
+                        "UPDATE jobs SET state = 'succeeded', result = ?2, finished_ms = ?3,
+                             result_expires_ms = ?3 + result_ttl_ms
+                     WHERE id = ?1 AND state IN ('queued', 'running', 'waiting')",
                         params![id, bytes, now_ms as i64],
                     )?;
                     // The result holds everything now; the per-task outputs
@@ -402,9 +455,11 @@ pub(super) async fn job_result(store: &SqliteStore, id: &str) -> StoreResult<Opt
             Ok(c.query_row(
                 "SELECT result FROM jobs WHERE id = ?1 AND state = 'succeeded'",
                 [id],
-                |r| r.get(0),
+                // NULL once its TTL ran out and it was deleted.
+                |r| r.get::<_, Option<Vec<u8>>>(0),
             )
-            .optional()?)
+            .optional()?
+            .flatten())
         })
         .await
 }
@@ -469,6 +524,65 @@ pub(super) async fn stats(store: &SqliteStore) -> StoreResult<Stats> {
                 stats.agents.insert(k, v as u64);
             }
             Ok(stats)
+        })
+        .await
+}
+
+pub(super) async fn job_backlog(
+    store: &SqliteStore,
+    id: &str,
+    now_ms: u64,
+) -> StoreResult<Option<Backlog>> {
+    let id = id.to_string();
+    let now = now_ms as i64;
+    store
+        .read(move |c| {
+            let row: Option<(i64, String, i64, String)> = c
+                .query_row(
+                    "SELECT seq, queue, priority, labels FROM jobs WHERE id = ?1 AND sealed = 1",
+                    [&id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?;
+            let Some((seq, queue, priority, labels)) = row else {
+                return Ok(None);
+            };
+            let labels: BTreeMap<String, String> = serde_json::from_str(&labels)
+                .map_err(|e| StoreError::Corrupt(format!("labels of job {id}: {e}")))?;
+            let (leasable, retrying, retry_at, leased): (i64, i64, Option<i64>, i64) = c
+                .query_row(
+                    "SELECT COALESCE(SUM(state = 0 AND not_before_ms <= ?2), 0),
+                            COALESCE(SUM(state = 0 AND not_before_ms > ?2), 0),
+                            MIN(CASE WHEN state = 0 AND not_before_ms > ?2 THEN not_before_ms END),
+                            COALESCE(SUM(state = 1), 0)
+                     FROM tasks WHERE job_seq = ?1",
+                    params![seq, now],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )?;
+            let (mem_min, mem_max): (Option<i64>, Option<i64>) = c.query_row(
+                "SELECT MIN(mem), MAX(mem) FROM (SELECT mem FROM tasks
+                     WHERE job_seq = ?1 AND state = 0 ORDER BY replica, idx LIMIT ?2)",
+                params![seq, BACKLOG_SCAN as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let ahead: i64 = c.query_row(
+                "SELECT COUNT(*) FROM tasks
+                 WHERE state = 0 AND queue = ?1 AND priority > ?2 AND not_before_ms <= ?3",
+                params![queue, priority, now],
+                |r| r.get(0),
+            )?;
+            Ok(Some(Backlog {
+                queue,
+                priority: priority as u8,
+                labels,
+                leasable: leasable as u64,
+                retrying: retrying as u64,
+                retry_at_ms: retry_at.map(|t| t as u64),
+                leased: leased as u64,
+                mem_min: mem_min.unwrap_or(0) as u64,
+                mem_max: mem_max.unwrap_or(0) as u64,
+                ahead: ahead as u64,
+            }))
         })
         .await
 }

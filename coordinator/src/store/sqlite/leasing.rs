@@ -333,7 +333,8 @@ pub(super) async fn renew_all_leases(
 }
 
 /// The query for one page of lease candidates: pending tasks of these
-/// queues past their backoff that fit the agent's memory, after a keyset
+/// queues past their not-before time (countdown or backoff) and, if never
+/// leased, before their job expires, that fit the agent's memory, after a keyset
 /// cursor, in lease order.
 fn candidate_sql(queues: usize, no_labels: bool) -> String {
     // Memory, and labels for an agent that carries none, filter in
@@ -350,6 +351,7 @@ fn candidate_sql(queues: usize, no_labels: bool) -> String {
                 t.replica, j.redundancy
          FROM tasks t JOIN jobs j ON j.seq = t.job_seq
          WHERE t.state = 0 AND t.queue IN ({placeholders}) AND t.not_before_ms <= ?
+           AND (t.attempts > 0 OR j.expires_ms IS NULL OR j.expires_ms > ?)
            AND t.mem <= ?{labels_clause}
            AND (t.priority < ? OR (t.priority = ? AND (t.job_seq > ? OR (t.job_seq = ?
                 AND (t.replica > ? OR (t.replica = ? AND t.idx > ?))))))
@@ -371,6 +373,8 @@ fn candidate_page(
     let mut st = tx.prepare_cached(sql)?;
     let mut args: Vec<rusqlite::types::Value> =
         queues.iter().map(|q| (*q).to_string().into()).collect();
+    args.push((q.now_ms as i64).into());
+    // A task never leased is not leased past its job's `expires`.
     args.push((q.now_ms as i64).into());
     args.push((q.mem_bytes.min(i64::MAX as u64) as i64).into());
     args.extend(

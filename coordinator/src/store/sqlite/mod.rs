@@ -23,10 +23,14 @@ use super::rules::{self, AfterAttempt, Batch};
 use super::*;
 
 mod agents;
+mod expiry;
 mod jobs;
 mod leasing;
+mod modules;
 mod results;
+mod schedules;
 mod schema;
+mod workflows;
 
 use schema::migrate;
 
@@ -204,7 +208,7 @@ fn job_seq(tx: &Connection, id: &str) -> rusqlite::Result<Option<i64>> {
 fn fail_job(tx: &Transaction<'_>, seq: i64, reason: &str, now: u64) -> rusqlite::Result<()> {
     tx.execute(
         "UPDATE jobs SET state = 'failed', error = ?2, finished_ms = ?3
-         WHERE seq = ?1 AND state IN ('queued', 'running')",
+         WHERE seq = ?1 AND state IN ('queued', 'running', 'waiting')",
         params![seq, reason, now as i64],
     )?;
     cancel_open_tasks(tx, seq)

@@ -90,13 +90,52 @@ CREATE TABLE IF NOT EXISTS agents (
     results_invalid INTEGER NOT NULL DEFAULT 0,
     valid_streak INTEGER NOT NULL DEFAULT 0
 );
+-- A workflow: its steps (name, job, needs, body) as JSON, read whole; each
+-- step's job is a row of `jobs` whose `workflow` names it.
+CREATE TABLE IF NOT EXISTS workflows (
+    id TEXT PRIMARY KEY,
+    created_ms INTEGER NOT NULL,
+    finished_ms INTEGER,
+    state TEXT NOT NULL,
+    steps TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS workflows_open ON workflows(created_ms) WHERE state = 'running';
+-- A cron schedule: its job body as JSON, its next tick, its newest jobs.
+CREATE TABLE IF NOT EXISTS schedules (
+    id TEXT PRIMARY KEY,
+    cron TEXT NOT NULL,
+    timezone TEXT NOT NULL,
+    job TEXT NOT NULL,
+    paused INTEGER NOT NULL DEFAULT 0,
+    created_ms INTEGER NOT NULL,
+    next_run_ms INTEGER NOT NULL,
+    last_jobs TEXT NOT NULL DEFAULT '[]',
+    claimed_ms INTEGER
+);
 CREATE TABLE IF NOT EXISTS tokens (
     id TEXT PRIMARY KEY,
     secret_hash BLOB NOT NULL UNIQUE,
     created_ms INTEGER NOT NULL,
     revoked INTEGER NOT NULL DEFAULT 0,
-    uses INTEGER NOT NULL DEFAULT 0
+    uses INTEGER NOT NULL DEFAULT 0,
+    role TEXT NOT NULL DEFAULT 'join'
 );
+-- WebAssembly modules, content-addressed: id is sha256:<hex of data>. The
+-- bytes live in the row (at most 16 MiB, written once): one transaction
+-- stores a module whole, with no file to lose between two steps.
+CREATE TABLE IF NOT EXISTS modules (
+    id TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    has_reduce INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+-- The module each wasm job runs, so a module is kept while a job needs it.
+CREATE TABLE IF NOT EXISTS job_modules (
+    job_seq INTEGER PRIMARY KEY,
+    module TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS job_modules_by_module ON job_modules(module);
 "#;
 
 /// The schema's version, in `PRAGMA user_version`.
@@ -125,6 +164,49 @@ INSERT INTO tasks (job_seq, idx, state, queue, priority, work, mem, attempts, no
 DROP TABLE tasks_v1;
 "#;
 
+/// Columns added to existing tables after schema version 2, each added at
+/// open if missing (an idempotent step rather than a version bump, so that
+/// additions from different branches merge): (table, column, definition).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    // Delays and expiry (see `crate::timing`).
+    ("jobs", "not_before_ms", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "expires_ms", "INTEGER"),
+    ("jobs", "result_ttl_ms", "INTEGER"),
+    ("jobs", "result_expires_ms", "INTEGER"),
+    // Workflows (see `crate::workflows`).
+    ("jobs", "workflow", "TEXT"),
+    // Schedules (see `crate::schedules`).
+    ("jobs", "schedule", "TEXT"),
+    // Viewer tokens: what a token opens; every older token is a join token.
+    ("tokens", "role", "TEXT NOT NULL DEFAULT 'join'"),
+];
+
+/// Indexes over [`ADDED_COLUMNS`], made once the columns exist.
+const ADDED_INDEXES: &str = r#"
+CREATE INDEX IF NOT EXISTS jobs_expiring ON jobs(expires_ms)
+    WHERE expires_ms IS NOT NULL AND state IN ('queued', 'running');
+CREATE INDEX IF NOT EXISTS jobs_result_expiring ON jobs(result_expires_ms)
+    WHERE result_expires_ms IS NOT NULL AND result IS NOT NULL;
+"#;
+
+/// Adds each of [`ADDED_COLUMNS`] that a table lacks, then their indexes.
+fn add_missing_columns(tx: &Transaction<'_>) -> StoreResult<()> {
+    for (table, column, definition) in ADDED_COLUMNS {
+        let exists: bool = tx.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+            params![table, column],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            tx.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+            ))?;
+        }
+    }
+    tx.execute_batch(ADDED_INDEXES)?;
+    Ok(())
+}
+
 /// Creates the schema, or brings an older one up to date, in one
 /// transaction: a crash mid-way leaves the old schema, not half of each.
 pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
@@ -150,6 +232,7 @@ pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
     if upgrade {
         tx.execute_batch(MIGRATE_FROM_1_AFTER)?;
     }
+    add_missing_columns(&tx)?;
     // Only when it changes: setting it rewrites the header page, and a
     // store that writes nothing at start opens on a full disk.
     if version != SCHEMA_VERSION {
