@@ -50,6 +50,7 @@ pub mod clock;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod metrics;
+pub mod modules;
 pub mod pki;
 pub mod releases;
 pub mod scheduler;

@@ -29,6 +29,7 @@ use musketeer_tasks::job::parse_job;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::modules::{self, ModuleError, ModuleUse};
 use crate::scheduler::Scheduler;
 use crate::store::{
     JobState, NewJob, NewSchedule, NewTask, ScheduleRecord, ScheduleTick, StoreError, StoreResult,
@@ -155,14 +156,20 @@ fn utc() -> String {
     "UTC".into()
 }
 
-/// A job of a schedule's body, created at `at_ms` with id `id`.
-fn job_of(body: &Value, id: &str, at_ms: u64) -> Result<NewJob, ScheduleError> {
+/// A job of a schedule's body, created at `at_ms` with id `id`, and the
+/// module it runs if it is a wasm job.
+fn job_of(
+    body: &Value,
+    id: &str,
+    at_ms: u64,
+) -> Result<(NewJob, Option<ModuleUse>), ScheduleError> {
     let bytes = serde_json::to_vec(body).map_err(|e| ScheduleError::Job(e.to_string()))?;
     let (spec, mut options) = parse_job(&bytes).map_err(|e| ScheduleError::Job(e.to_string()))?;
     let timing = crate::timing::job_timing(&options, at_ms)
         .map_err(|e| ScheduleError::Job(e.to_string()))?;
     options.labels = options.required_labels();
-    Ok(NewJob {
+    let module = ModuleUse::of(&spec);
+    let job = NewJob {
         id: id.to_string(),
         kernel: spec.kernel().to_string(),
         options,
@@ -170,12 +177,23 @@ fn job_of(body: &Value, id: &str, at_ms: u64) -> Result<NewJob, ScheduleError> {
         reduce_plan: Vec::new(),
         created_ms: at_ms,
         // Kept while the fired job is unfinished, as a submitted one's is.
-        module: match &spec {
-            musketeer_tasks::JobSpec::Wasm(job) => Some(job.module.to_string()),
-            _ => None,
-        },
+        module: module.as_ref().map(|m| m.id.clone()),
         timing,
-    })
+    };
+    Ok((job, module))
+}
+
+/// Checks the module a schedule's job runs: refused as the job's fault.
+async fn check_module(scheduler: &Scheduler, module: Option<ModuleUse>) -> Result<(), SubmitError> {
+    let Some(module) = module else {
+        return Ok(());
+    };
+    modules::check(scheduler.store.as_ref(), &module)
+        .await
+        .map_err(|e| match e {
+            ModuleError::Store(e) => SubmitError::Store(e),
+            e => SubmitError::Invalid(ScheduleError::Job(e.to_string())),
+        })
 }
 
 /// An accepted schedule.
@@ -233,7 +251,8 @@ pub async fn submit(scheduler: &Scheduler, body: &[u8]) -> Result<ScheduleCreate
     let next = spec
         .next_after(now)
         .ok_or_else(|| ScheduleError::NeverFires(body.cron.clone()))?;
-    job_of(&body.job, "check", now)?;
+    let (_, module) = job_of(&body.job, "check", now)?;
+    check_module(scheduler, module).await?;
     let id = uuid::Uuid::now_v7().to_string();
     scheduler
         .store
@@ -294,13 +313,14 @@ pub async fn set_paused(
     let Some(s) = find(scheduler, id).await? else {
         return Ok(None);
     };
+    // A pause keeps the next tick as it stands in the store (one being
+    // claimed now stays claimed); a resume starts from the first after now.
     let next = if paused {
-        s.next_run_ms
+        None
     } else {
         CronSpec::parse(&s.cron, &s.timezone)
             .ok()
             .and_then(|c| c.next_after(scheduler.now_ms()))
-            .unwrap_or(s.next_run_ms)
     };
     if !scheduler.store.pause_schedule(id, paused, next).await? {
         return Ok(None);
@@ -329,20 +349,12 @@ async fn find(scheduler: &Scheduler, id: &str) -> StoreResult<Option<ScheduleRec
 /// plan past the limits) fails the job with the reason.
 async fn release(scheduler: &Scheduler, job: &str, body: &Value) -> StoreResult<()> {
     let body = body.clone();
+    let store = scheduler.store.clone();
     let planned =
         tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, Vec<NewTask>), String> {
             let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
             let (spec, options) = parse_job(&bytes).map_err(|e| e.to_string())?;
-            let plan = spec.plan_with(&options).map_err(|e| e.to_string())?;
-            let tasks = plan
-                .tasks
-                .into_iter()
-                .map(|(input, cost)| NewTask {
-                    input: input.encode(),
-                    cost,
-                })
-                .collect();
-            Ok((plan.reduce.encode(), tasks))
+            modules::plan(&store, &spec, &options).map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| StoreError::Worker(e.to_string()))?;
@@ -384,21 +396,20 @@ async fn fire_due(scheduler: &Scheduler, settled: &Mutex<HashSet<String>>) -> St
         // Missed ticks come to one run: the next is the first after now.
         let Some(next) = spec.next_after(now) else {
             tracing::warn!(schedule = %s.id, "the schedule fires no more: pausing it");
-            scheduler
-                .store
-                .pause_schedule(&s.id, true, s.next_run_ms)
-                .await?;
+            scheduler.store.pause_schedule(&s.id, true, None).await?;
             continue;
         };
-        let id = uuid::Uuid::now_v7().to_string();
-        let job = match job_of(&s.job, &id, now) {
+        let id = tick_job_id(now);
+        let checked = match job_of(&s.job, &id, now) {
+            Ok((job, module)) => check_module(scheduler, module).await.map(|()| job),
+            Err(e) => Err(e.into()),
+        };
+        let job = match checked {
             Ok(job) => job,
-            Err(e) => {
+            Err(SubmitError::Store(e)) => return Err(e),
+            Err(SubmitError::Invalid(e)) => {
                 tracing::error!(schedule = %s.id, "the schedule's job is refused, pausing it: {e}");
-                scheduler
-                    .store
-                    .pause_schedule(&s.id, true, s.next_run_ms)
-                    .await?;
+                scheduler.store.pause_schedule(&s.id, true, None).await?;
                 continue;
             }
         };
@@ -417,43 +428,65 @@ async fn fire_due(scheduler: &Scheduler, settled: &Mutex<HashSet<String>>) -> St
     Ok(())
 }
 
-/// Finishes the newest tick of `s` if its claimer did not: creates its job
-/// if it is missing, releases it if it is still waiting.
+/// The id of the job of a tick claimed at `now_ms`: a UUIDv7 of that
+/// instant on the scheduler's clock, so that any coordinator can tell
+/// from the id alone how long ago the tick was claimed.
+fn tick_job_id(now_ms: u64) -> String {
+    let ts = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        now_ms / 1000,
+        (now_ms % 1000) as u32 * 1_000_000,
+    );
+    uuid::Uuid::new_v7(ts).to_string()
+}
+
+/// When the tick whose job is `id` was claimed (see [`tick_job_id`]).
+fn claimed_at(id: &str) -> Option<u64> {
+    let (secs, nanos) = uuid::Uuid::parse_str(id).ok()?.get_timestamp()?.to_unix();
+    Some(secs * 1000 + u64::from(nanos) / 1_000_000)
+}
+
+/// Finishes every recent tick of `s` whose claimer did not: creates its
+/// job if it is missing, releases it if it is still waiting. Every one of
+/// the schedule's last jobs is looked at, not only the newest: a claimer
+/// may die on one tick while the others go on firing the next ones.
 async fn recover(
     scheduler: &Scheduler,
     s: &ScheduleRecord,
     now: u64,
     settled: &Mutex<HashSet<String>>,
 ) -> StoreResult<()> {
-    let (Some(last), Some(claimed)) = (s.last_jobs.first(), s.claimed_ms) else {
-        return Ok(());
-    };
-    if now < claimed + RECOVER_AFTER.as_millis() as u64
-        || settled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(last)
-    {
-        return Ok(());
-    }
-    match scheduler.store.job(last).await? {
-        None => {
-            let Ok(job) = job_of(&s.job, last, claimed) else {
-                return Ok(());
-            };
-            if scheduler.store.create_fired_job(&s.id, job).await? {
-                tracing::warn!(schedule = %s.id, job = %last, "created the job of a tick whose coordinator died");
-            }
-            release(scheduler, last, &s.job).await?;
+    for last in &s.last_jobs {
+        let Some(claimed) = claimed_at(last) else {
+            continue;
+        };
+        if now < claimed + RECOVER_AFTER.as_millis() as u64
+            || settled
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(last)
+        {
+            continue;
         }
-        Some(j) if j.state == JobState::Waiting => release(scheduler, last, &s.job).await?,
-        Some(_) => {}
+        match scheduler.store.job(last).await? {
+            None => {
+                let Ok((job, _)) = job_of(&s.job, last, claimed) else {
+                    continue;
+                };
+                if scheduler.store.create_fired_job(&s.id, job).await? {
+                    tracing::warn!(schedule = %s.id, job = %last, "created the job of a tick whose coordinator died");
+                }
+                release(scheduler, last, &s.job).await?;
+            }
+            Some(j) if j.state == JobState::Waiting => release(scheduler, last, &s.job).await?,
+            Some(_) => {}
+        }
+        let mut settled = settled.lock().unwrap_or_else(|p| p.into_inner());
+        if settled.len() > 100_000 {
+            settled.clear();
+        }
+        settled.insert(last.clone());
     }
-    let mut settled = settled.lock().unwrap_or_else(|p| p.into_inner());
-    if settled.len() > 100_000 {
-        settled.clear();
-    }
-    settled.insert(last.clone());
     Ok(())
 }
 
@@ -493,6 +526,14 @@ mod tests {
             rfc3339(nine_paris.next_after(t).unwrap()),
             "2026-12-02T08:00:00Z"
         );
+    }
+
+    #[test]
+    fn a_tick_jobs_id_says_when_it_was_claimed() {
+        let t = 1_796_126_400_123;
+        assert_eq!(claimed_at(&tick_job_id(t)), Some(t));
+        assert_ne!(tick_job_id(t), tick_job_id(t));
+        assert_eq!(claimed_at("not-a-uuid"), None);
     }
 
     #[test]

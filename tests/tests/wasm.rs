@@ -532,3 +532,44 @@ async fn a_failing_module_reduce_fails_the_job_with_its_reason() {
         json!({"values": [1, {"a": [true]}, "x"]})
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_are_sized_by_the_fuel_their_items_burn() {
+    let c = Coordinator::start(CoordinatorOptions::default()).unwrap();
+    let echo = push(&c, wasm::echo()).await.unwrap();
+    let nqueens = push(&c, kernel("nqueens").unwrap()).await.unwrap();
+    let tasks = |id: String| {
+        let c = &c;
+        async move {
+            c.job_status(&id).await.unwrap()["progress"]["total"]
+                .as_u64()
+                .unwrap()
+        }
+    };
+    // Echoing a number costs a few hundred units of fuel: a thousand items
+    // are one task, where an unmeasured module would get four.
+    let cheap = c
+        .submit(&json!({"kernel": "wasm", "module": echo, "range": {"start": 0, "end": 1000}}))
+        .await
+        .unwrap();
+    assert_eq!(tasks(cheap).await, 1);
+    // Ten queens is tens of millions: a few boards per task.
+    let boards = [10u32; 24];
+    let dear = c
+        .submit(&json!({"kernel": "wasm", "module": nqueens, "items": boards}))
+        .await
+        .unwrap();
+    let n = tasks(dear).await;
+    assert!(
+        (4..=24).contains(&n),
+        "24 boards of ten queens in {n} tasks"
+    );
+    // The job's own items_per_task wins.
+    let fixed = c
+        .submit(
+            &json!({"kernel": "wasm", "module": nqueens, "items": boards, "items_per_task": 24}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(tasks(fixed).await, 1);
+}

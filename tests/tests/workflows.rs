@@ -1,14 +1,14 @@
 //! Workflows end to end, each checked against an independent reference: a
 //! chain (A·B)·C of matmuls, a chord of five word counts merged into the
 //! count of their concatenation, Fibonacci values fed in as the indices of
-//! the next job; failure and cancellation flowing to the steps after; bad
+//! the next job and as the items of a wasm job, whose outputs feed another; failure and cancellation flowing to the steps after; bad
 //! graphs refused naming the step; and a workflow that survives its
 //! coordinator's SIGKILL on both stores.
 
 use std::time::{Duration, Instant};
 
 use musketeer_tests::redis::RedisServer;
-use musketeer_tests::{reference, Agent, Cluster, Coordinator, CoordinatorOptions};
+use musketeer_tests::{reference, wasm, Agent, Cluster, Coordinator, CoordinatorOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -166,6 +166,53 @@ async fn fibonacci_values_feed_the_next_job_once_it_has_them() {
     assert_eq!(reference::values(&got), reference::fibonacci(&values));
 }
 
+/// n-queens solutions for n = 0..=8 (OEIS A000170), written down here
+/// rather than computed, as the reference of the wasm kernel.
+const QUEENS: [u64; 9] = [1, 1, 0, 0, 2, 10, 4, 40, 92];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fibonacci_values_feed_a_wasm_job_whose_outputs_feed_another() {
+    let cluster = Cluster::start(1, CoordinatorOptions::default(), &[])
+        .await
+        .unwrap();
+    let c = &cluster.coordinator;
+    let nqueens = wasm::push(c, wasm::kernel("nqueens").unwrap())
+        .await
+        .unwrap();
+    let echo = wasm::push(c, wasm::echo()).await.unwrap();
+    let firsts: Vec<u64> = (0..=6).collect();
+    let wf = c
+        .submit_workflow(&json!({"steps": [
+            {"name": "f", "job": {"kernel": "fibonacci", "n": firsts}},
+            {"name": "q", "job": {"kernel": "wasm", "module": nqueens, "items": {"result_of": "f"}}},
+            {"name": "s", "job": {"kernel": "wasm", "module": echo, "items": {"result_of": "q"}, "reduce": "sum"}},
+        ]}))
+        .await
+        .unwrap();
+    // A waiting step keeps its module: it cannot be deleted under it.
+    let resp = c
+        .client()
+        .request(Method::DELETE, &format!("/v1/modules/{echo}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    let status = c
+        .wait_workflow(wf["id"].as_str().unwrap(), TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(status["state"], "succeeded", "{status}");
+    let boards: Vec<u64> = reference::fibonacci(&firsts)
+        .iter()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let want: Vec<u64> = boards.iter().map(|&n| QUEENS[n as usize]).collect();
+    let got = c.result(step_job(&wf, "q"), TIMEOUT).await.unwrap();
+    assert_eq!(got, json!({ "values": want }));
+    let got = c.result(step_job(&wf, "s"), TIMEOUT).await.unwrap();
+    assert_eq!(got, json!({"value": want.iter().sum::<u64>()}));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failure_and_cancellation_flow_to_the_steps_after() {
     let cluster = Cluster::start(1, CoordinatorOptions::default(), &[])
@@ -286,6 +333,11 @@ async fn bad_workflows_are_refused_naming_the_step() {
             "two steps",
         ),
         (json!({"steps": []}), "invalid_workflow", "empty"),
+        (
+            json!({"steps": [{"name": "f", "job": fib}, {"name": "w", "job": {"kernel": "wasm", "module": format!("sha256:{}", "0".repeat(64)), "items": {"result_of": "f"}}}]}),
+            "invalid_step",
+            "step \"w\": no module sha256:000",
+        ),
     ];
     for (body, code, says) in cases {
         let resp = client

@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
 use musketeer_tasks::job::{parse_job, JobError, JobOptions, JobSpec};
-use musketeer_tasks::wasm::ReduceKind;
 use musketeer_tasks::wordcount::{self, Chunker, SplitRule, WordcountOptions};
 use musketeer_tasks::JobResult;
 use serde::Deserialize;
@@ -20,6 +19,7 @@ use serde_json::json;
 use super::error::read_body;
 use super::space::{check_room, content_length};
 use super::{ApiError, AppState, MAX_JOB_BODY};
+use crate::modules::{self, ModuleError, ModuleUse};
 use crate::scheduler::UnsealedJob;
 use crate::store::{JobState, JobStatus, NewJob, NewTask};
 
@@ -57,36 +57,21 @@ pub(super) fn new_job(
     })
 }
 
-/// The module a wasm job runs, checked against the store: it must be
-/// stored, and export `musketeer_reduce` if the job reduces with it. A job
-/// refused here never becomes tasks that every agent would fail.
+/// The module a wasm job runs, checked against the store (see
+/// [`crate::modules`]).
 async fn check_module(st: &AppState, spec: &JobSpec) -> Result<Option<String>, ApiError> {
-    let JobSpec::Wasm(job) = spec else {
+    let Some(module) = ModuleUse::of(spec) else {
         return Ok(None);
     };
-    let id = job.module.to_string();
-    let Some(module) = st.scheduler.store.module(&id).await? else {
-        return Err(ApiError::new(
+    match modules::check(st.scheduler.store.as_ref(), &module).await {
+        Ok(()) => Ok(Some(module.id)),
+        Err(ModuleError::Store(e)) => Err(e.into()),
+        Err(e) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown_module",
-            format!(
-                "no module {id} is stored: upload it first with \
-                 `musketeer-coordinator modules push FILE` (POST /v1/modules), \
-                 and give the id it prints"
-            ),
-        ));
-    };
-    if job.reduce == ReduceKind::Module && !module.has_reduce {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_job",
-            format!(
-                "module {id} does not export musketeer_reduce, which \"reduce\":\"module\" \
-                 needs: use \"values\" or \"sum\", or export one (musketeer_guest::reduce!)"
-            ),
-        ));
+            e.code(),
+            e.to_string(),
+        )),
     }
-    Ok(Some(id))
 }
 
 fn created(id: &str, tasks: u64) -> (StatusCode, Json<serde_json::Value>) {
@@ -113,22 +98,14 @@ pub async fn submit(
     let kernel = spec.kernel();
     // Planning and encoding a big job is CPU work: keep it off the I/O threads.
     let plan_options = options.clone();
-    let (reduce, tasks) = tokio::task::spawn_blocking(move || {
-        spec.plan_with(&plan_options).map(|plan| {
-            let tasks: Vec<NewTask> = plan
-                .tasks
-                .into_iter()
-                .map(|(input, cost)| NewTask {
-                    input: input.encode(),
-                    cost,
-                })
-                .collect();
-            (plan.reduce.encode(), tasks)
-        })
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-    .map_err(job_error)?;
+    let store = st.scheduler.store.clone();
+    let (reduce, tasks) =
+        tokio::task::spawn_blocking(move || modules::plan(&store, &spec, &plan_options))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?
+            .map_err(job_error)?;
     let job = new_job(&st, kernel, options, reduce, module)?;
     let id = job.id.clone();
     let total = st.scheduler.submit(job, tasks).await?;

@@ -38,25 +38,17 @@ async fn fixture(lease_ttl: Duration) -> Fixture {
 /// Plans and submits a job body as the API does; returns its id.
 async fn submit(s: &Arc<Scheduler>, body: &str) -> String {
     let (spec, options) = parse_job(body.as_bytes()).unwrap();
-    let plan = spec.plan_with(&options).unwrap();
+    let (reduce_plan, tasks) = NewTask::from_plan(spec.plan_with(&options).unwrap());
     let id = uuid::Uuid::now_v7().to_string();
     let job = NewJob {
         id: id.clone(),
         kernel: spec.kernel().into(),
         options,
-        reduce_plan: plan.reduce.encode(),
+        reduce_plan,
         created_ms: s.now_ms(),
         module: None,
         timing: JobTiming::default(),
     };
-    let tasks = plan
-        .tasks
-        .into_iter()
-        .map(|(input, cost)| NewTask {
-            input: input.encode(),
-            cost,
-        })
-        .collect();
     s.submit(job, tasks).await.unwrap();
     id
 }

@@ -224,7 +224,7 @@ macro_rules! store_by_operation {
                 schedules::list_schedules(self).await
             }
 
-            async fn pause_schedule(&self, id: &str, paused: bool, next_run_ms: u64) -> StoreResult<bool> {
+            async fn pause_schedule(&self, id: &str, paused: bool, next_run_ms: Option<u64>) -> StoreResult<bool> {
                 schedules::pause_schedule(self, id, paused, next_run_ms).await
             }
 
@@ -447,6 +447,22 @@ pub struct NewTask {
     pub input: Vec<u8>,
     /// The planner's estimate.
     pub cost: Cost,
+}
+
+impl NewTask {
+    /// A job's plan as the store takes it: the encoded reduce plan, and the
+    /// tasks (whether the job was submitted, is a workflow's step or a tick).
+    pub fn from_plan(plan: musketeer_tasks::kernel::JobPlan) -> (Vec<u8>, Vec<NewTask>) {
+        let tasks = plan
+            .tasks
+            .into_iter()
+            .map(|(input, cost)| NewTask {
+                input: input.encode(),
+                cost,
+            })
+            .collect();
+        (plan.reduce.encode(), tasks)
+    }
 }
 
 /// A job as the API shows it.
@@ -901,8 +917,15 @@ pub trait Store: Send + Sync + 'static {
     async fn create_schedule(&self, s: NewSchedule) -> StoreResult<()>;
     /// Every schedule, oldest first.
     async fn list_schedules(&self) -> StoreResult<Vec<ScheduleRecord>>;
-    /// Pauses or resumes a schedule, with its next tick; false if unknown.
-    async fn pause_schedule(&self, id: &str, paused: bool, next_run_ms: u64) -> StoreResult<bool>;
+    /// Pauses or resumes a schedule, moving its next tick if one is given
+    /// (a pause keeps it: a tick being claimed meanwhile stays claimed);
+    /// false if unknown.
+    async fn pause_schedule(
+        &self,
+        id: &str,
+        paused: bool,
+        next_run_ms: Option<u64>,
+    ) -> StoreResult<bool>;
     /// Deletes a schedule; false if unknown.
     async fn delete_schedule(&self, id: &str) -> StoreResult<bool>;
     /// Claims a tick, once however many coordinators try: only while the

@@ -4,8 +4,11 @@
 
 use serde::{Deserialize, Serialize};
 
-/// How many of its newest jobs a schedule remembers (for `GET /v1/schedules`).
-pub const LAST_JOBS: usize = 10;
+/// How many of its newest jobs a schedule remembers (for `GET
+/// /v1/schedules`, and for the recovery of ticks whose claimer died, which
+/// needs a tick remembered for longer than `schedules::RECOVER_AFTER`: 30
+/// of the fastest, one-second, ticks is three times that).
+pub const LAST_JOBS: usize = 30;
 
 /// A schedule about to be stored.
 #[derive(Clone, Debug)]

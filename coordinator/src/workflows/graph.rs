@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::inputs::{self, Shape};
+use crate::modules::ModuleUse;
 
 /// Most steps in one workflow: each is a job row and a node every sweep
 /// looks at, and a graph of thousands of jobs is a batch, not a workflow.
@@ -82,6 +83,8 @@ pub struct PlannedStep {
     pub kernel: String,
     /// Its job's options.
     pub options: JobOptions,
+    /// The module it runs, if it is a wasm step.
+    pub module: Option<ModuleUse>,
 }
 
 impl PlannedStep {
@@ -199,18 +202,19 @@ pub fn parse_workflow(body: &[u8]) -> Result<Vec<PlannedStep>, WorkflowError> {
         for (slot, producer) in &refs {
             let p = &body.steps[index[producer.as_str()]];
             let p_kernel = p.job.get("kernel").and_then(Value::as_str).unwrap_or("?");
-            if p_kernel != slot.producer {
+            if inputs::slot_from(slot.kernel, slot.field, p_kernel).is_none() {
                 return Err(step_error(
                     name,
                     format!(
                         "`{}` takes the result of a {} step; step {producer:?} is a {p_kernel} job",
-                        slot.field, slot.producer
+                        slot.field,
+                        inputs::producers(slot.kernel, slot.field)
                     ),
                 ));
             }
         }
-        let options = if refs.iter().any(|(s, _)| s.shape == Shape::Merge) {
-            check_merge(job).map_err(|e| step_error(name, e))?
+        let (options, module) = if refs.iter().any(|(s, _)| s.shape == Shape::Merge) {
+            (check_merge(job).map_err(|e| step_error(name, e))?, None)
         } else {
             // The kernel's own parser, on the body with stand-ins of the
             // right type where results will go.
@@ -219,9 +223,8 @@ pub fn parse_workflow(body: &[u8]) -> Result<Vec<PlannedStep>, WorkflowError> {
                 probe.insert(slot.field.to_string(), inputs::placeholder(slot.shape));
             }
             let bytes = serde_json::to_vec(&probe).unwrap_or_default();
-            parse_job(&bytes)
-                .map_err(|e| step_error(name, e.to_string()))?
-                .1
+            let (spec, options) = parse_job(&bytes).map_err(|e| step_error(name, e.to_string()))?;
+            (options, ModuleUse::of(&spec))
         };
         steps.push(PlannedStep {
             name: name.clone(),
@@ -229,6 +232,7 @@ pub fn parse_workflow(body: &[u8]) -> Result<Vec<PlannedStep>, WorkflowError> {
             body: job.clone(),
             kernel,
             options,
+            module,
         });
     }
     if let Some(cycle) = find_cycle(&steps) {

@@ -14,14 +14,19 @@ use serde_json::{Map, Value};
 pub enum Shape {
     /// A matmul result's matrix `c`, as an operand.
     Matrix,
-    /// A Fibonacci result's `values`, as indices (each must fit the
-    /// consumer's limits: a value past them fails the step with the reason).
-    Indices,
+    /// A Fibonacci result's `values`, as integers (indices, or a wasm
+    /// job's items); a value past 64 bits fails the step with the reason,
+    /// as one past the consumer's limits does.
+    Integers,
+    /// A wasm result's `values` (reduce `values`), each output as it is.
+    Outputs,
     /// Word counts to merge: a list of references, merged on the coordinator.
     Merge,
 }
 
-/// A field of a kernel's job body that may stand for a step's result.
+/// A field of a kernel's job body that may stand for a step's result of
+/// one kind. A field may have several slots, one per producing kernel;
+/// they agree on whether the field is a list of references (a merge).
 #[derive(Clone, Copy, Debug)]
 pub struct Slot {
     /// The consuming job's kernel.
@@ -35,7 +40,8 @@ pub struct Slot {
 }
 
 /// Every place a result may go. A chain of matmuls, Fibonacci values fed
-/// back as indices, and a chord of word counts merged into one.
+/// back as indices or as a wasm job's items, a wasm job's outputs as the
+/// next one's items, and a chord of word counts merged into one.
 pub const SLOTS: &[Slot] = &[
     Slot {
         kernel: "matmul",
@@ -53,7 +59,19 @@ pub const SLOTS: &[Slot] = &[
         kernel: "fibonacci",
         field: "n",
         producer: "fibonacci",
-        shape: Shape::Indices,
+        shape: Shape::Integers,
+    },
+    Slot {
+        kernel: "wasm",
+        field: "items",
+        producer: "fibonacci",
+        shape: Shape::Integers,
+    },
+    Slot {
+        kernel: "wasm",
+        field: "items",
+        producer: "wasm",
+        shape: Shape::Outputs,
     },
     Slot {
         kernel: "wordcount",
@@ -63,20 +81,48 @@ pub const SLOTS: &[Slot] = &[
     },
 ];
 
-/// The slots, as a sentence for error messages.
+/// The slots, as a sentence for error messages: each field once, with
+/// the kernels whose results it takes.
 pub fn slots_sentence() -> String {
-    SLOTS
+    let mut fields: Vec<(&str, &str, Vec<&str>)> = Vec::new();
+    for s in SLOTS {
+        match fields
+            .iter_mut()
+            .find(|(k, f, _)| *k == s.kernel && *f == s.field)
+        {
+            Some((_, _, from)) => from.push(s.producer),
+            None => fields.push((s.kernel, s.field, vec![s.producer])),
+        }
+    }
+    fields
         .iter()
-        .map(|s| format!("{} `{}` (from a {} step)", s.kernel, s.field, s.producer))
+        .map(|(k, f, from)| format!("{k} `{f}` (from a {} step)", from.join(" or ")))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-/// The slot of `field` in a `kernel` job, if results may go there.
+/// The first slot of `field` in a `kernel` job, if results may go there.
 pub fn slot(kernel: &str, field: &str) -> Option<&'static Slot> {
     SLOTS
         .iter()
         .find(|s| s.kernel == kernel && s.field == field)
+}
+
+/// The slot of `field` in a `kernel` job for a result of `producer`.
+pub fn slot_from(kernel: &str, field: &str, producer: &str) -> Option<&'static Slot> {
+    SLOTS
+        .iter()
+        .find(|s| s.kernel == kernel && s.field == field && s.producer == producer)
+}
+
+/// The kernels whose results `field` of a `kernel` job takes, as words.
+pub fn producers(kernel: &str, field: &str) -> String {
+    SLOTS
+        .iter()
+        .filter(|s| s.kernel == kernel && s.field == field)
+        .map(|s| s.producer)
+        .collect::<Vec<_>>()
+        .join(" or ")
 }
 
 /// The step a `{"result_of":"name"}` value names, if it is one.
@@ -159,7 +205,7 @@ pub fn references(
 pub fn placeholder(shape: Shape) -> Value {
     match shape {
         Shape::Matrix => serde_json::json!([[0.0]]),
-        Shape::Indices => serde_json::json!([0]),
+        Shape::Integers | Shape::Outputs => serde_json::json!([0]),
         Shape::Merge => Value::Null,
     }
 }
@@ -176,7 +222,14 @@ pub fn value_of(shape: Shape, step: &str, result: &JobResult) -> Result<Value, S
             .get("c")
             .cloned()
             .ok_or_else(|| format!("the result of step {step:?} is not a matrix")),
-        Shape::Indices => json
+        Shape::Outputs => json
+            .get("values")
+            .filter(|v| v.is_array())
+            .cloned()
+            .ok_or_else(|| {
+                format!("the result of step {step:?} is one value, not a list: give that step `\"reduce\":\"values\"`")
+            }),
+        Shape::Integers => json
             .get("values")
             .and_then(Value::as_array)
             .ok_or_else(|| format!("the result of step {step:?} is not a list of values"))?
@@ -189,7 +242,7 @@ pub fn value_of(shape: Shape, step: &str, result: &JobResult) -> Result<Value, S
                         let s = v.as_str().unwrap_or_default();
                         let shown = if s.len() > 24 { &s[..24] } else { s };
                         format!(
-                            "a value of step {step:?} ({shown}{}) is too large to be an index",
+                            "a value of step {step:?} ({shown}{}) is too large for a 64-bit integer",
                             if s.len() > 24 { "..." } else { "" }
                         )
                     })
@@ -214,6 +267,13 @@ pub fn substitute(
         let result = results
             .get(&name)
             .ok_or_else(|| format!("the result of step {name:?} is gone"))?;
+        let producer = result.kind().name();
+        let slot = slot_from(kernel, slot.field, producer).ok_or_else(|| {
+            format!(
+                "step {name:?} is a {producer} job, whose result `{}` cannot take",
+                slot.field
+            )
+        })?;
         out.insert(slot.field.to_string(), value_of(slot.shape, &name, result)?);
     }
     Ok(out)
@@ -290,7 +350,7 @@ mod tests {
             },
         });
         assert_eq!(
-            value_of(Shape::Indices, "f", &r).unwrap(),
+            value_of(Shape::Integers, "f", &r).unwrap(),
             serde_json::json!([5, 5, 89])
         );
     }

@@ -32,6 +32,7 @@ use serde_json::Value;
 
 pub use graph::{parse_workflow, PlannedStep, WorkflowError, MAX_STEPS};
 
+use crate::modules::{self, ModuleError};
 use crate::scheduler::Scheduler;
 use crate::store::{
     JobState, JobStatus, NewJob, NewTask, NewWorkflow, Progress, StoreError, StoreResult,
@@ -103,6 +104,19 @@ pub async fn submit(
     let id = uuid::Uuid::now_v7().to_string();
     let mut stored = Vec::with_capacity(steps.len());
     let mut jobs = Vec::with_capacity(steps.len());
+    for s in &steps {
+        if let Some(module) = &s.module {
+            modules::check(scheduler.store.as_ref(), module)
+                .await
+                .map_err(|e| match e {
+                    ModuleError::Store(e) => SubmitError::Store(e),
+                    e => SubmitError::Invalid(WorkflowError::Step {
+                        step: s.name.clone(),
+                        message: e.to_string(),
+                    }),
+                })?;
+        }
+    }
     for s in steps {
         let timing =
             crate::timing::job_timing(&s.options, now).map_err(|e| WorkflowError::Step {
@@ -119,9 +133,8 @@ pub async fn submit(
             // Planned when released: its inputs may be other steps' results.
             reduce_plan: Vec::new(),
             created_ms: now,
-            // A wasm step's module is not tracked as in use: deleting it
-            // before the step runs fails the step on the agents' 404.
-            module: None,
+            // In use from now: a waiting step keeps its module.
+            module: s.module.map(|m| m.id),
             timing,
         });
         stored.push(WorkflowStep {
@@ -396,6 +409,7 @@ async fn release(
         .any(|(slot, _)| slot.shape == inputs::Shape::Merge);
     let body = body.clone();
     let kernel = kernel.to_string();
+    let store = scheduler.store.clone();
     // Substituting, planning and encoding a big job is CPU work.
     let planned = tokio::task::spawn_blocking(move || -> Result<Planned, String> {
         if merge {
@@ -410,16 +424,8 @@ async fn release(
         let body = inputs::substitute(&kernel, &body, &results)?;
         let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
         let (spec, options) = parse_job(&bytes).map_err(|e| e.to_string())?;
-        let plan = spec.plan_with(&options).map_err(|e| e.to_string())?;
-        let tasks = plan
-            .tasks
-            .into_iter()
-            .map(|(input, cost)| NewTask {
-                input: input.encode(),
-                cost,
-            })
-            .collect();
-        Ok(Planned::Job(plan.reduce.encode(), tasks))
+        let (reduce, tasks) = modules::plan(&store, &spec, &options).map_err(|e| e.to_string())?;
+        Ok(Planned::Job(reduce, tasks))
     })
     .await
     .map_err(|e| StoreError::Worker(e.to_string()))?;

@@ -27,6 +27,11 @@ pub const MAX_ITEMS_PER_TASK: u64 = 1_000_000;
 /// WebAssembly instruction), as `musketeer bench` measures it: what turns a
 /// measured fuel per item into [`Cost::work`].
 pub const NS_PER_FUEL: f64 = 1.5;
+/// Fuel the coordinator may spend measuring one job's items before it
+/// plans the job (a sixth of a second of interpretation at most, in all).
+pub const SAMPLE_FUEL: u64 = 100_000_000;
+/// Items measured at most: the first, the middle and the last.
+const SAMPLE_ITEMS: u64 = 3;
 /// The [`Cost::work`] of one item whose cost is not known.
 const UNKNOWN_ITEM_WORK: u64 = TARGET_TASK_WORK / DEFAULT_ITEMS_PER_TASK;
 /// Memory a task is planned to need besides its items: the interpreter,
@@ -153,6 +158,45 @@ impl WasmItems {
 }
 
 impl WasmJob {
+    /// Item `i` as the module receives it, JSON text.
+    fn item_text(&self, i: u64) -> Option<String> {
+        match (&self.items, &self.range) {
+            (Some(items), _) => items.get(i as usize).map(|v| v.to_string()),
+            (None, Some(r)) => Some((r.start + i as i64).to_string()),
+            (None, None) => None,
+        }
+    }
+
+    /// The fuel one item of this job burns, measured with `module` on up
+    /// to three of its items (first, middle, last) within [`SAMPLE_FUEL`]:
+    /// fuel is deterministic, so it is what every agent's run will burn.
+    /// An item that spends its share of the sample counts as that share (a
+    /// lower bound, which still makes its tasks small). `None` when the
+    /// sample cannot run at all: the tasks' own runs then give the reason.
+    pub fn measure_fuel_per_item(&self, module: &[u8]) -> Option<u64> {
+        let count = self.item_count();
+        if count == 0 {
+            return None;
+        }
+        let share = SAMPLE_FUEL / SAMPLE_ITEMS;
+        let limits = Limits {
+            fuel: share,
+            ..Limits::default()
+        };
+        let compiled = Compiled::new(module, &limits).ok()?;
+        let mut picks = vec![0, count / 2, count - 1];
+        picks.dedup();
+        let mut spent = 0;
+        for &i in &picks {
+            match compiled.map(&[self.item_text(i)?], i) {
+                Ok(out) => spent += out.fuel_used,
+                Err(WasmError::OutOfFuel { .. }) => spent += share,
+                Err(_) => return None,
+            }
+        }
+        Some(spent / picks.len() as u64)
+    }
+
     /// How many items the job has.
     pub fn item_count(&self) -> u64 {
         match (&self.items, &self.range) {

@@ -575,6 +575,49 @@ fn measured_costs_size_the_tasks() {
 }
 
 #[test]
+fn the_fuel_of_items_is_measured_on_a_sample() {
+    // Item n loops n * 1000 times: the middle item of 0..=200 costs about
+    // half the last's, and the sample is their mean with the first's.
+    let m = mapping(
+        r#"(local $n i32) (local $i i32)
+           (local.set $n (i32.mul (i32.sub (i32.load8_u (local.get $ptr)) (i32.const 48)) (i32.const 1000)))
+           (block $done (loop $spin
+             (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+             (local.set $i (i32.add (local.get $i) (i32.const 1)))
+             (br $spin)))"#,
+    );
+    let job = |start: i64, end: i64| WasmJob {
+        module: ModuleId::of(&m),
+        items: None,
+        range: Some(kernel::ItemRange { start, end }),
+        reduce: ReduceKind::Values,
+    };
+    let cheap = job(0, 1).measure_fuel_per_item(&m).unwrap();
+    let dear = job(9, 10).measure_fuel_per_item(&m).unwrap();
+    assert!(dear > cheap + 9 * 1000, "{cheap} vs {dear}");
+    // Items 0, 4 and 8 (start 0, 9 items): the mean of the three (within
+    // the fuel of translating the module's functions, which a lone item's
+    // sample pays alone and three items share).
+    let mixed = job(0, 9).measure_fuel_per_item(&m).unwrap();
+    let four = job(4, 5).measure_fuel_per_item(&m).unwrap();
+    let eight = job(8, 9).measure_fuel_per_item(&m).unwrap();
+    let mean = (cheap + four + eight) / 3;
+    assert!(mixed.abs_diff(mean) * 20 < mean, "{mixed} vs {mean}");
+    // An endless item counts as its whole share of the sample.
+    let endless = mapping("(loop $forever (br $forever))");
+    let e = WasmJob {
+        module: ModuleId::of(&endless),
+        ..job(0, 5)
+    };
+    assert_eq!(
+        e.measure_fuel_per_item(&endless),
+        Some(kernel::SAMPLE_FUEL / 3)
+    );
+    // A module that does not compile measures nothing.
+    assert_eq!(job(0, 5).measure_fuel_per_item(b"garbage"), None);
+}
+
+#[test]
 fn the_sum_of_non_numbers_is_refused() {
     let m = module(WRAP);
     let id = ModuleId::of(&m);

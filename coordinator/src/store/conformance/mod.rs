@@ -165,6 +165,7 @@ macro_rules! every_rule {
             a_removed_agents_votes_are_discarded,
             modules_are_content_addressed,
             a_module_in_use_is_kept,
+            a_waiting_job_keeps_its_module,
             backlog_counts_what_waits,
             a_countdown_holds_every_task_back,
             unleased_jobs_expire_and_leased_ones_run_on,

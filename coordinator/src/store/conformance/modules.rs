@@ -144,3 +144,29 @@ pub async fn a_module_in_use_is_kept(store: &dyn Store) {
     job(store, "plain", 1, JobOptions::default()).await;
     assert!(store.list_modules().await.unwrap().is_empty());
 }
+
+/// A waiting job (a workflow's step, a schedule's tick) holds its module
+/// too, until it finishes.
+pub async fn a_waiting_job_keeps_its_module(store: &dyn Store) {
+    let m = module(b"\0asm waited for", false, T0);
+    store.put_module(m.clone()).await.unwrap();
+    let waiting = NewJob {
+        timing: Default::default(),
+        id: "waits".into(),
+        kernel: "wasm".into(),
+        options: JobOptions::default(),
+        reduce_plan: Vec::new(),
+        created_ms: T0,
+        module: Some(m.id.clone()),
+    };
+    assert!(store.create_fired_job("s", waiting).await.unwrap());
+    assert_eq!(
+        store.delete_module(&m.id).await.unwrap(),
+        ModuleDeletion::InUse(vec!["waits".to_string()])
+    );
+    store.cancel_job("waits", T0 + 3).await.unwrap();
+    assert_eq!(
+        store.delete_module(&m.id).await.unwrap(),
+        ModuleDeletion::Deleted
+    );
+}

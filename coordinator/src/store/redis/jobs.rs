@@ -75,6 +75,31 @@ impl RedisStore {
     }
 }
 
+/// Writes a job that starts `waiting` (a workflow's step, a schedule's
+/// tick): its record, and its entries in the active and listed jobs, in
+/// `p`; it is released later by `job_start_waiting.lua`.
+pub(super) fn write_waiting(
+    store: &RedisStore,
+    p: &mut Pipeline,
+    job: &NewJob,
+    seq: u64,
+    workflow: Option<&str>,
+) -> StoreResult<()> {
+    let k = store.keys();
+    write_meta(store, p, job, seq, JobState::Waiting, workflow)?;
+    p.cmd("HSET")
+        .arg(k.shared("active"))
+        .arg(&job.id)
+        .arg(&job.options.queue)
+        .ignore();
+    p.cmd("ZADD")
+        .arg(k.shared("jobs"))
+        .arg(seq)
+        .arg(&job.id)
+        .ignore();
+    Ok(())
+}
+
 /// Writes a job's fields, and its entries in the indexes of time (its
 /// countdown, its expiry), into `p`: `queued` and unsealed for an upload
 /// to come, or `waiting` and visible at once for a workflow's step.
@@ -90,6 +115,14 @@ pub(super) fn write_meta(
     let labels = serde_json::to_string(&job.options.labels).map_err(|e| corrupt(e.to_string()))?;
     let o = &job.options;
     let meta = k.meta(&job.id);
+    // Whatever makes the job (a submission, a workflow's step, a tick), it
+    // uses its module from now until it finishes.
+    if let Some(module) = &job.module {
+        p.cmd("SADD")
+            .arg(k.module_users(module))
+            .arg(&job.id)
+            .ignore();
+    }
     p.cmd("HSET")
         .arg(&meta)
         .arg("seq")
@@ -187,14 +220,9 @@ pub(super) async fn begin_job(store: &RedisStore, job: NewJob) -> StoreResult<()
         .arg(&job.id)
         .arg(&store.inner.instance)
         .ignore();
-    // After the upload's entry: a user whose job has neither that entry
-    // nor a record is one that was aborted (see `modules::users`).
-    if let Some(module) = &job.module {
-        p.cmd("SADD")
-            .arg(k.module_users(module))
-            .arg(&job.id)
-            .ignore();
-    }
+    // Its module's user after the upload's entry (in write_meta): a user
+    // whose job has neither that entry nor a record is one that was aborted
+    // (see `modules::users`).
     write_meta(store, &mut p, &job, seq, JobState::Queued, None)?;
     p.cmd("HSET")
         .arg(k.shared("active"))

@@ -98,22 +98,15 @@ pub(super) async fn pause_schedule(
     store: &RedisStore,
     id: &str,
     paused: bool,
-    next_run_ms: u64,
+    next_run_ms: Option<u64>,
 ) -> StoreResult<bool> {
-    let key = schedule_key(store, id);
-    let mut c = ::redis::cmd("EXISTS");
-    c.arg(&key);
-    if reply_i64(&store.one(c).await?) == 0 {
-        return Ok(false);
-    }
-    let mut c = ::redis::cmd("HSET");
-    c.arg(&key)
-        .arg("paused")
-        .arg(i64::from(paused))
-        .arg("next_run_ms")
-        .arg(next_run_ms);
-    store.one(c).await?;
-    Ok(true)
+    let mut c = store
+        .scripts()
+        .schedule_pause
+        .call(&[schedule_key(store, id)]);
+    c.arg(i64::from(paused))
+        .arg(next_run_ms.map(|n| n.to_string()).unwrap_or_default());
+    Ok(reply_i64(&store.one(c).await?) == 1)
 }
 
 pub(super) async fn delete_schedule(store: &RedisStore, id: &str) -> StoreResult<bool> {
@@ -161,21 +154,11 @@ pub(super) async fn create_fired_job(
     let seq = reply_i64(&store.one(c).await?) as u64;
     let mut p = ::redis::pipe();
     p.atomic();
-    super::jobs::write_meta(store, &mut p, &job, seq, JobState::Waiting, None)?;
+    super::jobs::write_waiting(store, &mut p, &job, seq, None)?;
     p.cmd("HSET")
         .arg(k.meta(&job.id))
         .arg("schedule")
         .arg(schedule)
-        .ignore();
-    p.cmd("HSET")
-        .arg(k.shared("active"))
-        .arg(&job.id)
-        .arg(&job.options.queue)
-        .ignore();
-    p.cmd("ZADD")
-        .arg(k.shared("jobs"))
-        .arg(seq)
-        .arg(&job.id)
         .ignore();
     store.run::<()>(&p).await?;
     Ok(true)

@@ -40,6 +40,7 @@ pub(super) struct Scripts {
     pub(super) start_waiting: Lua,
     pub(super) workflow_finish: Lua,
     pub(super) schedule_claim: Lua,
+    pub(super) schedule_pause: Lua,
     pub(super) token_create: Lua,
     pub(super) token_revoke: Lua,
     pub(super) agent_enrol: Lua,
@@ -100,6 +101,7 @@ impl Scripts {
             start_waiting: job(include_str!("job_start_waiting.lua")),
             workflow_finish: Lua::new(include_str!("workflow_finish.lua").into()),
             schedule_claim: Lua::new(include_str!("schedule_claim.lua").into()),
+            schedule_pause: Lua::new(include_str!("schedule_pause.lua").into()),
             token_create: Lua::new(include_str!("token_create.lua").into()),
             token_revoke: Lua::new(include_str!("token_revoke.lua").into()),
             agent_enrol: Lua::new(include_str!("agent_enrol.lua").into()),
@@ -112,7 +114,7 @@ impl Scripts {
         }
     }
 
-    pub(super) fn all(&self) -> [&Lua; 24] {
+    pub(super) fn all(&self) -> [&Lua; 25] {
         [
             &self.lease,
             &self.complete,
@@ -129,6 +131,7 @@ impl Scripts {
             &self.start_waiting,
             &self.workflow_finish,
             &self.schedule_claim,
+            &self.schedule_pause,
             &self.token_create,
             &self.token_revoke,
             &self.agent_enrol,

@@ -24,17 +24,7 @@ pub(super) async fn create_workflow(store: &RedisStore, wf: NewWorkflow) -> Stor
     p.atomic();
     for (i, job) in wf.jobs.iter().enumerate() {
         let seq = last + 1 - n + i as u64;
-        super::jobs::write_meta(store, &mut p, job, seq, JobState::Waiting, Some(&wf.id))?;
-        p.cmd("HSET")
-            .arg(k.shared("active"))
-            .arg(&job.id)
-            .arg(&job.options.queue)
-            .ignore();
-        p.cmd("ZADD")
-            .arg(k.shared("jobs"))
-            .arg(seq)
-            .arg(&job.id)
-            .ignore();
+        super::jobs::write_waiting(store, &mut p, job, seq, Some(&wf.id))?;
     }
     p.cmd("HSET")
         .arg(workflow_key(store, &wf.id))

@@ -2,10 +2,22 @@
 
 use super::*;
 
-/// Whether an unfinished job (one being submitted included: an unsealed
-/// job is `queued`) runs module `id`, as an SQL expression over `id`.
-const IN_USE: &str = "EXISTS (SELECT 1 FROM job_modules m JOIN jobs j ON j.seq = m.job_seq
-                      WHERE m.module = modules.id AND j.state IN ('queued', 'running'))";
+/// The states in which a job still needs its module: those
+/// `JobState::is_finished` calls unfinished (a waiting workflow step or
+/// fired tick included; a job being submitted is `queued` while unsealed).
+macro_rules! unfinished {
+    () => {
+        "('queued', 'running', 'waiting')"
+    };
+}
+
+/// Whether an unfinished job runs module `id`, as an SQL expression over `id`.
+const IN_USE: &str = concat!(
+    "EXISTS (SELECT 1 FROM job_modules m JOIN jobs j ON j.seq = m.job_seq
+     WHERE m.module = modules.id AND j.state IN ",
+    unfinished!(),
+    ")"
+);
 
 fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ModuleRecord> {
     Ok(ModuleRecord {
@@ -90,11 +102,12 @@ pub(super) async fn delete_module(store: &SqliteStore, id: &str) -> StoreResult<
                 return Ok(ModuleDeletion::NotFound);
             }
             let users: Vec<String> = tx
-                .prepare(
+                .prepare(concat!(
                     "SELECT j.id FROM job_modules m JOIN jobs j ON j.seq = m.job_seq
-                     WHERE m.module = ?1 AND j.state IN ('queued', 'running')
-                     ORDER BY j.seq LIMIT 10",
-                )?
+                     WHERE m.module = ?1 AND j.state IN ",
+                    unfinished!(),
+                    " ORDER BY j.seq LIMIT 10"
+                ))?
                 .query_map([&id], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
             if !users.is_empty() {

@@ -74,14 +74,15 @@ pub(super) async fn pause_schedule(
     store: &SqliteStore,
     id: &str,
     paused: bool,
-    next_run_ms: u64,
+    next_run_ms: Option<u64>,
 ) -> StoreResult<bool> {
     let id = id.to_string();
     store
         .write(move |tx| {
             Ok(tx.execute(
-                "UPDATE schedules SET paused = ?2, next_run_ms = ?3 WHERE id = ?1",
-                params![id, i64::from(paused), next_run_ms as i64],
+                "UPDATE schedules SET paused = ?2, next_run_ms = COALESCE(?3, next_run_ms)
+                 WHERE id = ?1",
+                params![id, i64::from(paused), next_run_ms.map(|n| n as i64)],
             )? > 0)
         })
         .await
