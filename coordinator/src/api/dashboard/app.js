@@ -163,6 +163,29 @@
     return el('ul', { class: 'reasons' }, ...why.reasons.map((r) => el('li', { 'data-code': r.code, text: r.message })));
   }
 
+  // A replicated job's returned replica's vote, as a word.
+  function verdict(t) {
+    if (t.agreed === true) return 'agreed';
+    if (t.agreed === false) return 'outvoted';
+    return t.state === 'done' ? 'undecided' : '';
+  }
+
+  // A job's sampled task replicas (the server picks and orders them).
+  function tasksTable(tasks, total) {
+    const replicated = tasks.some((t) => t.replica > 0 || t.agreed !== null);
+    const head = [['task', 'num']].concat(replicated ? [['replica', 'num']] : [],
+      [['state'], ['attempts', 'num'], ['agent']], replicated ? [['vote']] : [], [['error']]);
+    const rows = tasks.map((t) => el('tr', { class: 'task-row', id: `task-${t.index}-${t.replica}`, 'data-state': t.state },
+      td(t.index, 'num'), replicated ? td(t.replica, 'num') : null, td(t.state, 'state-' + t.state),
+      td(t.attempts, 'num'), td(t.agent || '-', 'mono'), replicated ? td(verdict(t), 'vote') : null,
+      td(t.error || '', 'error')));
+    const table = el('table', { id: 'tasks-table' });
+    fill(table, head, rows);
+    const shown = new Set(tasks.map((t) => t.index)).size;
+    return el('div', {}, table,
+      shown < total ? el('p', { class: 'muted', text: `${shown} of ${total} tasks shown, failures first` }) : null);
+  }
+
   function renderJob(s) {
     const box = $('job-view');
     if (!s.job) {
@@ -182,6 +205,8 @@
         el('dt', { text: 'first task leased' }), el('dd', { text: when(j.started_ms) }),
         el('dt', { text: 'finished' }), el('dd', { text: when(j.finished_ms) }),
         el('dt', { text: 'error' }), el('dd', { class: 'error', text: j.error || '-' })),
+      el('h2', { text: 'Tasks' }),
+      tasksTable(s.job.tasks, j.progress.total),
       el('h2', { text: 'Why it waits' }),
       el('div', { id: 'why' }, reasonsList(s.job.why)),
       el('p', {},

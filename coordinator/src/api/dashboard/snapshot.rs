@@ -1,7 +1,8 @@
 //! What the dashboard shows, gathered in one read of the store: the
 //! overview, agents, queues with why their jobs wait, a page of jobs, one
-//! job's details and the tokens. The page gets it over server-sent events
-//! and draws it; nothing is computed in the browser but layout.
+//! job's details and tasks, and the tokens. The page gets it over
+//! server-sent events and draws it; nothing is computed in the browser but
+//! layout.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::super::auth::Operator;
 use super::super::{ApiError, AppState};
 use crate::scheduler::why::{self, Why};
-use crate::store::{AgentRecord, AgentState, JobStatus, TokenRecord};
+use crate::store::{AgentRecord, AgentState, JobStatus, TaskReplica, TokenRecord, TASK_ROWS};
 
 /// How many of the newest jobs the jobs page filters: the store keeps
 /// every job; the page searches this many back.
@@ -94,6 +95,9 @@ pub struct JobPage {
     pub status: JobStatus,
     /// Why its waiting tasks wait.
     pub why: Why,
+    /// Up to [`TASK_ROWS`] replicas of its tasks, failures first (see
+    /// [`crate::store::task_list`]); the counts are in `status` and `why`.
+    pub tasks: Vec<TaskReplica>,
 }
 
 /// Everything the dashboard shows.
@@ -222,6 +226,7 @@ pub async fn gather(st: &AppState, op: Operator, view: &View) -> Result<Snapshot
         Some(id) => match (store.job(id).await?, store.job_backlog(id, now).await?) {
             (Some(status), Some(b)) => Some(JobPage {
                 why: why::explain(&status, &b, &agents, now),
+                tasks: store.job_tasks(id, TASK_ROWS).await?.unwrap_or_default(),
                 status,
             }),
             _ => None,

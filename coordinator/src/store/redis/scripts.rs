@@ -38,6 +38,7 @@ pub(super) struct Scripts {
     pub(super) finish: Lua,
     pub(super) expire_unleased: Lua,
     pub(super) start_waiting: Lua,
+    pub(super) tasks: Lua,
     pub(super) workflow_finish: Lua,
     pub(super) schedule_claim: Lua,
     pub(super) token_create: Lua,
@@ -98,6 +99,7 @@ impl Scripts {
             finish: job(include_str!("job_finish.lua")),
             expire_unleased: job(include_str!("job_expire_unleased.lua")),
             start_waiting: job(include_str!("job_start_waiting.lua")),
+            tasks: job(include_str!("job_tasks.lua")),
             workflow_finish: Lua::new(include_str!("workflow_finish.lua").into()),
             schedule_claim: Lua::new(include_str!("schedule_claim.lua").into()),
             token_create: Lua::new(include_str!("token_create.lua").into()),
@@ -112,7 +114,7 @@ impl Scripts {
         }
     }
 
-    pub(super) fn all(&self) -> [&Lua; 24] {
+    pub(super) fn all(&self) -> [&Lua; 25] {
         [
             &self.lease,
             &self.complete,
@@ -127,6 +129,7 @@ impl Scripts {
             &self.finish,
             &self.expire_unleased,
             &self.start_waiting,
+            &self.tasks,
             &self.workflow_finish,
             &self.schedule_claim,
             &self.token_create,
