@@ -4,7 +4,9 @@ chromedriver (WebDriver) against the test's own coordinator on loopback.
 A viewer logs in and sees the agents, the jobs, a job's progress bar move
 without a reload, and why a job waits; it finds no cancel button. The admin
 logs in and cancels a job. A job's page lists its tasks: a failed one with
-its error, and a replicated one's votes, the lying agent's outvoted.
+its error, and a replicated one's votes, the lying agent's outvoted. The
+modules, workflows and schedules pages show a viewer no button; the admin
+pauses and resumes a schedule and deletes a module.
 Screenshots go to target/dashboard-screenshots.
 
 TLS: Chromium is told to accept exactly the coordinator's server key
@@ -173,6 +175,23 @@ def settled(what: str, read: Callable[[], object], seconds: float = 60) -> objec
             return None
 
     return wait_until(what, attempt, seconds)
+
+
+def click(driver: webdriver.Chrome, element_id: str) -> None:
+    """Clicks the element once it is there; the page redraws every second,
+    so an element found just before a redraw is found again."""
+
+    def attempt() -> bool:
+        try:
+            found = driver.find_elements(By.ID, element_id)
+            if found:
+                found[0].click()
+                return True
+        except StaleElementReferenceException:
+            pass
+        return False
+
+    wait_until(f"a click on #{element_id}", attempt)
 
 
 def _section(kind: int, body: bytes) -> bytes:
@@ -361,3 +380,71 @@ def test_a_jobs_tasks_and_votes_in_a_browser(
     assert settled("the liar's vote", lambda: votes().get("done " + liars[0])) == "outvoted", votes()
     shot(browser, "viewer-votes")
 
+
+def test_modules_workflows_and_schedules_in_a_browser(data_dir: Path, browser: webdriver.Chrome) -> None:
+    api = Api(data_dir)
+    base = api.url
+    viewer = api.post("/v1/tokens", {"role": "viewer"})["token"]
+    module = api.upload("/v1/modules", trapping_module(), "application/wasm")["id"]
+    wf = api.post(
+        "/v1/workflows",
+        {"steps": [
+            {"name": "first", "job": {"kernel": "factorial", "n": 50}},
+            {"name": "then", "after": ["first"], "job": {"kernel": "factorial", "n": 60}},
+        ]},
+    )["id"]
+    wait_until("the workflow to succeed", lambda: api.get("/v1/workflows/" + wf)["state"] == "succeeded", 120)
+    schedule = api.post(
+        "/v1/schedules", {"cron": "0 0 1 1 *", "timezone": "Europe/Paris", "job": {"kernel": "factorial", "n": 10}}
+    )["id"]
+
+    # The viewer: the three pages, and no button on them.
+    relogin(browser, base, viewer)
+    browser.get(base + "/#/modules")
+    cells = settled(
+        "the module's row",
+        lambda: [c.text for c in browser.find_element(By.ID, "module-" + module).find_elements(By.TAG_NAME, "td")],
+    )
+    assert cells[3:5] == ["no", "no"], cells  # no reduce, not in use
+    assert not browser.find_elements(By.CSS_SELECTOR, "#modules-table button"), "a viewer cannot delete"
+    shot(browser, "viewer-modules")
+
+    browser.get(base + "/#/workflows")
+
+    def steps() -> Dict[str, str]:
+        rows = browser.find_elements(By.CSS_SELECTOR, f'[id="workflow-{wf}"] tr.step-row')
+        return {r.get_attribute("data-step"): r.find_elements(By.TAG_NAME, "td")[1].text for r in rows}
+
+    state = settled(
+        "the workflow", lambda: browser.find_element(By.CSS_SELECTOR, f'[id="workflow-{wf}"] .wf-state').text
+    )
+    assert state == "succeeded", state
+    assert settled("its steps", steps) == {"first": "succeeded", "then": "succeeded"}
+    shot(browser, "viewer-workflows")
+
+    browser.get(base + "/#/schedules")
+    text = settled("the schedule's row", lambda: browser.find_element(By.ID, "schedule-" + schedule).text)
+    for part in ("0 0 1 1 *", "Europe/Paris", "factorial", "active"):
+        assert part in text, text
+    assert not browser.find_elements(By.CSS_SELECTOR, "#schedules-table button"), "a viewer cannot pause"
+    shot(browser, "viewer-schedules")
+
+    # The admin pauses and resumes the schedule, and deletes the module.
+    relogin(browser, base, (data_dir / "admin.token").read_text().strip())
+    browser.get(base + "/#/schedules")
+
+    def schedule_state() -> str:
+        return browser.find_element(By.CSS_SELECTOR, f'[id="schedule-{schedule}"] .schedule-state').text
+
+    click(browser, "pause-" + schedule)
+    settled("paused in the page", lambda: schedule_state() == "paused")
+    assert [s["paused"] for s in api.get("/v1/schedules")["schedules"] if s["id"] == schedule] == [True]
+    shot(browser, "admin-schedule-paused")
+    click(browser, "resume-" + schedule)
+    settled("active in the page", lambda: schedule_state() == "active")
+    browser.get(base + "/#/modules")
+    click(browser, "delete-module-" + module)
+    browser.switch_to.alert.accept()
+    wait_until("the module gone from the page", lambda: not browser.find_elements(By.ID, "module-" + module))
+    assert module not in [m["id"] for m in api.get("/v1/modules")["modules"]]
+    shot(browser, "admin-module-deleted")

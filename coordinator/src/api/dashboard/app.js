@@ -247,6 +247,48 @@
         td(w.state), td(w.waiting + ' waiting', 'num'), el('td', {}, reasonsList(w)))))))));
   }
 
+  function renderModules(s) {
+    fill($('modules-table'), [['id'], ['size', 'num'], ['uploaded'], ['reduce'], ['in use'], ['']],
+      s.modules.map((m) => el('tr', { class: 'module-row', id: 'module-' + m.id },
+        td(m.id, 'mono'), td((m.size / 1024).toFixed(1) + ' KiB', 'num'), td(when(m.created_ms)),
+        td(m.has_reduce ? 'yes' : 'no'), td(m.in_use ? 'yes' : 'no'),
+        el('td', {}, action('Delete', 'DELETE', '/v1/modules/' + encodeURIComponent(m.id), 'Module deleted.',
+          'Delete module ' + m.id + '?', 'delete-module-' + m.id)))));
+  }
+
+  function renderWorkflows(s) {
+    const box = $('workflows-view');
+    if (!s.workflows.length) {
+      box.replaceChildren(el('p', { text: 'No workflows.' }));
+      return;
+    }
+    box.replaceChildren(...s.workflows.map((w) => el('div', { class: 'workflow', id: 'workflow-' + w.id },
+      el('h2', {}, 'Workflow ', el('span', { class: 'mono', text: w.id }), ' ',
+        el('span', { class: 'wf-state state-' + w.state, text: w.state }), ' · submitted ' + when(w.created_ms)),
+      el('table', {}, el('thead', {}, el('tr', {}, ...['step', 'state', 'needs', 'progress', 'job', 'error'].map((h) => el('th', { text: h })))),
+        el('tbody', {}, ...Object.entries(w.steps).map(([name, st]) => el('tr', { class: 'step-row', 'data-step': name },
+          td(name), td(st.state, 'state state-' + st.state), td(st.needs.join(', ') || '-'),
+          el('td', {}, progressBar(st.progress), ' ', st.progress.done + '/' + st.progress.total),
+          el('td', { class: 'mono' }, el('a', { href: '#/job/' + encodeURIComponent(st.job), text: st.job })),
+          td(st.error || '', 'error'))))))));
+  }
+
+  function renderSchedules(s) {
+    fill($('schedules-table'), [['id'], ['cron'], ['time zone'], ['kernel'], ['next run'], ['state'], ['last jobs'], ['']],
+      s.schedules.map((sc) => {
+        const path = '/v1/schedules/' + encodeURIComponent(sc.id);
+        return el('tr', { class: 'schedule-row', id: 'schedule-' + sc.id },
+          td(sc.id, 'mono'), td(sc.cron, 'mono'), td(sc.timezone), td((sc.job && sc.job.kernel) || '-'),
+          td(sc.paused ? '-' : when(sc.next_run_ms)), td(sc.paused ? 'paused' : 'active', 'schedule-state'),
+          el('td', {}, ...sc.last_jobs.map((j) => el('div', {},
+            el('a', { class: 'mono', href: '#/job/' + encodeURIComponent(j.id), text: j.id }), ' ',
+            el('span', { class: 'state-' + (j.state || ''), text: j.state || 'starting' })))),
+          el('td', {}, sc.paused
+            ? action('Resume', 'POST', path + '/resume', 'Schedule resumed.', null, 'resume-' + sc.id)
+            : action('Pause', 'POST', path + '/pause', 'Schedule paused.', null, 'pause-' + sc.id)));
+      }));
+  }
+
   function renderTokens(s) {
     fill($('tokens-table'), [['id'], ['role'], ['created'], ['state'], ['agents enrolled', 'num']],
       (s.tokens || []).map((t) => el('tr', {}, td(t.id, 'mono'), td(t.role), td(when(t.created_ms)),
@@ -262,6 +304,9 @@
     renderJob(s);
     renderAgents(s);
     renderQueues(s);
+    renderModules(s);
+    renderWorkflows(s);
+    renderSchedules(s);
     renderTokens(s);
   }
 
