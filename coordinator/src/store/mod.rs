@@ -178,6 +178,11 @@ macro_rules! store_by_operation {
                 jobs::job_backlog(self, id, now_ms).await
             }
 
+            async fn job_tasks(&self, id: &str, limit: usize) -> StoreResult<Option<Vec<TaskReplica>>> {
+                let candidates = jobs::job_tasks(self, id, limit).await?;
+                Ok(candidates.map(|c| task_list::pick(c, limit)))
+            }
+
             async fn expire_jobs(&self, now_ms: u64) -> StoreResult<Vec<String>> {
                 expiry::expire_jobs(self, now_ms).await
             }
@@ -252,6 +257,7 @@ pub mod redis;
 pub mod rules;
 mod schedule;
 pub mod sqlite;
+pub mod task_list;
 pub mod validation;
 mod workflow;
 
@@ -266,6 +272,7 @@ pub use self::redis::RedisStore;
 pub use rules::retry_backoff_ms;
 pub use schedule::{NewSchedule, ScheduleRecord, ScheduleTick, LAST_JOBS};
 pub use sqlite::SqliteStore;
+pub use task_list::{TaskReplica, TaskState, TASK_ROWS};
 pub use validation::Trust;
 pub use workflow::{NewWorkflow, WorkflowRecord, WorkflowState, WorkflowStep};
 
@@ -881,6 +888,12 @@ pub trait Store: Send + Sync + 'static {
     /// What job `id` has waiting and what stands before it in its queue,
     /// as of `now_ms`; `None` for an unknown or unsealed job.
     async fn job_backlog(&self, id: &str, now_ms: u64) -> StoreResult<Option<Backlog>>;
+    /// Up to `limit` replicas of job `id`'s tasks, as [`task_list::pick`]
+    /// orders them, from bounded candidates: its failed replica, up to
+    /// `limit` leased and `limit` pending ones (which of many is each
+    /// store's own cheapest choice), and every replica of its first `limit`
+    /// tasks. `None` for an unknown or unsealed job.
+    async fn job_tasks(&self, id: &str, limit: usize) -> StoreResult<Option<Vec<TaskReplica>>>;
 
     /// Ends, as [`JobState::Expired`], every unfinished job past its
     /// `expires` time that still has a task never leased (its other tasks

@@ -163,6 +163,29 @@
     return el('ul', { class: 'reasons' }, ...why.reasons.map((r) => el('li', { 'data-code': r.code, text: r.message })));
   }
 
+  // A replicated job's returned replica's vote, as a word.
+  function verdict(t) {
+    if (t.agreed === true) return 'agreed';
+    if (t.agreed === false) return 'outvoted';
+    return t.state === 'done' ? 'undecided' : '';
+  }
+
+  // A job's sampled task replicas (the server picks and orders them).
+  function tasksTable(tasks, total) {
+    const replicated = tasks.some((t) => t.replica > 0 || t.agreed !== null);
+    const head = [['task', 'num']].concat(replicated ? [['replica', 'num']] : [],
+      [['state'], ['attempts', 'num'], ['agent']], replicated ? [['vote']] : [], [['error']]);
+    const rows = tasks.map((t) => el('tr', { class: 'task-row', id: `task-${t.index}-${t.replica}`, 'data-state': t.state },
+      td(t.index, 'num'), replicated ? td(t.replica, 'num') : null, td(t.state, 'state-' + t.state),
+      td(t.attempts, 'num'), td(t.agent || '-', 'mono'), replicated ? td(verdict(t), 'vote') : null,
+      td(t.error || '', 'error')));
+    const table = el('table', { id: 'tasks-table' });
+    fill(table, head, rows);
+    const shown = new Set(tasks.map((t) => t.index)).size;
+    return el('div', {}, table,
+      shown < total ? el('p', { class: 'muted', text: `${shown} of ${total} tasks shown, failures first` }) : null);
+  }
+
   function renderJob(s) {
     const box = $('job-view');
     if (!s.job) {
@@ -182,6 +205,8 @@
         el('dt', { text: 'first task leased' }), el('dd', { text: when(j.started_ms) }),
         el('dt', { text: 'finished' }), el('dd', { text: when(j.finished_ms) }),
         el('dt', { text: 'error' }), el('dd', { class: 'error', text: j.error || '-' })),
+      el('h2', { text: 'Tasks' }),
+      tasksTable(s.job.tasks, j.progress.total),
       el('h2', { text: 'Why it waits' }),
       el('div', { id: 'why' }, reasonsList(s.job.why)),
       el('p', {},
@@ -222,6 +247,48 @@
         td(w.state), td(w.waiting + ' waiting', 'num'), el('td', {}, reasonsList(w)))))))));
   }
 
+  function renderModules(s) {
+    fill($('modules-table'), [['id'], ['size', 'num'], ['uploaded'], ['reduce'], ['in use'], ['']],
+      s.modules.map((m) => el('tr', { class: 'module-row', id: 'module-' + m.id },
+        td(m.id, 'mono'), td((m.size / 1024).toFixed(1) + ' KiB', 'num'), td(when(m.created_ms)),
+        td(m.has_reduce ? 'yes' : 'no'), td(m.in_use ? 'yes' : 'no'),
+        el('td', {}, action('Delete', 'DELETE', '/v1/modules/' + encodeURIComponent(m.id), 'Module deleted.',
+          'Delete module ' + m.id + '?', 'delete-module-' + m.id)))));
+  }
+
+  function renderWorkflows(s) {
+    const box = $('workflows-view');
+    if (!s.workflows.length) {
+      box.replaceChildren(el('p', { text: 'No workflows.' }));
+      return;
+    }
+    box.replaceChildren(...s.workflows.map((w) => el('div', { class: 'workflow', id: 'workflow-' + w.id },
+      el('h2', {}, 'Workflow ', el('span', { class: 'mono', text: w.id }), ' ',
+        el('span', { class: 'wf-state state-' + w.state, text: w.state }), ' · submitted ' + when(w.created_ms)),
+      el('table', {}, el('thead', {}, el('tr', {}, ...['step', 'state', 'needs', 'progress', 'job', 'error'].map((h) => el('th', { text: h })))),
+        el('tbody', {}, ...Object.entries(w.steps).map(([name, st]) => el('tr', { class: 'step-row', 'data-step': name },
+          td(name), td(st.state, 'state state-' + st.state), td(st.needs.join(', ') || '-'),
+          el('td', {}, progressBar(st.progress), ' ', st.progress.done + '/' + st.progress.total),
+          el('td', { class: 'mono' }, el('a', { href: '#/job/' + encodeURIComponent(st.job), text: st.job })),
+          td(st.error || '', 'error'))))))));
+  }
+
+  function renderSchedules(s) {
+    fill($('schedules-table'), [['id'], ['cron'], ['time zone'], ['kernel'], ['next run'], ['state'], ['last jobs'], ['']],
+      s.schedules.map((sc) => {
+        const path = '/v1/schedules/' + encodeURIComponent(sc.id);
+        return el('tr', { class: 'schedule-row', id: 'schedule-' + sc.id },
+          td(sc.id, 'mono'), td(sc.cron, 'mono'), td(sc.timezone), td((sc.job && sc.job.kernel) || '-'),
+          td(sc.paused ? '-' : when(sc.next_run_ms)), td(sc.paused ? 'paused' : 'active', 'schedule-state'),
+          el('td', {}, ...sc.last_jobs.map((j) => el('div', {},
+            el('a', { class: 'mono', href: '#/job/' + encodeURIComponent(j.id), text: j.id }), ' ',
+            el('span', { class: 'state-' + (j.state || ''), text: j.state || 'starting' })))),
+          el('td', {}, sc.paused
+            ? action('Resume', 'POST', path + '/resume', 'Schedule resumed.', null, 'resume-' + sc.id)
+            : action('Pause', 'POST', path + '/pause', 'Schedule paused.', null, 'pause-' + sc.id)));
+      }));
+  }
+
   function renderTokens(s) {
     fill($('tokens-table'), [['id'], ['role'], ['created'], ['state'], ['agents enrolled', 'num']],
       (s.tokens || []).map((t) => el('tr', {}, td(t.id, 'mono'), td(t.role), td(when(t.created_ms)),
@@ -237,6 +304,9 @@
     renderJob(s);
     renderAgents(s);
     renderQueues(s);
+    renderModules(s);
+    renderWorkflows(s);
+    renderSchedules(s);
     renderTokens(s);
   }
 

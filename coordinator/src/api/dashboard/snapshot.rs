@@ -1,7 +1,8 @@
 //! What the dashboard shows, gathered in one read of the store: the
 //! overview, agents, queues with why their jobs wait, a page of jobs, one
-//! job's details and the tokens. The page gets it over server-sent events
-//! and draws it; nothing is computed in the browser but layout.
+//! job's details and tasks, modules, workflows, schedules and the tokens.
+//! The page gets it over server-sent events and draws it; nothing is
+//! computed in the browser but layout.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +11,11 @@ use serde::{Deserialize, Serialize};
 use super::super::auth::Operator;
 use super::super::{ApiError, AppState};
 use crate::scheduler::why::{self, Why};
-use crate::store::{AgentRecord, AgentState, JobStatus, TokenRecord};
+use crate::schedules::ScheduleView;
+use crate::store::{
+    AgentRecord, AgentState, JobStatus, ModuleRecord, TaskReplica, TokenRecord, TASK_ROWS,
+};
+use crate::workflows::{self, WorkflowView};
 
 /// How many of the newest jobs the jobs page filters: the store keeps
 /// every job; the page searches this many back.
@@ -20,6 +25,9 @@ pub const PAGE_SIZE: usize = 25;
 /// Open jobs whose reasons the queues page shows at most (each costs a
 /// read of its backlog, once a second per open dashboard).
 const WHY_PER_SNAPSHOT: usize = 20;
+/// Workflows the workflows page shows at most, newest first (each costs a
+/// read of it and of its steps' jobs).
+const WORKFLOWS_PER_SNAPSHOT: usize = 20;
 
 /// What the page asks for: the jobs page's filters and paging, and the
 /// job it shows, if any.
@@ -94,6 +102,9 @@ pub struct JobPage {
     pub status: JobStatus,
     /// Why its waiting tasks wait.
     pub why: Why,
+    /// Up to [`TASK_ROWS`] replicas of its tasks, failures first (see
+    /// [`crate::store::task_list`]); the counts are in `status` and `why`.
+    pub tasks: Vec<TaskReplica>,
 }
 
 /// Everything the dashboard shows.
@@ -117,6 +128,14 @@ pub struct Snapshot {
     pub jobs: JobsPage,
     /// The open job's page, if one is open and exists.
     pub job: Option<JobPage>,
+    /// Stored WebAssembly modules, oldest first.
+    pub modules: Vec<ModuleRecord>,
+    /// The newest workflows, newest first: every running one and those of
+    /// the jobs the jobs page scans, at most [`WORKFLOWS_PER_SNAPSHOT`].
+    pub workflows: Vec<WorkflowView>,
+    /// Every schedule, oldest first; to the public, each job body is only
+    /// its kernel (a body may carry data, as `GET /v1/schedules` needs a token).
+    pub schedules: Vec<ScheduleView>,
     /// Tokens (ids and roles, never secrets); not shown to the public.
     pub tokens: Option<Vec<TokenRecord>>,
 }
@@ -138,6 +157,12 @@ fn matches(job: &JobStatus, view: &View) -> bool {
         && eq(&view.kernel, &job.kernel)
         && eq(&view.queue, &job.queue)
         && view.q.as_deref().is_none_or(|q| job.id.contains(q.trim()))
+}
+
+/// A schedule's job body as the public sees it: its kernel, not its
+/// inputs.
+fn kernel_only(job: &serde_json::Value) -> serde_json::Value {
+    serde_json::json!({ "kernel": job.get("kernel") })
 }
 
 /// Gathers the snapshot for `op` looking at `view`.
@@ -222,12 +247,28 @@ pub async fn gather(st: &AppState, op: Operator, view: &View) -> Result<Snapshot
         Some(id) => match (store.job(id).await?, store.job_backlog(id, now).await?) {
             (Some(status), Some(b)) => Some(JobPage {
                 why: why::explain(&status, &b, &agents, now),
+                tasks: store.job_tasks(id, TASK_ROWS).await?.unwrap_or_default(),
                 status,
             }),
             _ => None,
         },
         None => None,
     };
+    // Workflow ids are UUIDv7s: newest sorts last.
+    let mut workflow_ids: Vec<String> = store.open_workflows().await?;
+    workflow_ids.extend(history.iter().filter_map(|j| j.workflow.clone()));
+    workflow_ids.sort_unstable_by(|a, b| b.cmp(a));
+    workflow_ids.dedup();
+    let mut workflows = Vec::new();
+    for id in workflow_ids.iter().take(WORKFLOWS_PER_SNAPSHOT) {
+        workflows.extend(workflows::status(s, id).await?);
+    }
+    let mut schedules = crate::schedules::list(s).await?;
+    if op == Operator::Public {
+        for sc in &mut schedules {
+            sc.job = kernel_only(&sc.job);
+        }
+    }
     let tokens = match op {
         Operator::Public => None,
         _ => Some(store.list_tokens().await?),
@@ -242,6 +283,9 @@ pub async fn gather(st: &AppState, op: Operator, view: &View) -> Result<Snapshot
         queues: queues.into_values().collect(),
         jobs,
         job,
+        modules: store.list_modules().await?,
+        workflows,
+        schedules,
         tokens,
     })
 }
@@ -269,6 +313,15 @@ mod tests {
             workflow: None,
             schedule: None,
         }
+    }
+
+    #[test]
+    fn the_public_sees_a_schedules_kernel_not_its_inputs() {
+        let body = serde_json::json!({"kernel": "wordcount", "text": "private words"});
+        assert_eq!(
+            kernel_only(&body),
+            serde_json::json!({"kernel": "wordcount"})
+        );
     }
 
     #[test]

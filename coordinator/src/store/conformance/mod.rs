@@ -1,6 +1,7 @@
 //! What every [`Store`] must do, as tests over `&dyn Store`: the rules of
-//! leasing (`leasing.rs`) and of results and votes (`results.rs`), run by
-//! the embedded store (`sqlite.rs`) and by the Redis store (`redis.rs`).
+//! leasing (`leasing.rs`), of results and votes (`results.rs`), of a job's
+//! task list (`tasks.rs`) and more, run by the embedded store (`sqlite.rs`)
+//! and by the Redis store (`redis.rs`).
 
 use std::collections::BTreeMap;
 
@@ -134,6 +135,7 @@ mod leasing;
 mod modules;
 mod results;
 mod schedules;
+mod tasks;
 mod workflows;
 
 pub use expiry::*;
@@ -141,6 +143,7 @@ pub use leasing::*;
 pub use modules::*;
 pub use results::*;
 pub use schedules::*;
+pub use tasks::*;
 pub use workflows::*;
 
 /// Instantiates `$m!(rule, ...)` with every rule above, so that each store
@@ -171,7 +174,9 @@ macro_rules! every_rule {
             unleased_jobs_expire_and_leased_ones_run_on,
             results_are_deleted_when_their_ttl_runs_out,
             workflows_are_stored_whole_and_released_once,
-            a_tick_is_claimed_once_and_makes_one_job
+            a_tick_is_claimed_once_and_makes_one_job,
+            a_jobs_tasks_are_listed_failures_first,
+            a_replicated_tasks_votes_are_listed
         );
     };
 }

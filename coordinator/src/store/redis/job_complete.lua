@@ -52,6 +52,7 @@ end
 -- Counts a replica's output as a vote on its task and judges the task.
 local function count_vote(slot, output, digest, cpu, solo)
   unlease(slot)
+  redis.call('HSET', T, 'r' .. slot, agent)
   redis.call('HSET', VOTES, 'a' .. slot, agent, 'd' .. slot, digest, 'c' .. slot, cpu,
     'o' .. slot, output)
   local idx = idx_of(slot)
@@ -112,6 +113,7 @@ local function count_vote(slot, output, digest, cpu, solo)
       voters[#voters + 1] = v.agent
       voters[#voters + 1] = agreed
       voters[#voters + 1] = v.cpu
+      redis.call('HSET', T, 'x' .. v.slot, agreed)
       redis.call('HDEL', VOTES, 'a' .. v.slot, 'd' .. v.slot, 'c' .. v.slot, 'o' .. v.slot)
     end
     any_done = true
@@ -133,6 +135,9 @@ local function count_vote(slot, output, digest, cpu, solo)
       end
     end
     disputed(votes)
+    for _, v in ipairs(votes) do
+      redis.call('HSET', T, 'x' .. v.slot, 0)
+    end
     redis.call('HINCRBY', M, 'failed', 1)
     fail_job('task ' .. idx .. ': ' .. give_up_reason(#votes, distinct, QUORUM[replicas_wanted]), now)
   end
@@ -152,6 +157,7 @@ for i = 4, #ARGV, stride do
       count_vote(slot, payload, ARGV[i + 5], tonumber(ARGV[i + 4]), ARGV[i + 6] == '1')
     else
       redis.call('HSET', OUTP, idx_of(slot), payload)
+      redis.call('HSET', T, 'r' .. slot, agent)
       unlease(slot)
       redis.call('HINCRBY', M, 'done', 1)
       credit_tasks = credit_tasks + 1

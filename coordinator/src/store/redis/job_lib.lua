@@ -12,8 +12,9 @@
 -- wait: slots waiting out a retry backoff (zset, score = not-before ms);
 -- live: leased slots (zset, score = deadline ms); t: per-slot and per-task
 -- fields (hash: a<slot> attempts, l<slot> lease id, g<slot> agent,
--- e<slot> last error; c<idx> "work:mem", n<idx> replicas so far if the
--- job is replicated); inp / outp: inputs and outputs by index (hash);
+-- e<slot> last error, r<slot> the agent that returned its result, x<slot>
+-- its vote's verdict once its task is decided (1 agreed, 0 not); c<idx>
+-- "work:mem", n<idx> replicas so far if the job is replicated); inp / outp: inputs and outputs by index (hash);
 -- held: slots each agent holds in this job (hash); votes: returned
 -- replicas of undecided tasks (hash: a<slot> agent, d<slot> digest,
 -- c<slot> cpu ms, o<slot> output).
@@ -111,6 +112,8 @@ local function retry_or_fail(slot, reason, use_backoff, now)
   redis.call('HSET', T, 'e' .. slot, reason)
   local not_before = after_attempt(attempts, max_attempts, use_backoff, now)
   if not not_before then
+    -- The one slot that fails its job, for the job's page.
+    redis.call('HSET', M, 'failed_slot', slot)
     redis.call('HINCRBY', M, 'failed', 1)
     fail_job(out_of_attempts_reason(idx_of(slot), attempts, reason), now)
     return false

@@ -643,3 +643,42 @@ pub(super) async fn job_backlog(
         ahead,
     }))
 }
+
+pub(super) async fn job_tasks(
+    store: &RedisStore,
+    id: &str,
+    limit: usize,
+) -> StoreResult<Option<Vec<TaskReplica>>> {
+    let mut c = store.scripts().tasks.call(&store.keys().job(id));
+    c.arg(limit);
+    let v = reply_items(store.one(c).await?);
+    if v.is_empty() {
+        return Ok(None);
+    }
+    let text = |v: &Value| reply_string(v).filter(|s| !s.is_empty());
+    v[1..]
+        .chunks(7)
+        .map(|r| {
+            let [index, replica, state, attempts, agent, error, verdict] = r else {
+                return Err(corrupt(format!("task list of job {id}: a short row")));
+            };
+            let state = match reply_string(state).as_deref() {
+                Some("pending") => TaskState::Pending,
+                Some("leased") => TaskState::Leased,
+                Some("done") => TaskState::Done,
+                Some("failed") => TaskState::Failed,
+                _ => TaskState::Cancelled,
+            };
+            Ok(TaskReplica {
+                index: reply_i64(index) as u32,
+                replica: reply_i64(replica) as u32,
+                state,
+                attempts: reply_i64(attempts) as u32,
+                agent: text(agent),
+                error: text(error),
+                agreed: text(verdict).map(|v| v != "0"),
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()
+        .map(Some)
+}

@@ -586,3 +586,71 @@ pub(super) async fn job_backlog(
         })
         .await
 }
+
+/// A replica row of `tasks` as [`Store::job_tasks`] lists it.
+fn replica_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskReplica> {
+    let state = match r.get::<_, i64>(2)? {
+        PENDING => TaskState::Pending,
+        LEASED => TaskState::Leased,
+        DONE => TaskState::Done,
+        FAILED => TaskState::Failed,
+        _ => TaskState::Cancelled,
+    };
+    let agent: Option<String> = r.get(4)?;
+    Ok(TaskReplica {
+        index: r.get::<_, i64>(0)? as u32,
+        replica: r.get::<_, i64>(1)? as u32,
+        state,
+        attempts: r.get::<_, i64>(3)? as u32,
+        // A cancelled replica may still name the agent that held it.
+        agent: agent.filter(|_| matches!(state, TaskState::Leased | TaskState::Done)),
+        error: r.get(5)?,
+        agreed: r.get::<_, Option<i64>>(6)?.map(|v| v != 0),
+    })
+}
+
+pub(super) async fn job_tasks(
+    store: &SqliteStore,
+    id: &str,
+    limit: usize,
+) -> StoreResult<Option<Vec<TaskReplica>>> {
+    let id = id.to_string();
+    let limit = limit as i64;
+    store
+        .read(move |c| {
+            let row: Option<(i64, String, i64)> = c
+                .query_row(
+                    "SELECT seq, queue, priority FROM jobs WHERE id = ?1 AND sealed = 1",
+                    [&id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let Some((seq, queue, priority)) = row else {
+                return Ok(None);
+            };
+            const COLUMNS: &str = "idx, replica, state, attempts, agent, last_error, verdict";
+            let rows = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> StoreResult<Vec<TaskReplica>> {
+                let sql = format!("SELECT {COLUMNS} FROM tasks {sql}");
+                let mut st = c.prepare_cached(&sql)?;
+                let rows = st.query_map(p, replica_from_row)?;
+                Ok(rows.collect::<rusqlite::Result<_>>()?)
+            };
+            // Each kind through an index that holds few rows or starts at
+            // the job's, so that a million-task job costs no scan.
+            let mut out = rows(
+                "INDEXED BY tasks_failed WHERE job_seq = ?1 AND state = 3 LIMIT ?2",
+                params![seq, limit],
+            )?;
+            out.extend(rows(
+                "INDEXED BY tasks_leased WHERE job_seq = ?1 AND state = 1 LIMIT ?2",
+                params![seq, limit],
+            )?);
+            out.extend(rows(
+                "INDEXED BY tasks_pending WHERE queue = ?3 AND priority = ?4 AND job_seq = ?1 AND state = 0 LIMIT ?2",
+                params![seq, limit, queue, priority],
+            )?);
+            out.extend(rows("WHERE job_seq = ?1 AND idx < ?2", params![seq, limit])?);
+            Ok(Some(out))
+        })
+        .await
+}

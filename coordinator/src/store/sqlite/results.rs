@@ -101,6 +101,7 @@ fn count_vote(
             )?
             .execute(params![b.seq, b.idx, CANCELLED])?;
             for (voter, digest, cpu) in &votes {
+                record_verdict(tx, &b, voter, *digest == answer)?;
                 if *digest == answer {
                     tx.prepare_cached(
                         "UPDATE agents SET results_valid = results_valid + 1,
@@ -138,6 +139,9 @@ fn count_vote(
         }
         validation::Verdict::GiveUp(why) => {
             reset_streaks(tx, &votes)?;
+            for (voter, _, _) in &votes {
+                record_verdict(tx, &b, voter, false)?;
+            }
             tx.execute(
                 "UPDATE jobs SET failed = failed + 1 WHERE seq = ?1",
                 [b.seq],
@@ -146,6 +150,21 @@ fn count_vote(
             Ok(VoteOutcome::Decided)
         }
     }
+}
+
+/// Marks a voter's replica of a decided task agreed or not (shown on the
+/// job's page; the credit and trust that follow are the agent's).
+fn record_verdict(
+    tx: &Transaction<'_>,
+    b: &Ballot<'_>,
+    voter: &str,
+    agreed: bool,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE tasks SET verdict = ?4 WHERE job_seq = ?1 AND idx = ?2 AND agent = ?3 AND state = ?5",
+    )?
+    .execute(params![b.seq, b.idx, voter, agreed as i64, DONE])?;
+    Ok(())
 }
 
 /// Every voter on a disputed task loses its streak at once, before the

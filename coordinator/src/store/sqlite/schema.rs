@@ -179,6 +179,9 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("jobs", "schedule", "TEXT"),
     // Viewer tokens: what a token opens; every older token is a join token.
     ("tokens", "role", "TEXT NOT NULL DEFAULT 'join'"),
+    // A returned replica's verdict once its task is decided: 1 its answer
+    // was accepted, 0 not (for the dashboard's votes).
+    ("tasks", "verdict", "INTEGER"),
 ];
 
 /// Indexes over [`ADDED_COLUMNS`], made once the columns exist.
@@ -187,6 +190,8 @@ CREATE INDEX IF NOT EXISTS jobs_expiring ON jobs(expires_ms)
     WHERE expires_ms IS NOT NULL AND state IN ('queued', 'running');
 CREATE INDEX IF NOT EXISTS jobs_result_expiring ON jobs(result_expires_ms)
     WHERE result_expires_ms IS NOT NULL AND result IS NOT NULL;
+-- A job's failed replicas (a job has one or none), for its page.
+CREATE INDEX IF NOT EXISTS tasks_failed ON tasks(job_seq) WHERE state = 3;
 "#;
 
 /// Adds each of [`ADDED_COLUMNS`] that a table lacks, then their indexes.
