@@ -116,7 +116,7 @@ impl Scripts {
         }
     }
 
-    pub(super) fn all(&self) -> [&Lua; 25] {
+    pub(super) fn all(&self) -> [&Lua; 26] {
         [
             &self.lease,
             &self.complete,
