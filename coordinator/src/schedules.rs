@@ -33,6 +33,7 @@ use crate::modules::{self, ModuleError, ModuleUse};
 use crate::scheduler::Scheduler;
 use crate::store::{
     JobState, NewJob, NewSchedule, NewTask, ScheduleRecord, ScheduleTick, StoreError, StoreResult,
+    LAST_JOBS,
 };
 use crate::timing::rfc3339;
 
@@ -40,8 +41,13 @@ use crate::timing::rfc3339;
 pub const POLL: Duration = Duration::from_millis(200);
 
 /// How long after its claim a tick's job may still be on its way from the
-/// claiming coordinator; past this, another finishes it.
+/// claiming coordinator; past this, another finishes it. Coordinators'
+/// clocks must agree to well within this (NTP does).
 pub const RECOVER_AFTER: Duration = Duration::from_secs(10);
+
+// Recovery looks through a schedule's last jobs: they must span more than
+// RECOVER_AFTER of the fastest (one-second) ticks.
+const _: () = assert!(crate::store::LAST_JOBS as u64 >= 2 * RECOVER_AFTER.as_secs());
 
 /// What is wrong with a schedule; every message names the field.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -274,8 +280,25 @@ pub async fn submit(scheduler: &Scheduler, body: &[u8]) -> Result<ScheduleCreate
 
 /// Every schedule, with the states of its last jobs.
 pub async fn list(scheduler: &Scheduler) -> StoreResult<Vec<ScheduleView>> {
+    list_some(scheduler, usize::MAX, LAST_JOBS).await
+}
+
+/// The first `schedules` schedules, each with its newest `jobs` jobs: a
+/// bounded read, for a page drawn every second.
+pub async fn list_some(
+    scheduler: &Scheduler,
+    schedules: usize,
+    jobs: usize,
+) -> StoreResult<Vec<ScheduleView>> {
     let mut out = Vec::new();
-    for s in scheduler.store.list_schedules().await? {
+    for mut s in scheduler
+        .store
+        .list_schedules()
+        .await?
+        .into_iter()
+        .take(schedules)
+    {
+        s.last_jobs.truncate(jobs);
         out.push(view(scheduler, s).await?);
     }
     Ok(out)
@@ -399,8 +422,11 @@ async fn fire_due(scheduler: &Scheduler, settled: &Mutex<HashSet<String>>) -> St
             scheduler.store.pause_schedule(&s.id, true, None).await?;
             continue;
         };
-        let id = tick_job_id(now);
-        let checked = match job_of(&s.job, &id, now) {
+        // The id carries the claim's instant, read as close to the claim
+        // as it can be (recovery elsewhere counts RECOVER_AFTER from it).
+        let claimed = scheduler.now_ms();
+        let id = tick_job_id(claimed);
+        let checked = match job_of(&s.job, &id, claimed) {
             Ok((job, module)) => check_module(scheduler, module).await.map(|()| job),
             Err(e) => Err(e.into()),
         };
@@ -417,12 +443,12 @@ async fn fire_due(scheduler: &Scheduler, settled: &Mutex<HashSet<String>>) -> St
             schedule: s.id.clone(),
             tick_ms: s.next_run_ms,
             next_run_ms: next,
-            now_ms: now,
+            now_ms: claimed,
         };
         if scheduler.store.claim_tick(tick, job).await? {
             tracing::info!(schedule = %s.id, job = %id, tick = %rfc3339(s.next_run_ms), "schedule fired");
             release(scheduler, &id, &s.job).await?;
-            settled.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+            settle(settled, &id);
         }
     }
     Ok(())
@@ -471,6 +497,9 @@ async fn recover(
         match scheduler.store.job(last).await? {
             None => {
                 let Ok((job, _)) = job_of(&s.job, last, claimed) else {
+                    // Refused now as when it was claimed: nothing to make,
+                    // and nothing to look at again.
+                    settle(settled, last);
                     continue;
                 };
                 if scheduler.store.create_fired_job(&s.id, job).await? {
@@ -481,13 +510,18 @@ async fn recover(
             Some(j) if j.state == JobState::Waiting => release(scheduler, last, &s.job).await?,
             Some(_) => {}
         }
-        let mut settled = settled.lock().unwrap_or_else(|p| p.into_inner());
-        if settled.len() > 100_000 {
-            settled.clear();
-        }
-        settled.insert(last.clone());
+        settle(settled, last);
     }
     Ok(())
+}
+
+/// Remembers that this process saw tick job `id` through.
+fn settle(settled: &Mutex<HashSet<String>>, id: &str) {
+    let mut settled = settled.lock().unwrap_or_else(|p| p.into_inner());
+    if settled.len() > 100_000 {
+        settled.clear();
+    }
+    settled.insert(id.to_string());
 }
 
 /// Fires due ticks every [`POLL`], in the background.

@@ -91,11 +91,16 @@ async fn a_master_killed_mid_job_loses_no_accepted_job() {
     }
 
     // Jobs of every kernel, on both coordinators; the Fibonacci one is a
-    // few seconds of work, so that the kill comes mid-job.
-    let ns: Vec<u64> = (0..2_000u64).map(|i| 20_000 + (i * 7919) % 500).collect();
-    let fib = submit(&clients[0], &json!({"kernel": "fibonacci", "n": ns}))
-        .await
-        .unwrap();
+    // few seconds of work in a hundred tasks, so that it is seen running
+    // (four big tasks could all come back in one batch) and the kill comes
+    // mid-job.
+    let ns: Vec<u64> = (0..2_000u64).map(|i| 40_000 + (i * 7919) % 500).collect();
+    let fib = submit(
+        &clients[0],
+        &json!({"kernel": "fibonacci", "n": ns, "items_per_task": 20}),
+    )
+    .await
+    .unwrap();
     let fact = submit(&clients[1], &json!({"kernel": "factorial", "n": 5000}))
         .await
         .unwrap();

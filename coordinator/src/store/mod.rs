@@ -931,8 +931,8 @@ pub trait Store: Send + Sync + 'static {
     /// Every schedule, oldest first.
     async fn list_schedules(&self) -> StoreResult<Vec<ScheduleRecord>>;
     /// Pauses or resumes a schedule, moving its next tick if one is given
-    /// (a pause keeps it: a tick being claimed meanwhile stays claimed);
-    /// false if unknown.
+    /// and later than the stored one (a pause keeps it, and a resume never
+    /// moves back over a tick claimed meanwhile); false if unknown.
     async fn pause_schedule(
         &self,
         id: &str,

@@ -28,6 +28,13 @@ const WHY_PER_SNAPSHOT: usize = 20;
 /// Workflows the workflows page shows at most, newest first (each costs a
 /// read of it and of its steps' jobs).
 const WORKFLOWS_PER_SNAPSHOT: usize = 20;
+/// Workflow steps whose jobs one snapshot reads, about: the workflows
+/// page stops at the workflow that passes it (a workflow has up to 1,000).
+const STEP_READS_PER_SNAPSHOT: usize = 200;
+/// Schedules the schedules page shows, and jobs of each (each a read).
+const SCHEDULES_PER_SNAPSHOT: usize = 50;
+/// See [`SCHEDULES_PER_SNAPSHOT`].
+const JOBS_PER_SCHEDULE: usize = 5;
 
 /// What the page asks for: the jobs page's filters and paging, and the
 /// job it shows, if any.
@@ -260,10 +267,19 @@ pub async fn gather(st: &AppState, op: Operator, view: &View) -> Result<Snapshot
     workflow_ids.sort_unstable_by(|a, b| b.cmp(a));
     workflow_ids.dedup();
     let mut workflows = Vec::new();
+    let mut steps_read = 0;
     for id in workflow_ids.iter().take(WORKFLOWS_PER_SNAPSHOT) {
-        workflows.extend(workflows::status(s, id).await?);
+        // Each step is a read of its job: stop once the budget is spent.
+        if steps_read >= STEP_READS_PER_SNAPSHOT {
+            break;
+        }
+        if let Some(w) = workflows::status(s, id).await? {
+            steps_read += w.steps.len();
+            workflows.push(w);
+        }
     }
-    let mut schedules = crate::schedules::list(s).await?;
+    let mut schedules =
+        crate::schedules::list_some(s, SCHEDULES_PER_SNAPSHOT, JOBS_PER_SCHEDULE).await?;
     if op == Operator::Public {
         for sc in &mut schedules {
             sc.job = kernel_only(&sc.job);

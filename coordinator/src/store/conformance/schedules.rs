@@ -95,6 +95,16 @@ pub async fn a_tick_is_claimed_once_and_makes_one_job(store: &dyn Store) {
         .pause_schedule("s", false, Some(T0 + 3 * minute))
         .await
         .unwrap());
+    // A resume computed before a claim and stored after it does not undo it.
+    assert!(store
+        .pause_schedule("s", false, Some(T0 + minute))
+        .await
+        .unwrap());
+    assert_eq!(
+        store.list_schedules().await.unwrap()[0].next_run_ms,
+        T0 + 3 * minute,
+        "a resume never moves the next tick back"
+    );
     assert!(!store
         .claim_tick(tick(T0 + 2 * minute, T0 + 3 * minute), fired("j3", T0))
         .await

@@ -22,6 +22,8 @@ if #ARGV == 1 then
       if string.sub(field, 1, 1) == 'a' and redis.call('HGET', VOTES, field) == agent then
         local slot = string.sub(field, 2)
         redis.call('HDEL', VOTES, 'a' .. slot, 'd' .. slot, 'c' .. slot, 'o' .. slot)
+        -- Nor is the replica its result any more (as SQLite clears its agent).
+        redis.call('HDEL', T, 'r' .. slot, 'x' .. slot)
         redis.call('ZADD', PEND, slot, slot)
         released = released + 1
       end

@@ -2,7 +2,8 @@
 //! by upload time, and per module the set of jobs that use it, all in the
 //! shared slot so that one script deletes a module only while no job is in
 //! that set. Whether a user still needs the module is read from its job,
-//! in its own slot, by the coordinator, which then prunes finished users.
+//! in its own slot, by the coordinator, which prunes finished users on
+//! every read.
 
 use super::*;
 
@@ -47,6 +48,15 @@ impl RedisStore {
             } else {
                 gone.push(u);
             }
+        }
+        // A finished job never needs its module again: forget it now, so
+        // that the set stays the size of the unfinished jobs, whoever reads
+        // it (a submission's check, a tick, the dashboard), not of every
+        // job the module ever ran.
+        if !gone.is_empty() {
+            let mut c = ::redis::cmd("SREM");
+            c.arg(k.module_users(id)).arg(&gone);
+            self.one(c).await?;
         }
         Ok((busy, gone))
     }

@@ -618,6 +618,9 @@ pub(super) async fn job_tasks(
     let limit = limit as i64;
     store
         .read(move |c| {
+            // One snapshot for the four reads below, as Redis's one script is.
+            let tx = c.unchecked_transaction()?;
+            let c: &Connection = &tx;
             let row: Option<(i64, String, i64)> = c
                 .query_row(
                     "SELECT seq, queue, priority FROM jobs WHERE id = ?1 AND sealed = 1",

@@ -118,3 +118,49 @@ pub(super) async fn delete_module(store: &SqliteStore, id: &str) -> StoreResult<
         })
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The SQL list of states that hold a module is `JobState`'s own rule
+    /// (the one Redis applies), written out: they must not drift apart.
+    #[test]
+    fn the_states_that_hold_a_module_are_the_unfinished_ones() {
+        let listed: Vec<&str> = unfinished!()
+            .trim_matches(|c| c == '(' || c == ')')
+            .split(", ")
+            .map(|s| s.trim_matches('\''))
+            .collect();
+        let every = [
+            JobState::Queued,
+            JobState::Running,
+            JobState::Succeeded,
+            JobState::Failed,
+            JobState::Cancelled,
+            JobState::Expired,
+            JobState::Waiting,
+        ];
+        for state in every {
+            // A new state stops this compiling: add it to `every` above.
+            match state {
+                JobState::Queued
+                | JobState::Running
+                | JobState::Succeeded
+                | JobState::Failed
+                | JobState::Cancelled
+                | JobState::Expired
+                | JobState::Waiting => {}
+            }
+            assert_eq!(
+                listed.contains(&state.as_str()),
+                !state.is_finished(),
+                "{state:?}"
+            );
+        }
+        assert_eq!(
+            listed.len(),
+            every.iter().filter(|s| !s.is_finished()).count()
+        );
+    }
+}

@@ -80,8 +80,8 @@ pub(super) async fn pause_schedule(
     store
         .write(move |tx| {
             Ok(tx.execute(
-                "UPDATE schedules SET paused = ?2, next_run_ms = COALESCE(?3, next_run_ms)
-                 WHERE id = ?1",
+                "UPDATE schedules SET paused = ?2,
+                 next_run_ms = MAX(next_run_ms, COALESCE(?3, next_run_ms)) WHERE id = ?1",
                 params![id, i64::from(paused), next_run_ms.map(|n| n as i64)],
             )? > 0)
         })
