@@ -84,7 +84,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let mapped = wasm::map_items(&module, &["1", "\"x\"", "[]"], &limits);
     if unedited {
-        assert_eq!(mapped.unwrap().outputs, ["[1]", "[\"x\"]", "[[]]"]);
+        assert_eq!(mapped.as_ref().unwrap().outputs, ["[1]", "[\"x\"]", "[[]]"]);
     }
     if let Ok(out) = &mapped {
         for o in &out.outputs {
