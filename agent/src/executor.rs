@@ -14,6 +14,7 @@
 //! the async runtime's threads, which must stay free to talk to the
 //! coordinator (heartbeats, uploads, the next lease).
 
+use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
@@ -251,21 +252,41 @@ pub fn run_input(
         Err(e) => return (None, TaskOutcome::Failed(e.to_string())),
     };
     let kernel = Some(task.kernel());
+    // Where panics abort (the shipped agents), this catches nothing: the
+    // worker's panic hook answers for the task instead, with the same words
+    // (`crate::worker`).
     let outcome = match catch_unwind(AssertUnwindSafe(|| {
+        inject_panic(task.kernel());
         task.run_with_module(module, memory_bytes)
     })) {
         Ok(Ok(output)) => TaskOutcome::Done(output.encode()),
         Ok(Err(e)) => TaskOutcome::Failed(e.to_string()),
-        Err(panic) => {
-            let why = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown".into());
-            TaskOutcome::Failed(format!("the {} kernel panicked: {why}", task.kernel()))
-        }
+        Err(panic) => TaskOutcome::Failed(panic_failure(task.kernel(), &*panic)),
     };
     (kernel, outcome)
+}
+
+/// Why a task failed whose `kernel` panicked with `payload`.
+pub fn panic_failure(kernel: &str, payload: &(dyn Any + Send)) -> String {
+    let why = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("unknown");
+    format!("the {kernel} kernel panicked: {why}")
+}
+
+/// The environment variable that makes a kernel panic, to test what a
+/// panicking kernel does to an agent as shipped (whose panics abort): no
+/// kernel is known to panic, so a test needs one that does. Like
+/// `--corrupt-results`, a test aid only.
+pub const PANIC_IN_KERNEL_ENV: &str = "MUSKETEER_PANIC_IN_KERNEL";
+
+/// Panics if [`PANIC_IN_KERNEL_ENV`] names `kernel`.
+fn inject_panic(kernel: &str) {
+    if std::env::var_os(PANIC_IN_KERNEL_ENV).is_some_and(|k| k == kernel) {
+        panic!("{PANIC_IN_KERNEL_ENV}={kernel} asked for it");
+    }
 }
 
 /// The kernel of an encoded task input, read from its first byte without

@@ -398,7 +398,7 @@ fn slot_loop(
             let reason = slot.kill_reason.take();
             let bloated = slot.idle_rss > 0 && rss_after > slot.idle_rss + RESPAWN_SLACK;
             slot.rss = rss_after;
-            let keep = matches!(answer, Ok(Some(_))) && reason.is_none() && !bloated;
+            let keep = matches!(&answer, Ok(Some(r)) if !r.exiting) && reason.is_none() && !bloated;
             if let (false, Ok(Some(reply))) = (keep, &answer) {
                 let total = Duration::from_nanos(reply.process_cpu_ns);
                 let unseen = total.saturating_sub(slot.last_cpu);

@@ -25,12 +25,13 @@
 //! knows why) or hit its cap ([`crate::memory_cap::EXIT_OVER_MEMORY`]).
 
 use std::io::{self, BufWriter, ErrorKind, Read, Write};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use musketeer_tasks::protocol::TaskOutcome;
 use serde::{Deserialize, Serialize};
 
-use crate::executor::run_input;
+use crate::executor::{kernel_of, panic_failure, run_input};
 use crate::memory_cap;
 
 /// The hidden subcommand the agent starts its workers with.
@@ -54,6 +55,67 @@ pub struct WorkerReply {
     /// CPU time the whole worker process has used so far, so that the
     /// agent can account for a worker it retires between two samples.
     pub process_cpu_ns: u64,
+    /// The worker ends after this reply (its kernel panicked where panics
+    /// abort): the next task needs a new worker.
+    pub exiting: bool,
+}
+
+/// The task a worker is running, if any, for its panic hook to answer for.
+#[derive(Default)]
+pub struct Running(Mutex<Option<Started>>);
+
+/// A task that has begun.
+struct Started {
+    kernel: &'static str,
+    at: Instant,
+    cpu_at: Option<cpu_time::ProcessTime>,
+}
+
+/// The worker's own, which its panic hook reads.
+static RUNNING: Running = Running(Mutex::new(None));
+
+impl Running {
+    fn begin(&self, kernel: &'static str) {
+        let started = Started {
+            kernel,
+            at: Instant::now(),
+            cpu_at: cpu_time::ProcessTime::try_now().ok(),
+        };
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(started);
+    }
+
+    /// The reply for the task that began, now that it ended with `outcome`.
+    fn end(&self, outcome: TaskOutcome) -> WorkerReply {
+        let started = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+        reply(started.as_ref(), outcome, false)
+    }
+
+    /// The reply a panic hook gives for the running task, if there is one:
+    /// it failed with the panic's message, and the worker ends.
+    fn answer_panic(&self, payload: &(dyn std::any::Any + Send)) -> Option<WorkerReply> {
+        // `try_lock`: whatever panicked, the hook must not hang.
+        let started = self.0.try_lock().ok()?.take()?;
+        let why = panic_failure(started.kernel, payload);
+        Some(reply(Some(&started), TaskOutcome::Failed(why), true))
+    }
+}
+
+/// The reply for a task that `started`, measured now.
+fn reply(started: Option<&Started>, outcome: TaskOutcome, exiting: bool) -> WorkerReply {
+    let cpu = started
+        .and_then(|s| s.cpu_at)
+        .and_then(|t| t.try_elapsed().ok())
+        .unwrap_or(Duration::ZERO);
+    WorkerReply {
+        outcome,
+        cpu_ns: cpu.as_nanos() as u64,
+        wall_ns: started.map_or(0, |s| s.at.elapsed().as_nanos() as u64),
+        peak_bytes: memory_cap::peak(),
+        process_cpu_ns: cpu_time::ProcessTime::try_now()
+            .map(|t| t.as_duration().as_nanos() as u64)
+            .unwrap_or(0),
+        exiting,
+    }
 }
 
 /// Room a wasm task needs besides its linear memory: the compiled module
@@ -115,8 +177,9 @@ fn read_frame(input: &mut impl Read, len: u32) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Serves requests from `input` until it closes, one task at a time.
-pub fn serve(mut input: impl Read, output: impl Write) -> io::Result<()> {
+/// Serves requests from `input` until it closes, one task at a time,
+/// keeping `running` up to date.
+pub fn serve(mut input: impl Read, output: impl Write, running: &Running) -> io::Result<()> {
     let mut output = BufWriter::new(output);
     loop {
         let mut header = [0u8; 16];
@@ -137,29 +200,42 @@ pub fn serve(mut input: impl Read, output: impl Write) -> io::Result<()> {
             let memory = cap
                 .saturating_sub(memory_cap::live())
                 .saturating_sub(wasm_overhead(module_len as usize));
-            let cpu_start = cpu_time::ProcessTime::try_now().ok();
-            let start = Instant::now();
+            running.begin(kernel_of(&task).unwrap_or("unknown"));
             let (_, outcome) = run_input(&task, module, memory);
-            let wall = start.elapsed();
-            let cpu = cpu_start
-                .and_then(|t| t.try_elapsed().ok())
-                .unwrap_or(Duration::ZERO);
-            WorkerReply {
-                outcome,
-                cpu_ns: cpu.as_nanos() as u64,
-                wall_ns: wall.as_nanos() as u64,
-                peak_bytes: memory_cap::peak(),
-                process_cpu_ns: cpu_time::ProcessTime::try_now()
-                    .map(|t| t.as_duration().as_nanos() as u64)
-                    .unwrap_or(0),
-            }
+            running.end(outcome)
         };
-        let bytes =
-            postcard::to_stdvec(&reply).map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
-        output.write_all(&(bytes.len() as u32).to_le_bytes())?;
-        output.write_all(&bytes)?;
-        output.flush()?;
+        write_reply(&mut output, &reply)?;
     }
+}
+
+/// Writes one reply frame.
+fn write_reply(output: &mut impl Write, reply: &WorkerReply) -> io::Result<()> {
+    let bytes =
+        postcard::to_stdvec(reply).map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
+    output.write_all(&(bytes.len() as u32).to_le_bytes())?;
+    output.write_all(&bytes)?;
+    output.flush()
+}
+
+/// Where panics abort (the shipped agents: the `release-small` profile), a
+/// panicking kernel cannot be caught, so the worker answers for its task
+/// before it ends: the task fails with the panic's message, as where panics
+/// unwind, and the agent starts a fresh worker for the next one.
+fn answer_for_panics() {
+    use std::os::fd::AsFd;
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        let Some(reply) = RUNNING.answer_panic(info.payload()) else {
+            return;
+        };
+        // Not through `Stdout`, whose lock `serve` holds on the main
+        // thread: the panic may be on another (word count's threads).
+        // `serve` has flushed its last reply before this task began.
+        if let Ok(fd) = io::stdout().as_fd().try_clone_to_owned() {
+            let _ = write_reply(&mut std::fs::File::from(fd), &reply);
+        }
+    }));
 }
 
 /// The body of `musketeer __worker`: serve the agent on stdin/stdout.
@@ -169,7 +245,10 @@ pub fn main() -> io::Result<()> {
     // for nobody, nor sit stopped forever if it was paused.
     #[cfg(target_os = "linux")]
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
-    serve(io::stdin().lock(), io::stdout().lock())
+    if cfg!(panic = "abort") {
+        answer_for_panics();
+    }
+    serve(io::stdin().lock(), io::stdout().lock(), &RUNNING)
 }
 
 #[cfg(test)]
@@ -184,7 +263,7 @@ pub(crate) mod tests {
         write_request(&mut requests, u64::MAX, &fib_task(0, vec![10]).input, None).unwrap();
         write_request(&mut requests, u64::MAX, &[0xff, 0xff], None).unwrap();
         let mut replies = Vec::new();
-        serve(&requests[..], &mut replies).unwrap();
+        serve(&requests[..], &mut replies, &Running::default()).unwrap();
 
         let mut replies = &replies[..];
         let first = read_reply(&mut replies).unwrap().unwrap();
@@ -200,6 +279,26 @@ pub(crate) mod tests {
             matches!(second.outcome, TaskOutcome::Failed(m) if m.contains("invalid task input"))
         );
         assert!(read_reply(&mut replies).unwrap().is_none(), "then the end");
+    }
+
+    #[test]
+    fn a_panic_is_answered_once_for_the_running_task_and_ends_the_worker() {
+        let running = Running::default();
+        assert_eq!(running.answer_panic(&"boom"), None, "no task, no answer");
+        running.begin("fibonacci");
+        let reply = running
+            .answer_panic(&String::from("boom"))
+            .expect("a task runs");
+        assert_eq!(
+            reply.outcome,
+            TaskOutcome::Failed("the fibonacci kernel panicked: boom".into())
+        );
+        assert!(reply.exiting, "the agent must start a new worker");
+        assert_eq!(running.answer_panic(&"again"), None, "answered once");
+        // The hook writes the same frame as `serve`.
+        let mut frame = Vec::new();
+        write_reply(&mut frame, &reply).unwrap();
+        assert_eq!(read_reply(&mut &frame[..]).unwrap(), Some(reply));
     }
 
     /// A wasm task of `items` with `fuel`, for `module`.
@@ -243,7 +342,7 @@ pub(crate) mod tests {
         write_request(&mut requests, u64::MAX, &good, None).unwrap();
         write_request(&mut requests, u64::MAX, &good, Some(primes)).unwrap();
         let mut replies = Vec::new();
-        serve(&requests[..], &mut replies).unwrap();
+        serve(&requests[..], &mut replies, &Running::default()).unwrap();
         let mut replies = &replies[..];
         let mut next = || read_reply(&mut replies).unwrap().unwrap().outcome;
         let done = |o: TaskOutcome| match o {
@@ -275,12 +374,12 @@ pub(crate) mod tests {
         let mut requests = Vec::new();
         write_request(&mut requests, u64::MAX, &fib_task(0, vec![10]).input, None).unwrap();
         requests.truncate(requests.len() - 1);
-        assert!(serve(&requests[..], Vec::new()).is_err());
+        assert!(serve(&requests[..], Vec::new(), &Running::default()).is_err());
 
         let mut huge = Vec::new();
         huge.extend_from_slice(&0u64.to_le_bytes());
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         huge.extend_from_slice(&0u32.to_le_bytes());
-        assert!(serve(&huge[..], Vec::new()).is_err());
+        assert!(serve(&huge[..], Vec::new(), &Running::default()).is_err());
     }
 }

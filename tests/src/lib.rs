@@ -462,6 +462,17 @@ impl Agent {
         token: &str,
         extra: &[&str],
     ) -> Result<Agent> {
+        Agent::join_using_env(launcher, url, token, extra, &[])
+    }
+
+    /// Like [`Agent::join_using`], with extra environment variables.
+    pub fn join_using_env(
+        launcher: &[std::ffi::OsString],
+        url: &str,
+        token: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Agent> {
         let state_dir = tempfile::Builder::new()
             .prefix("musketeer-agent-")
             .tempdir()?;
@@ -488,6 +499,7 @@ impl Agent {
             // tests down. A test of stepping aside passes the flag, which
             // wins over the variable.
             .env("MUSKETEER_YIELD_TO_HOST_PERCENT", "off")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);

@@ -132,6 +132,57 @@ fn x86_64_agent_and_coordinator_are_static() {
     }
 }
 
+/// A kernel that panics fails only its task, with the panic's message, and
+/// the agent goes on with the next: on the agent as shipped, whose panics
+/// abort (the worker answers for its task before it ends), as on the debug
+/// build of the tests, whose panics unwind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_kernel_fails_its_task_and_the_agent_goes_on() {
+    let Some(shipped) = dist::prerequisite(REQUIRE_CROSS, dist::dist_bin(X86_64, "musketeer"))
+    else {
+        return;
+    };
+    let coordinator = Coordinator::start(CoordinatorOptions::default()).unwrap();
+    for agent_bin in [shipped, musketeer_tests::bin("musketeer")] {
+        let agent = Agent::join_using_env(
+            &[agent_bin.clone().into()],
+            &coordinator.url,
+            &coordinator.join_token,
+            &["--cpus", "1", "--auto-update", "false"],
+            &[("MUSKETEER_PANIC_IN_KERNEL", "factorial")],
+        )
+        .unwrap();
+        let failing = coordinator
+            .submit(&json!({"kernel": "factorial", "n": 20, "max_attempts": 1}))
+            .await
+            .unwrap();
+        let status = coordinator.wait(&failing, JOB_TIMEOUT).await.unwrap();
+        assert_eq!(status["state"], "failed", "{status}\n{}", agent.log());
+        let error = status["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(
+                "the factorial kernel panicked: MUSKETEER_PANIC_IN_KERNEL=factorial asked for it"
+            ),
+            "{}: {error}\n{}",
+            agent_bin.display(),
+            agent.log()
+        );
+
+        // The same agent, with a fresh worker, does the next job.
+        let ns = vec![90, 1000];
+        let id = coordinator
+            .submit(&json!({"kernel": "fibonacci", "n": ns}))
+            .await
+            .unwrap();
+        let result = coordinator
+            .result(&id, JOB_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", agent.log()));
+        assert_eq!(reference::values(&result), reference::fibonacci(&ns));
+        drop(agent);
+    }
+}
+
 /// The same module and items on x86_64, aarch64 and armv7 agents give
 /// byte-identical outputs, floats included; with `redundancy: 3` across the
 /// three every task agrees.
