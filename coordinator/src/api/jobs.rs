@@ -370,7 +370,11 @@ pub async fn cancel(
         .cancel_job(&id, st.scheduler.now_ms())
         .await?
         .ok_or_else(|| ApiError::not_found("job", &id))?;
-    let purged = st.scheduler.store.purge_finished_inputs().await?;
+    let purged = st
+        .scheduler
+        .store
+        .purge_finished_inputs(st.scheduler.now_ms())
+        .await?;
     if purged > 0 {
         tracing::info!(job = %id, purged, "inputs of finished jobs deleted");
     }
