@@ -385,7 +385,13 @@ pub async fn cancel(
             ..ApiError::new(
                 StatusCode::CONFLICT,
                 "job_finished",
-                format!("job {id} already {}: nothing to cancel", state.as_str()),
+                match state {
+                    JobState::Failed => format!(
+                        "job {id} already failed: nothing to cancel (the inputs it kept for a \
+                         retry are deleted now; resubmit the job to run it again)"
+                    ),
+                    state => format!("job {id} already {}: nothing to cancel", state.as_str()),
+                },
             )
         }),
     }

@@ -881,7 +881,9 @@ pub trait Store: Send + Sync + 'static {
     async fn job(&self, id: &str) -> StoreResult<Option<JobStatus>>;
     /// The newest jobs, up to `limit`.
     async fn list_jobs(&self, limit: u32) -> StoreResult<Vec<JobStatus>>;
-    /// Cancels a job that has not finished; returns its status after.
+    /// Cancels a job that has not finished; returns its status after. A
+    /// failed job stays failed, but the inputs and outputs it kept for a
+    /// retry are deleted at once (an operator out of space cancels).
     async fn cancel_job(&self, id: &str, now_ms: u64) -> StoreResult<Option<JobStatus>>;
     /// The reduce plan and every task's output, in task order.
     async fn job_outputs(&self, id: &str) -> StoreResult<(Vec<u8>, Vec<Vec<u8>>)>;

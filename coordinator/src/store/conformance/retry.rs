@@ -161,6 +161,14 @@ pub async fn only_a_failed_job_with_its_inputs_is_retried(store: &dyn Store) {
         .await
         .unwrap()
         .is_empty());
+    // A cancel of a failed job keeps it failed and frees its inputs.
+    failed_job(store, "freed", 2).await;
+    let status = store.cancel_job("freed", T0 + 1).await.unwrap().unwrap();
+    assert_eq!(status.state, JobState::Failed);
+    assert_eq!(
+        store.retry_failed_tasks("freed", T0 + 1).await.unwrap(),
+        Err(RetryRefusal::InputsGone)
+    );
     // Within the retention the purge keeps them, and the retry works.
     failed_job(store, "recent", 2).await;
     store.purge_finished_inputs(T0 + 1).await.unwrap();

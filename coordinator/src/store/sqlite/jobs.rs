@@ -360,11 +360,29 @@ pub(super) async fn cancel_job(
     id: &str,
     now_ms: u64,
 ) -> StoreResult<Option<JobStatus>> {
+    // A failed job's files first, as the purge does: on a full disk the
+    // rows' deletion may fail, and the files are what gives the disk back.
+    let failed = {
+        let id = id.to_string();
+        store
+            .read(move |c| {
+                Ok(c.query_row(
+                    "SELECT seq FROM jobs WHERE id = ?1 AND state = 'failed'",
+                    [id],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()?)
+            })
+            .await?
+    };
+    if let Some(seq) = failed {
+        store.blobs.remove_job(seq);
+    }
     let id = id.to_string();
-    store
+    let (status, dropped) = store
         .write(move |tx| {
             let Some(seq) = job_seq(tx, &id)? else {
-                return Ok(None);
+                return Ok((None, None));
             };
             let changed = tx.execute(
                 "UPDATE jobs SET state = 'cancelled', finished_ms = ?2
@@ -374,15 +392,30 @@ pub(super) async fn cancel_job(
             if changed > 0 {
                 cancel_open_tasks(tx, seq)?;
             }
-            Ok(tx
+            let status = tx
                 .query_row(
                     &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE seq = ?1 AND sealed = 1"),
                     [seq],
                     job_from_row,
                 )
-                .optional()?)
+                .optional()?;
+            // A failed job stays failed; what it kept for a retry goes.
+            let dropped = match &status {
+                Some(s) if s.state == JobState::Failed => {
+                    for table in ["task_inputs", "task_outputs"] {
+                        tx.execute(&format!("DELETE FROM {table} WHERE job_seq = ?1"), [seq])?;
+                    }
+                    Some(seq)
+                }
+                _ => None,
+            };
+            Ok((status, dropped))
         })
-        .await
+        .await?;
+    if let Some(seq) = dropped {
+        store.blobs.remove_job(seq);
+    }
+    Ok(status)
 }
 
 pub(super) async fn job_outputs(
