@@ -510,10 +510,12 @@ pub(super) async fn retry_failed_tasks(
         }
     }
     // In the active jobs before any task is pending again, as at
-    // submission: no task is ever outside the indexes.
+    // submission: no task is ever outside the indexes, even after a
+    // failover.
+    let active = k.shared("active");
     let mut c = ::redis::cmd("HSET");
-    c.arg(k.shared("active")).arg(id).arg(&queue);
-    store.one(c).await?;
+    c.arg(&active).arg(id).arg(&queue);
+    store.one_failover_safe(c, &[&active]).await?;
     let mut c = store.scripts().retry.call(&keys);
     c.arg(now_ms);
     // On a replica before the admin hears "retried", as a submission.
