@@ -183,7 +183,8 @@ macro_rules! every_rule {
             a_retry_that_fails_again_can_be_retried_again,
             only_a_failed_job_with_its_inputs_is_retried,
             a_job_whose_reduce_failed_is_reduced_again,
-            a_retried_replicated_job_votes_again
+            a_retried_replicated_job_votes_again,
+            a_failed_workflow_step_is_not_retried
         );
     };
 }
