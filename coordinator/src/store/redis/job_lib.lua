@@ -87,8 +87,8 @@ local function unlease(slot)
   redis.call('ZREM', LIVE, slot)
 end
 
--- A job that ended without success: none of its tasks runs again, and its
--- inputs and outputs are given back at once.
+-- A job cancelled or expired (or a failed workflow step): none of its tasks
+-- runs again, and its inputs and outputs are given back at once.
 local function cancel_rest()
   for _, slot in ipairs(redis.call('ZRANGE', LIVE, 0, -1)) do
     unlease(slot)
