@@ -20,7 +20,9 @@ pub mod why;
 
 use crate::clock::{Clock, SystemClock};
 use crate::store::rules::MAX_REPORTED_CPU_MS;
-use crate::store::{CompleteOutcome, LeaseQuery, NewJob, NewTask, Store, StoreResult};
+use crate::store::{
+    CompleteOutcome, LeaseQuery, NewJob, NewTask, Retried, RetryRefusal, Store, StoreResult,
+};
 
 /// The longest an agent's lease call is held open: below common proxy and
 /// load-balancer idle timeouts (60 s), so long-polls survive them.
@@ -227,7 +229,7 @@ impl Scheduler {
         )?;
         unless_full(
             "purging the inputs of finished jobs",
-            self.store.purge_finished_inputs().await,
+            self.store.purge_finished_inputs(self.now_ms()).await,
         )?;
         if renewed > 0 {
             tracing::info!(
@@ -259,7 +261,7 @@ impl Scheduler {
                         Ok(ids) => ids.into_iter().for_each(|id| me.spawn_reduce(id)),
                         Err(e) => tracing::error!("cannot list jobs to reduce: {e}"),
                     }
-                    if let Err(e) = me.store.purge_finished_inputs().await {
+                    if let Err(e) = me.store.purge_finished_inputs(me.now_ms()).await {
                         tracing::error!("cannot purge the inputs of finished jobs: {e}");
                     }
                 }
@@ -383,6 +385,24 @@ impl Scheduler {
             self.spawn_reduce(id.to_string());
         }
         Ok(total)
+    }
+
+    /// Retries a failed job's tasks (see [`Store::retry_failed_tasks`]):
+    /// wakes the agents for the tasks queued again, or reduces the job
+    /// again at once if every task was done (its reduce had failed).
+    pub async fn retry_failed_tasks(
+        self: &Arc<Self>,
+        id: &str,
+    ) -> StoreResult<Result<Retried, RetryRefusal>> {
+        let out = self.store.retry_failed_tasks(id, self.now_ms()).await?;
+        if let Ok(retried) = &out {
+            tracing::info!(job = %id, requeued = retried.requeued, "failed job retried");
+            self.signal_work();
+            if retried.ready {
+                self.spawn_reduce(id.to_string());
+            }
+        }
+        Ok(out)
     }
 
     /// Leases a batch, waiting up to `wait` for work to appear.

@@ -675,6 +675,40 @@ impl Coordinator {
         Ok(postcard::from_bytes(&bytes)?)
     }
 
+    /// Reports every leased task failed with `reason`, as `agent`.
+    pub async fn fail_manual(
+        &self,
+        agent: &ManualAgent,
+        leased: &musketeer_tasks::protocol::LeaseResponse,
+        reason: &str,
+    ) -> Result<Value> {
+        use musketeer_tasks::protocol::{ResultBatch, TaskOutcome, TaskReport};
+        let results = leased
+            .tasks
+            .iter()
+            .map(|t| TaskReport {
+                task: t.task.clone(),
+                cpu_ms: 1,
+                outcome: TaskOutcome::Failed(reason.to_string()),
+            })
+            .collect();
+        let body = musketeer_tasks::protocol::encode(&ResultBatch { results })?;
+        let client = self.client_with_token(&agent.credential);
+        Ok(client
+            .send(
+                client
+                    .request(reqwest::Method::POST, "/v1/agent/results")
+                    .header(
+                        "content-type",
+                        musketeer_tasks::protocol::POSTCARD_CONTENT_TYPE,
+                    )
+                    .body(body),
+            )
+            .await?
+            .json()
+            .await?)
+    }
+
     /// Runs the leased tasks here and uploads their results as `agent`.
     pub async fn complete_manual(
         &self,

@@ -16,7 +16,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 /// Who may call each route, written down independently of the code.
-const MATRIX: [(&str, &str, Access); 45] = [
+const MATRIX: [(&str, &str, Access); 46] = [
     ("GET", "/", Access::Public),
     ("GET", "/dashboard/app.js", Access::Public),
     ("GET", "/dashboard/app.css", Access::Public),
@@ -32,6 +32,7 @@ const MATRIX: [(&str, &str, Access); 45] = [
     ("POST", "/v1/jobs/wordcount", Access::Admin),
     ("GET", "/v1/jobs/{id}", Access::Read),
     ("DELETE", "/v1/jobs/{id}", Access::Admin),
+    ("POST", "/v1/jobs/{id}/retry", Access::Admin),
     ("GET", "/v1/jobs/{id}/result", Access::Read),
     ("GET", "/v1/jobs/{id}/why", Access::Read),
     ("POST", "/v1/schedules", Access::Admin),
@@ -118,6 +119,8 @@ struct World {
     done_job: String,
     /// A queued job to cancel.
     queued_job: String,
+    /// A failed job to retry.
+    failed_job: String,
     /// A workflow to look at and cancel (its one step stays queued).
     workflow: String,
     /// A schedule to pause, resume and delete (it fires in a year).
@@ -177,6 +180,25 @@ impl World {
             .await
             .unwrap();
         assert_eq!(status["state"], "succeeded", "{status}");
+
+        // A job of one attempt that the manual agent fails: to retry.
+        let failed_job = c
+            .submit(&json!({"kernel": "factorial", "n": 30, "max_attempts": 1, "agent": agent.id}))
+            .await
+            .unwrap();
+        let leased = c
+            .lease_manual(&agent, capacity(std::env::consts::ARCH, &[]), 64)
+            .await
+            .unwrap();
+        assert!(!leased.tasks.is_empty());
+        c.fail_manual(&agent, &leased, "made to fail")
+            .await
+            .unwrap();
+        let status = c
+            .wait(&failed_job, std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(status["state"], "failed", "{status}");
 
         // A job only an agent that does not exist may take: it stays queued.
         let queued_job = c
@@ -275,6 +297,7 @@ impl World {
             revoked_viewer_token,
             done_job,
             queued_job,
+            failed_job,
             workflow,
             schedule,
             spare_token_id,
@@ -326,6 +349,7 @@ impl World {
             "/v1/jobs/{id}" | "/v1/jobs/{id}/result" | "/v1/jobs/{id}/why" => {
                 template.replace("{id}", &self.done_job)
             }
+            "/v1/jobs/{id}/retry" => template.replace("{id}", &self.failed_job),
             "/v1/tokens/{id}" => template.replace("{id}", &self.spare_token_id),
             "/v1/workflows/{id}" => template.replace("{id}", &self.workflow),
             "/v1/schedules/{id}" | "/v1/schedules/{id}/pause" | "/v1/schedules/{id}/resume" => {
@@ -497,9 +521,14 @@ async fn every_route_against_every_caller() {
         .await
         .unwrap();
     assert_eq!(queued["state"], "queued", "{queued}");
+    let failed = admin
+        .get_json(&format!("/v1/jobs/{}", w.failed_job))
+        .await
+        .unwrap();
+    assert_eq!(failed["state"], "failed", "not retried: {failed}");
     let jobs = admin.get_json("/v1/jobs").await.unwrap();
-    // The two jobs, and the workflow's one step.
-    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 3, "{jobs}");
+    // The three jobs, and the workflow's one step.
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 4, "{jobs}");
     let tokens = admin.get_json("/v1/tokens").await.unwrap();
     let spare = tokens["tokens"]
         .as_array()

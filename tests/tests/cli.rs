@@ -78,6 +78,12 @@ async fn admin_cli_drives_a_cluster_from_the_data_directory() {
         result["value"].as_str().unwrap(),
         reference::factorial(1000)
     );
+    // `jobs retry` of a job that did not fail: the API's refusal, and why.
+    let (ok, _, err) = cli(&dir, &["jobs", "retry", id]);
+    assert!(
+        !ok && err.contains("job_not_retryable") && err.contains("only a failed job"),
+        "{err}"
+    );
 
     // A streamed word count from a file, with options.
     let text = dir.join("text.txt");

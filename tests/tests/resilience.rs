@@ -1,9 +1,12 @@
 //! Killed processes lose no accepted work: an agent SIGKILLed mid-job, an
-//! agent stopped with SIGTERM, a coordinator SIGKILLed and restarted.
+//! agent stopped with SIGTERM, a coordinator SIGKILLed and restarted, a job
+//! failed by a bad volunteer and retried.
 
 use std::time::{Duration, Instant};
 
-use musketeer_tests::{reference, terminate, wait_exit, Agent, Cluster, CoordinatorOptions};
+use musketeer_tests::{
+    capacity, reference, terminate, wait_exit, Agent, Cluster, CoordinatorOptions,
+};
 use serde_json::{json, Value};
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(180);
@@ -189,5 +192,92 @@ async fn coordinator_sigkilled_and_restarted_loses_no_accepted_job() {
     assert_eq!(
         status["progress"]["done"], status["progress"]["total"],
         "{status}"
+    );
+}
+
+/// A job that a bad volunteer failed (one attempt per task) is retried once
+/// the volunteer is removed and a good agent joins: only the task that
+/// failed and the one its failure cancelled run again, the done ones keep
+/// their outputs, and the result is right. A second retry is refused with
+/// what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_job_retried_runs_only_what_was_not_done() {
+    let mut cluster = Cluster::start(0, CoordinatorOptions::default(), &[])
+        .await
+        .unwrap();
+    let c = &cluster.coordinator;
+    let client = c.client();
+    let bad = c.enrol_manual().await.unwrap();
+    let ns = [10u64, 20, 30, 40];
+    let id = c
+        .submit(&json!({"kernel": "fibonacci", "n": ns, "items_per_task": 1, "max_attempts": 1}))
+        .await
+        .unwrap();
+    let cap = || capacity(std::env::consts::ARCH, &[]);
+    let good_part = c.lease_manual(&bad, cap(), 2).await.unwrap();
+    assert_eq!(good_part.tasks.len(), 2);
+    c.complete_manual(&bad, &good_part).await.unwrap();
+    let bad_part = c.lease_manual(&bad, cap(), 1).await.unwrap();
+    assert_eq!(bad_part.tasks.len(), 1);
+    c.fail_manual(&bad, &bad_part, "a bad volunteer")
+        .await
+        .unwrap();
+    let status = c.wait(&id, JOB_TIMEOUT).await.unwrap();
+    assert_eq!(status["state"], "failed", "{status}");
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap()
+            .contains("a bad volunteer"),
+        "{status}"
+    );
+    assert_eq!(status["progress"]["done"], 2, "{status}");
+
+    client
+        .send(client.request(reqwest::Method::DELETE, &format!("/v1/agents/{}", bad.id)))
+        .await
+        .unwrap();
+    let retried: Value = client
+        .send(client.request(reqwest::Method::POST, &format!("/v1/jobs/{id}/retry")))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        matches!(retried["state"].as_str(), Some("running" | "queued")),
+        "{retried}"
+    );
+    assert_eq!(retried["error"], Value::Null, "{retried}");
+    assert_eq!(retried["progress"]["failed"], 0, "{retried}");
+
+    cluster
+        .agents
+        .push(Agent::join(&c.url, &c.join_token, &[]).unwrap());
+    let c = &cluster.coordinator;
+    let got = c.result(&id, JOB_TIMEOUT).await.unwrap();
+    assert_eq!(reference::values(&got), reference::fibonacci(&ns));
+    let agents = c.agents().await.unwrap();
+    let good = agents
+        .iter()
+        .find(|a| a["id"] != bad.id.as_str())
+        .expect("the good agent is listed");
+    assert_eq!(
+        good["tasks_done"], 2,
+        "only the failed and the cancelled task ran again: {good}"
+    );
+
+    let resp = client
+        .request(reqwest::Method::POST, &format!("/v1/jobs/{id}/retry"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::CONFLICT);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "job_not_retryable", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("succeeded") && message.contains("only a failed job"),
+        "{message}"
     );
 }

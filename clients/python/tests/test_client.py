@@ -87,6 +87,15 @@ def test_a_cancelled_job_raises_from_wait(cluster: Cluster) -> None:
     assert (e.value.status, e.value.code, e.value.state) == (409, "job_finished", "succeeded")
 
 
+def test_only_a_failed_job_is_retried(cluster: Cluster) -> None:
+    done = cluster.submit(kernel="factorial", n=10)
+    done.wait()
+    with pytest.raises(MusketeerError) as e:
+        done.retry()
+    assert (e.value.status, e.value.code, e.value.state) == (409, "job_not_retryable", "succeeded")
+    assert "only a failed job" in e.value.message
+
+
 def test_a_wrong_token_is_refused(data_dir) -> None:
     url = (data_dir / "url").read_text().strip()
     with Cluster(url, "wrong", ca=data_dir / "ca.pem") as c:

@@ -4,7 +4,8 @@ chromedriver (WebDriver) against the test's own coordinator on loopback.
 A viewer logs in and sees the agents, the jobs, a job's progress bar move
 without a reload, and why a job waits; it finds no cancel button. The admin
 logs in and cancels a job. A job's page lists its tasks: a failed one with
-its error, and a replicated one's votes, the lying agent's outvoted. The
+its error (a viewer has no retry button; the admin retries the job, which
+fails again), and a replicated one's votes, the lying agent's outvoted. The
 modules, workflows and schedules pages show a viewer no button; the admin
 pauses and resumes a schedule and deletes a module.
 Screenshots go to target/dashboard-screenshots.
@@ -339,7 +340,25 @@ def test_a_jobs_tasks_and_votes_in_a_browser(
     )
     job_error = settled("the job's error", lambda: browser.find_element(By.CSS_SELECTOR, "#job-view dd.error").text)
     assert error in job_error, (error, job_error)
+    assert not browser.find_elements(By.ID, "retry-job"), "a viewer has no retry button"
     shot(browser, "viewer-failed-task")
+
+    # The admin retries its failed tasks from its page: the module still
+    # traps, so the job fails again, a second time, with the same reason.
+    failed_at = api.get("/v1/jobs/" + broken)["finished_ms"]
+    relogin(browser, base, (data_dir / "admin.token").read_text().strip())
+    browser.get(base + "/#/job/" + broken)
+    button = wait_until("the retry button", lambda: browser.find_elements(By.ID, "retry-job"))[0]
+    assert button.text == "Retry failed tasks"
+    shot(browser, "admin-failed-job")
+    button.click()
+    browser.switch_to.alert.accept()
+    wait_until(
+        "the retried job to fail again",
+        lambda: (lambda j: j["state"] == "failed" and j["finished_ms"] != failed_at)(api.get("/v1/jobs/" + broken)),
+    )
+    assert "trap" in api.get("/v1/jobs/" + broken)["error"]
+    settled("failed again in the page", lambda: browser.find_element(By.ID, "job-state").text == "failed")
 
     # A replicated task: an honest agent and a lying one disagree, and a
     # second honest agent, started once they have voted, breaks the tie.

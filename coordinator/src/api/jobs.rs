@@ -21,7 +21,7 @@ use super::space::{check_room, content_length};
 use super::{ApiError, AppState, MAX_JOB_BODY};
 use crate::modules::{self, ModuleError, ModuleUse};
 use crate::scheduler::UnsealedJob;
-use crate::store::{JobState, JobStatus, NewJob, NewTask};
+use crate::store::{JobState, JobStatus, NewJob, NewTask, RetryRefusal};
 
 /// Streamed text is cut into chunks of about this size: a few milliseconds
 /// of counting each, so many fit in an agent's batch and the last one ends
@@ -370,7 +370,11 @@ pub async fn cancel(
         .cancel_job(&id, st.scheduler.now_ms())
         .await?
         .ok_or_else(|| ApiError::not_found("job", &id))?;
-    let purged = st.scheduler.store.purge_finished_inputs().await?;
+    let purged = st
+        .scheduler
+        .store
+        .purge_finished_inputs(st.scheduler.now_ms())
+        .await?;
     if purged > 0 {
         tracing::info!(job = %id, purged, "inputs of finished jobs deleted");
     }
@@ -381,7 +385,38 @@ pub async fn cancel(
             ..ApiError::new(
                 StatusCode::CONFLICT,
                 "job_finished",
-                format!("job {id} already {}: nothing to cancel", state.as_str()),
+                match state {
+                    JobState::Failed => format!(
+                        "job {id} already failed: nothing to cancel (the inputs it kept for a \
+                         retry are deleted now; resubmit the job to run it again)"
+                    ),
+                    state => format!("job {id} already {}: nothing to cancel", state.as_str()),
+                },
+            )
+        }),
+    }
+}
+
+/// `POST /v1/jobs/{id}/retry`: queue a failed job's failed tasks again
+/// (and those its failure cancelled), keeping its done tasks' outputs; the
+/// job runs on and finishes as any job does.
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs", params(("id" = String, Path, description = "The job's id")), responses((status = 200, description = "Retried: the job is queued or running again", body = JobStatus), (status = 409, description = "Not retryable: not failed, a workflow's step, past its expires time, its module deleted, or its inputs no longer kept, 24 h after it failed (resubmit it): `job_not_retryable`", body = super::openapi::ErrorBody)))]
+pub async fn retry(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<JobStatus>, ApiError> {
+    match st.scheduler.retry_failed_tasks(&id).await? {
+        Ok(_) => Ok(Json(find(&st, &id).await?)),
+        Err(RetryRefusal::NotFound) => Err(ApiError::not_found("job", &id)),
+        Err(refusal) => Err(ApiError {
+            state: match refusal {
+                RetryRefusal::NotFailed(state) => Some(state),
+                _ => Some(JobState::Failed),
+            },
+            ..ApiError::new(
+                StatusCode::CONFLICT,
+                "job_not_retryable",
+                refusal.message(&id),
             )
         }),
     }

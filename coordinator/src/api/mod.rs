@@ -144,6 +144,7 @@ fn table() -> Vec<(Route, Handler)> {
         ),
         r("GET", "/v1/jobs/{id}", Read, get(jobs::status)),
         r("DELETE", "/v1/jobs/{id}", Admin, delete(jobs::cancel)),
+        r("POST", "/v1/jobs/{id}/retry", Admin, post(jobs::retry)),
         r("GET", "/v1/jobs/{id}/result", Read, get(jobs::result)),
         r("GET", "/v1/jobs/{id}/why", Read, get(jobs::why)),
         r("POST", "/v1/schedules", Admin, post(schedules::create)),

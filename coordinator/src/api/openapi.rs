@@ -87,6 +87,7 @@ pub struct ErrorDetail {
         super::jobs::submit_wordcount_stream,
         super::jobs::status,
         super::jobs::cancel,
+        super::jobs::retry,
         super::jobs::result,
         super::jobs::why,
         super::schedules::create,

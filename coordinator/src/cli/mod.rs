@@ -108,6 +108,12 @@ pub enum JobsCommand {
         /// The job's id.
         id: String,
     },
+    /// Retry a failed job's failed tasks (kept 24 h after it failed); its
+    /// done tasks are not run again.
+    Retry {
+        /// The job's id.
+        id: String,
+    },
     /// Say why a job waits: missing labels, memory, priority, backoff, no agents.
     Why {
         /// The job's id.
@@ -400,6 +406,12 @@ pub async fn jobs(c: &ApiClient, cmd: JobsCommand) -> Result<()> {
         }
         JobsCommand::Cancel { id } => print_json(
             &c.send(c.request(Method::DELETE, &format!("/v1/jobs/{id}")))
+                .await?
+                .json()
+                .await?,
+        )?,
+        JobsCommand::Retry { id } => print_json(
+            &c.send(c.request(Method::POST, &format!("/v1/jobs/{id}/retry")))
                 .await?
                 .json()
                 .await?,

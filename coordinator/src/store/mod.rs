@@ -142,8 +142,16 @@ macro_rules! store_by_operation {
                 leasing::expire_leases(self, now_ms).await
             }
 
-            async fn purge_finished_inputs(&self) -> StoreResult<u64> {
-                jobs::purge_finished_inputs(self).await
+            async fn purge_finished_inputs(&self, now_ms: u64) -> StoreResult<u64> {
+                jobs::purge_finished_inputs(self, now_ms).await
+            }
+
+            async fn retry_failed_tasks(
+                &self,
+                id: &str,
+                now_ms: u64,
+            ) -> StoreResult<Result<Retried, RetryRefusal>> {
+                jobs::retry_failed_tasks(self, id, now_ms).await
             }
 
             async fn renew_all_leases(&self, now_ms: u64, ttl_ms: u64) -> StoreResult<u64> {
@@ -715,6 +723,63 @@ pub struct CompleteOutcome {
     pub requeued: u32,
 }
 
+/// What [`Store::retry_failed_tasks`] did to a failed job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retried {
+    /// Replicas queued again (every replica of each task not done).
+    pub requeued: u64,
+    /// Whether every task was done already (its reduce had failed): the
+    /// job is ready to reduce again.
+    pub ready: bool,
+}
+
+/// Why [`Store::retry_failed_tasks`] refused; nothing changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RetryRefusal {
+    /// No sealed job has this id.
+    NotFound,
+    /// The job is not failed (it is in this state).
+    NotFailed(JobState),
+    /// The job is a workflow's step: the workflow failed with it and does
+    /// not come back.
+    WorkflowStep,
+    /// Its inputs are no longer kept (past [`rules::FAILED_JOB_RETENTION_MS`],
+    /// or never all stored).
+    InputsGone,
+    /// Its `expires` time has passed.
+    Expired,
+    /// The WebAssembly module it runs was deleted (this id).
+    ModuleGone(String),
+}
+
+impl RetryRefusal {
+    /// What the API tells the admin, with what to do instead.
+    pub fn message(&self, id: &str) -> String {
+        match self {
+            RetryRefusal::NotFound => format!("no job {id}"),
+            RetryRefusal::NotFailed(state) => format!(
+                "job {id} is {}: only a failed job's tasks can be retried",
+                state.as_str()
+            ),
+            RetryRefusal::WorkflowStep => format!(
+                "job {id} is a step of a workflow, which failed with it: submit the workflow again"
+            ),
+            RetryRefusal::InputsGone => format!(
+                "the inputs of job {id} are no longer kept (a failed job keeps them for {} h): \
+                 resubmit the job",
+                rules::FAILED_JOB_RETENTION_MS / 3_600_000
+            ),
+            RetryRefusal::Expired => {
+                format!("job {id} is past its expires time: resubmit the job with a later one")
+            }
+            RetryRefusal::ModuleGone(module) => format!(
+                "job {id} runs module {module}, which was deleted: upload the same module again \
+                 (its id stays the same), then retry"
+            ),
+        }
+    }
+}
+
 /// Counts for metrics and the dashboard.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Stats {
@@ -816,7 +881,9 @@ pub trait Store: Send + Sync + 'static {
     async fn job(&self, id: &str) -> StoreResult<Option<JobStatus>>;
     /// The newest jobs, up to `limit`.
     async fn list_jobs(&self, limit: u32) -> StoreResult<Vec<JobStatus>>;
-    /// Cancels a job that has not finished; returns its status after.
+    /// Cancels a job that has not finished; returns its status after. A
+    /// failed job stays failed, but the inputs and outputs it kept for a
+    /// retry are deleted at once (an operator out of space cancels).
     async fn cancel_job(&self, id: &str, now_ms: u64) -> StoreResult<Option<JobStatus>>;
     /// The reduce plan and every task's output, in task order.
     async fn job_outputs(&self, id: &str) -> StoreResult<(Vec<u8>, Vec<Vec<u8>>)>;
@@ -861,9 +928,24 @@ pub trait Store: Send + Sync + 'static {
     async fn release(&self, agent_id: &str, tasks: Vec<TaskRef>) -> StoreResult<u32>;
     /// Returns expired leases to the queue; returns how many.
     async fn expire_leases(&self, now_ms: u64) -> StoreResult<u32>;
-    /// Deletes the inputs of failed and cancelled jobs (a cancelled 1 GiB
-    /// upload must not hold the disk forever); returns how many jobs.
-    async fn purge_finished_inputs(&self) -> StoreResult<u64>;
+    /// Deletes the inputs (and outputs) of cancelled and expired jobs, and
+    /// of failed ones once [`rules::FAILED_JOB_RETENTION_MS`] has passed by
+    /// `now_ms` (a cancelled 1 GiB upload must not hold the disk forever);
+    /// returns how many jobs.
+    async fn purge_finished_inputs(&self, now_ms: u64) -> StoreResult<u64>;
+    /// Retries a failed job, in one atomic step: every replica of each task
+    /// not done (failed, cancelled by the failure, or with votes the failure
+    /// discarded) is queued again with its attempts reset; done tasks and
+    /// their outputs stay; the job's error and failure count are cleared and
+    /// it is `running` again (`queued` if it never started), to finish as
+    /// any job does. Refused, changing nothing, unless the job is failed,
+    /// not a workflow's step, not past `expires`, its module still stored,
+    /// and its inputs still kept (see [`Store::purge_finished_inputs`]).
+    async fn retry_failed_tasks(
+        &self,
+        id: &str,
+        now_ms: u64,
+    ) -> StoreResult<Result<Retried, RetryRefusal>>;
 
     /// Gives every lease at least `ttl_ms` from now: after a restart, so
     /// that the coordinator's own downtime costs no task an attempt while

@@ -219,7 +219,7 @@ pub async fn cancel(scheduler: &Scheduler, id: &str) -> StoreResult<Option<Workf
         .store
         .finish_workflow(id, WorkflowState::Cancelled, now)
         .await?;
-    scheduler.store.purge_finished_inputs().await?;
+    scheduler.store.purge_finished_inputs(now).await?;
     status(scheduler, id).await
 }
 

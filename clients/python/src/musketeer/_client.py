@@ -313,6 +313,12 @@ class Job:
         """Cancels it; raises `MusketeerError` (409) if it already finished."""
         return JobStatus.from_json(self.cluster._json("DELETE", f"/v1/jobs/{self.id}"))
 
+    def retry(self) -> JobStatus:
+        """Runs a failed job's failed tasks again (its done ones are kept);
+        raises `MusketeerError` (409 `job_not_retryable`, saying what to do)
+        if it is not failed or no longer keeps its inputs (24 h)."""
+        return JobStatus.from_json(self.cluster._json("POST", f"/v1/jobs/{self.id}/retry"))
+
 
 def _error_of(resp: requests.Response) -> MusketeerError:
     """The coordinator's JSON error, or the bare status if it is not JSON."""

@@ -211,6 +211,8 @@
       el('div', { id: 'why' }, reasonsList(s.job.why)),
       el('p', {},
         open ? action('Cancel job', 'DELETE', '/v1/jobs/' + encodeURIComponent(j.id), 'Job cancelled.', 'Cancel job ' + j.id + '?', 'cancel-job') : null,
+        // A workflow's step is not retried (the API says so): no button.
+        j.state === 'failed' && !j.workflow ? action('Retry failed tasks', 'POST', '/v1/jobs/' + encodeURIComponent(j.id) + '/retry', 'Failed tasks queued again.', 'Retry the failed tasks of job ' + j.id + '? Its done tasks are kept.', 'retry-job') : null,
         ' ',
         j.state === 'succeeded' ? el('a', { href: '/v1/jobs/' + encodeURIComponent(j.id) + '/result', id: 'download', download: j.id + '.json', text: 'Download the result' }) : null));
   }

@@ -6,10 +6,11 @@
 //! Who sees what is the route table's business ([`super::Access`]): the
 //! page and its assets are public (they hold no data), the snapshot and the
 //! event stream are `Dashboard` routes (a session or a token; anyone with
-//! `--public-dashboard`), and the actions the page offers (cancel a job,
-//! drain or remove an agent, pause or resume a schedule, delete a module)
-//! are the API's own admin routes, called with the session cookie and its
-//! CSRF token (see [`super::session`]).
+//! `--public-dashboard`), and the actions the page offers (cancel a job or
+//! retry a failed one's failed tasks, drain or remove an agent, pause or
+//! resume a schedule, delete a module) are the API's own admin routes,
+//! called with the session cookie and its CSRF token (see
+//! [`super::session`]).
 
 mod snapshot;
 

@@ -134,6 +134,7 @@ mod expiry;
 mod leasing;
 mod modules;
 mod results;
+mod retry;
 mod schedules;
 mod tasks;
 mod workflows;
@@ -142,6 +143,7 @@ pub use expiry::*;
 pub use leasing::*;
 pub use modules::*;
 pub use results::*;
+pub use retry::*;
 pub use schedules::*;
 pub use tasks::*;
 pub use workflows::*;
@@ -176,7 +178,13 @@ macro_rules! every_rule {
             workflows_are_stored_whole_and_released_once,
             a_tick_is_claimed_once_and_makes_one_job,
             a_jobs_tasks_are_listed_failures_first,
-            a_replicated_tasks_votes_are_listed
+            a_replicated_tasks_votes_are_listed,
+            a_retried_job_reruns_only_what_was_not_done,
+            a_retry_that_fails_again_can_be_retried_again,
+            only_a_failed_job_with_its_inputs_is_retried,
+            a_job_whose_reduce_failed_is_reduced_again,
+            a_retried_replicated_job_votes_again,
+            a_failed_workflow_step_is_not_retried
         );
     };
 }

@@ -119,11 +119,11 @@ pub(super) async fn dead_uploads(a: RedisStore, var: &str) {
     a.begin_job(upload("mine")).await.unwrap();
     assert_eq!(b.abort_unsealed_jobs().await.unwrap(), 0, "a is alive");
     assert_eq!(
-        a.purge_finished_inputs().await.unwrap(),
+        a.purge_finished_inputs(T0).await.unwrap(),
         0,
         "the periodic purge leaves a's own upload in flight alone"
     );
-    assert_eq!(b.purge_finished_inputs().await.unwrap(), 0);
+    assert_eq!(b.purge_finished_inputs(T0).await.unwrap(), 0);
     a.forget_alive().await.unwrap();
     assert_eq!(b.abort_unsealed_jobs().await.unwrap(), 1, "a is gone");
 }

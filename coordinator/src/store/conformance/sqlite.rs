@@ -97,9 +97,47 @@ async fn cancelled_jobs_give_their_disk_back() {
     };
     assert_eq!(files(), 1);
     s.cancel_job("big", T0).await.unwrap();
-    assert_eq!(s.purge_finished_inputs().await.unwrap(), 1);
+    assert_eq!(s.purge_finished_inputs(T0).await.unwrap(), 1);
     assert_eq!(files(), 0);
-    assert_eq!(s.purge_finished_inputs().await.unwrap(), 0);
+    assert_eq!(s.purge_finished_inputs(T0).await.unwrap(), 0);
+}
+
+/// A failed job's input files stay for a retry, then go.
+#[tokio::test]
+async fn failed_jobs_keep_their_disk_for_the_retention_only() {
+    let (dir, s) = store();
+    enrol(&s, "a").await;
+    big_job(&s, "big").await;
+    let files = || {
+        std::fs::read_dir(dir.path().join("db.blobs"))
+            .unwrap()
+            .count()
+    };
+    let t = s.lease(query("a", T0, 1)).await.unwrap();
+    s.complete("a", vec![failed(&t[0].task, "trap")], T0 + 1)
+        .await
+        .unwrap();
+    let retention = crate::store::rules::FAILED_JOB_RETENTION_MS;
+    // Three attempts by default: fail it for good.
+    for attempt in 2..=3 {
+        let at = T0 + 1 + retry_backoff_ms(attempt) * 10;
+        let t = s.lease(query("a", at, 1)).await.unwrap();
+        s.complete("a", vec![failed(&t[0].task, "trap")], at)
+            .await
+            .unwrap();
+    }
+    let status = s.job("big").await.unwrap().unwrap();
+    assert_eq!(status.state, JobState::Failed);
+    let failed_at = status.finished_ms.unwrap();
+    assert_eq!(s.purge_finished_inputs(failed_at).await.unwrap(), 0);
+    assert_eq!(files(), 1, "kept for a retry");
+    assert_eq!(
+        s.purge_finished_inputs(failed_at + retention)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(files(), 0);
 }
 
 #[tokio::test]

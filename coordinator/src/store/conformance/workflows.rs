@@ -167,3 +167,41 @@ pub async fn workflows_are_stored_whole_and_released_once(store: &dyn Store) {
         2
     );
 }
+
+/// A workflow's step that failed is not retried: the workflow failed with
+/// it. Nothing of it was kept for a retry.
+pub async fn a_failed_workflow_step_is_not_retried(store: &dyn Store) {
+    enrol(store, "a").await;
+    store
+        .create_workflow(NewWorkflow {
+            id: "w".into(),
+            created_ms: T0,
+            steps: vec![step("a", "ja", &[])],
+            jobs: vec![waiting_job("ja", JobTiming::default())],
+        })
+        .await
+        .unwrap();
+    assert!(store
+        .start_waiting_job("ja", Vec::new(), two_tasks())
+        .await
+        .unwrap());
+    let t = store.lease(query("a", T0, 1)).await.unwrap();
+    store
+        .finish_job("ja", Err("the step failed".into()), T0)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.job("ja").await.unwrap().unwrap().state,
+        JobState::Failed
+    );
+    assert_eq!(
+        store.retry_failed_tasks("ja", T0 + 1).await.unwrap(),
+        Err(RetryRefusal::WorkflowStep)
+    );
+    let stale = store
+        .complete("a", vec![done(&t[0].task)], T0)
+        .await
+        .unwrap();
+    assert_eq!(stale.accepted, 0, "the failed step's lease ended");
+    assert!(store.lease(query("a", T0 + 1, 5)).await.unwrap().is_empty());
+}

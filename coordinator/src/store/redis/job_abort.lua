@@ -7,5 +7,5 @@ end
 if f[1] ~= '0' then
   return {0, f[2], tonumber(f[3])}
 end
-redis.call('DEL', M, PEND, WAIT, LIVE, T, INP, OUTP, HELD, VOTES)
+redis.call('DEL', M, PEND, WAIT, LIVE, T, INP, OUTP, HELD, VOTES, REDO)
 return {1, f[2]}

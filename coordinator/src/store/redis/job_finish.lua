@@ -12,7 +12,7 @@ if ok == '1' then
     redis.call('HSET', M, 'result_expires_ms', string.format('%d', tonumber(now) + tonumber(ttl)))
   end
   -- The result holds everything now.
-  redis.call('DEL', PEND, WAIT, LIVE, HELD, INP, OUTP, VOTES)
+  redis.call('DEL', PEND, WAIT, LIVE, HELD, INP, OUTP, VOTES, REDO)
 else
   fail_job(payload, now)
 end

@@ -17,9 +17,11 @@
 -- "work:mem", n<idx> replicas so far if the job is replicated); inp / outp: inputs and outputs by index (hash);
 -- held: slots each agent holds in this job (hash); votes: returned
 -- replicas of undecided tasks (hash: a<slot> agent, d<slot> digest,
--- c<slot> cpu ms, o<slot> output).
-local M, PEND, WAIT, LIVE, T, INP, OUTP, HELD, VOTES =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+-- c<slot> cpu ms, o<slot> output); redo: a failed job's slots that were
+-- not done when it failed (zset), kept with its inputs and outputs for
+-- FAILED_JOB_RETENTION_MS so that a retry (job_retry.lua) can run them.
+local M, PEND, WAIT, LIVE, T, INP, OUTP, HELD, VOTES, REDO =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 
 -- Task indexes are u32, so a slot's index and replica never mix. In a
 -- replicated job a lease id carries its replica in its low bits (lease =
@@ -85,21 +87,47 @@ local function unlease(slot)
   redis.call('ZREM', LIVE, slot)
 end
 
--- A job that ended without success: none of its tasks runs again, and its
--- inputs and outputs are given back at once.
+-- A job cancelled or expired (or a failed workflow step): none of its tasks
+-- runs again, and its inputs and outputs are given back at once.
 local function cancel_rest()
   for _, slot in ipairs(redis.call('ZRANGE', LIVE, 0, -1)) do
     unlease(slot)
   end
-  redis.call('DEL', PEND, WAIT, LIVE, HELD, INP, OUTP, VOTES)
+  redis.call('DEL', PEND, WAIT, LIVE, HELD, INP, OUTP, VOTES, REDO)
 end
 
+-- A job that failed: as cancel_rest, but its inputs and done outputs are
+-- kept for FAILED_JOB_RETENTION_MS (Redis deletes them then), with the
+-- slots not done in REDO, so that a retry can run those again. A
+-- workflow's step is never retried: it gives everything back at once.
 local function fail_job(reason, now)
   if not is_open(redis.call('HGET', M, 'state')) then
     return
   end
   redis.call('HSET', M, 'state', 'failed', 'error', reason, 'finished_ms', now)
-  cancel_rest()
+  if redis.call('HEXISTS', M, 'workflow') == 1 then
+    cancel_rest()
+    return
+  end
+  redis.call('DEL', REDO)
+  redis.call('ZUNIONSTORE', REDO, 3, PEND, WAIT, LIVE, 'WEIGHTS', 0, 0, 0)
+  local failed = redis.call('HGET', M, 'failed_slot')
+  if failed then
+    redis.call('ZADD', REDO, 0, failed)
+  end
+  -- Returned replicas of undecided tasks: their votes go, so they run again.
+  for _, field in ipairs(redis.call('HKEYS', VOTES)) do
+    if string.sub(field, 1, 1) == 'a' then
+      redis.call('ZADD', REDO, 0, string.sub(field, 2))
+    end
+  end
+  for _, slot in ipairs(redis.call('ZRANGE', LIVE, 0, -1)) do
+    unlease(slot)
+  end
+  redis.call('DEL', PEND, WAIT, LIVE, HELD, VOTES)
+  for _, key in ipairs({INP, OUTP, REDO}) do
+    redis.call('PEXPIRE', key, FAILED_JOB_RETENTION_MS)
+  end
 end
 
 -- Ends a leased slot's attempt without a result: queued again (after a

@@ -122,6 +122,8 @@ pub(super) fn write_meta(
             .arg(k.module_users(module))
             .arg(&job.id)
             .ignore();
+        // For a retry, which must find it still stored.
+        p.cmd("HSET").arg(&meta).arg("module").arg(module).ignore();
     }
     p.cmd("HSET")
         .arg(&meta)
@@ -474,10 +476,79 @@ pub(super) async fn jobs_to_reduce(store: &RedisStore) -> StoreResult<Vec<String
     Ok(ready)
 }
 
-pub(super) async fn purge_finished_inputs(store: &RedisStore) -> StoreResult<u64> {
-    // A failed or cancelled job's inputs go in the same script that
-    // ends it; what is left to purge is uploads whose coordinator died.
+pub(super) async fn purge_finished_inputs(store: &RedisStore, _now_ms: u64) -> StoreResult<u64> {
+    // A cancelled job's inputs go in the same script that ends it, and a
+    // failed one's expire in Redis after the retention (job_lib.lua's
+    // fail_job); what is left to purge is uploads whose coordinator died.
     store.drop_orphan_uploads(false).await
+}
+
+pub(super) async fn retry_failed_tasks(
+    store: &RedisStore,
+    id: &str,
+    now_ms: u64,
+) -> StoreResult<Result<Retried, RetryRefusal>> {
+    let k = store.keys();
+    let keys = k.job(id);
+    let mut c = ::redis::cmd("HMGET");
+    c.arg(&keys[0]).arg("queue").arg("module");
+    let mut f = reply_items(store.one(c).await?).into_iter();
+    let Some(queue) = f.next().as_ref().and_then(reply_string) else {
+        return Ok(Err(RetryRefusal::NotFound));
+    };
+    // Counted as the module's user before it is looked for, so that a
+    // delete from now on sees the job (open again soon) rather than
+    // racing the retry; a delete that won the race just before fails the
+    // retried tasks with the reason.
+    if let Some(module) = f.next().as_ref().and_then(reply_string) {
+        let mut p = ::redis::pipe();
+        p.cmd("SADD").arg(k.module_users(&module)).arg(id).ignore();
+        p.cmd("EXISTS").arg(k.module(&module));
+        let (exists,): (i64,) = store.run(&p).await?;
+        if exists == 0 {
+            return Ok(Err(RetryRefusal::ModuleGone(module)));
+        }
+    }
+    // In the active jobs before any task is pending again, as at
+    // submission: no task is ever outside the indexes, even after a
+    // failover.
+    let active = k.shared("active");
+    let mut c = ::redis::cmd("HSET");
+    c.arg(&active).arg(id).arg(&queue);
+    store.one_failover_safe(c, &[&active]).await?;
+    let mut c = store.scripts().retry.call(&keys);
+    c.arg(now_ms);
+    // On a replica before the admin hears "retried", as a submission.
+    let reply = reply_items(store.one_failover_safe(c, &[&keys[0]]).await?);
+    let code = reply.first().and_then(reply_string).unwrap_or_default();
+    let refusal = match code.as_str() {
+        "ok" => None,
+        "workflow" => Some(RetryRefusal::WorkflowStep),
+        "expired" => Some(RetryRefusal::Expired),
+        "gone" => Some(RetryRefusal::InputsGone),
+        "state" => {
+            let state = reply.get(1).and_then(reply_string);
+            Some(RetryRefusal::NotFailed(
+                state
+                    .and_then(|s| JobState::parse(&s))
+                    .unwrap_or(JobState::Failed),
+            ))
+        }
+        _ => Some(RetryRefusal::NotFound),
+    };
+    if let Some(refusal) = refusal {
+        // The active entry is dropped by the next sweep that meets the
+        // job finished (jobs_to_reduce); an open job keeps its own.
+        return Ok(Err(refusal));
+    }
+    let mut p = ::redis::pipe();
+    store.put_back(&mut p, id, &reply, 3);
+    store.bump_epoch(&mut p);
+    store.run::<()>(&p).await?;
+    Ok(Ok(Retried {
+        requeued: reply.get(1).map(reply_i64).unwrap_or(0) as u64,
+        ready: reply.get(2).map(reply_i64) == Some(1),
+    }))
 }
 
 pub(super) async fn stats(store: &RedisStore) -> StoreResult<Stats> {

@@ -15,7 +15,7 @@ impl Keys {
     pub(super) fn job(&self, id: &str) -> Vec<String> {
         let tag = format!("{{{}:j:{id}}}", self.prefix);
         [
-            "m", "pend", "wait", "live", "t", "in", "out", "held", "votes",
+            "m", "pend", "wait", "live", "t", "in", "out", "held", "votes", "redo",
         ]
         .iter()
         .map(|k| format!("{tag}:{k}"))

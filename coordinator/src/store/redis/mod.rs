@@ -52,8 +52,9 @@
 //! only makes tasks run again; what must not be lost waits for a replica
 //! (`WAIT`, [`REPLICA_WAIT`]) before the caller is answered: a sealed job
 //! and its index entries (before its `201`), a finished or cancelled job
-//! (before it leaves the indexes, or it would be forgotten half done),
-//! tokens, agents and the shared trust.
+//! (before it leaves the indexes, or it would be forgotten half done), a
+//! retried job and its entry in the active jobs, tokens, agents and the
+//! shared trust.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};

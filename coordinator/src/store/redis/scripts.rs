@@ -35,6 +35,7 @@ pub(super) struct Scripts {
     pub(super) seal: Lua,
     pub(super) abort: Lua,
     pub(super) cancel: Lua,
+    pub(super) retry: Lua,
     pub(super) finish: Lua,
     pub(super) expire_unleased: Lua,
     pub(super) start_waiting: Lua,
@@ -97,6 +98,7 @@ impl Scripts {
             seal: job(include_str!("job_seal.lua")),
             abort: job(include_str!("job_abort.lua")),
             cancel: job(include_str!("job_cancel.lua")),
+            retry: job(include_str!("job_retry.lua")),
             finish: job(include_str!("job_finish.lua")),
             expire_unleased: job(include_str!("job_expire_unleased.lua")),
             start_waiting: job(include_str!("job_start_waiting.lua")),
@@ -116,7 +118,7 @@ impl Scripts {
         }
     }
 
-    pub(super) fn all(&self) -> [&Lua; 26] {
+    pub(super) fn all(&self) -> [&Lua; 27] {
         [
             &self.lease,
             &self.complete,
@@ -128,6 +130,7 @@ impl Scripts {
             &self.seal,
             &self.abort,
             &self.cancel,
+            &self.retry,
             &self.finish,
             &self.expire_unleased,
             &self.start_waiting,

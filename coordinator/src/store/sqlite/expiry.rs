@@ -65,7 +65,7 @@ pub(super) async fn expire_jobs(store: &SqliteStore, now_ms: u64) -> StoreResult
         .await?;
     if !expired.is_empty() {
         // Their inputs go at once, as a cancelled job's do.
-        super::jobs::purge_finished_inputs(store).await?;
+        super::jobs::purge_finished_inputs(store, now_ms).await?;
     }
     Ok(expired)
 }

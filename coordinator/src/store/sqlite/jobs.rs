@@ -50,13 +50,20 @@ fn sealed_blob_jobs(c: &Connection) -> rusqlite::Result<HashSet<i64>> {
     .collect()
 }
 
-/// Failed and cancelled jobs that still hold inputs.
-fn finished_with_inputs(c: &Connection) -> rusqlite::Result<Vec<i64>> {
-    c.prepare(
-        "SELECT seq FROM jobs WHERE state IN ('failed', 'cancelled', 'expired')
+/// Finished jobs that still hold inputs nobody needs: cancelled and expired
+/// ones, and failed ones past the retention a retry needs (at once for a
+/// workflow's step, which is never retried).
+fn finished_with_inputs(c: &Connection, now_ms: u64) -> rusqlite::Result<Vec<i64>> {
+    c.prepare_cached(
+        "SELECT seq FROM jobs WHERE (state IN ('cancelled', 'expired')
+             OR (state = 'failed' AND (workflow IS NOT NULL
+                 OR COALESCE(finished_ms, 0) + ?2 <= ?1)))
          AND EXISTS (SELECT 1 FROM task_inputs i WHERE i.job_seq = jobs.seq)",
     )?
-    .query_map([], |r| r.get(0))?
+    .query_map(
+        params![now_ms as i64, rules::FAILED_JOB_RETENTION_MS as i64],
+        |r| r.get(0),
+    )?
     .collect()
 }
 
@@ -353,11 +360,29 @@ pub(super) async fn cancel_job(
     id: &str,
     now_ms: u64,
 ) -> StoreResult<Option<JobStatus>> {
+    // A failed job's files first, as the purge does: on a full disk the
+    // rows' deletion may fail, and the files are what gives the disk back.
+    let failed = {
+        let id = id.to_string();
+        store
+            .read(move |c| {
+                Ok(c.query_row(
+                    "SELECT seq FROM jobs WHERE id = ?1 AND state = 'failed'",
+                    [id],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()?)
+            })
+            .await?
+    };
+    if let Some(seq) = failed {
+        store.blobs.remove_job(seq);
+    }
     let id = id.to_string();
-    store
+    let (status, dropped) = store
         .write(move |tx| {
             let Some(seq) = job_seq(tx, &id)? else {
-                return Ok(None);
+                return Ok((None, None));
             };
             let changed = tx.execute(
                 "UPDATE jobs SET state = 'cancelled', finished_ms = ?2
@@ -367,15 +392,30 @@ pub(super) async fn cancel_job(
             if changed > 0 {
                 cancel_open_tasks(tx, seq)?;
             }
-            Ok(tx
+            let status = tx
                 .query_row(
                     &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE seq = ?1 AND sealed = 1"),
                     [seq],
                     job_from_row,
                 )
-                .optional()?)
+                .optional()?;
+            // A failed job stays failed; what it kept for a retry goes.
+            let dropped = match &status {
+                Some(s) if s.state == JobState::Failed => {
+                    for table in ["task_inputs", "task_outputs"] {
+                        tx.execute(&format!("DELETE FROM {table} WHERE job_seq = ?1"), [seq])?;
+                    }
+                    Some(seq)
+                }
+                _ => None,
+            };
+            Ok((status, dropped))
         })
-        .await
+        .await?;
+    if let Some(seq) = dropped {
+        store.blobs.remove_job(seq);
+    }
+    Ok(status)
 }
 
 pub(super) async fn job_outputs(
@@ -477,15 +517,18 @@ pub(super) async fn jobs_to_reduce(store: &SqliteStore) -> StoreResult<Vec<Strin
         .await
 }
 
-pub(super) async fn purge_finished_inputs(store: &SqliteStore) -> StoreResult<u64> {
+pub(super) async fn purge_finished_inputs(store: &SqliteStore, now_ms: u64) -> StoreResult<u64> {
     // Files first, read-only: on a full disk the rows' deletion may fail,
     // and freeing the files is what gives the disk back.
-    for seq in store.read(|c| Ok(finished_with_inputs(c)?)).await? {
+    for seq in store
+        .read(move |c| Ok(finished_with_inputs(c, now_ms)?))
+        .await?
+    {
         store.blobs.remove_job(seq);
     }
     let seqs = store
-        .write_relaxed(|tx| {
-            let seqs = finished_with_inputs(tx)?;
+        .write_relaxed(move |tx| {
+            let seqs = finished_with_inputs(tx, now_ms)?;
             for &seq in &seqs {
                 for table in ["task_inputs", "task_outputs", "replica_outputs"] {
                     tx.execute(&format!("DELETE FROM {table} WHERE job_seq = ?1"), [seq])?;
@@ -498,6 +541,93 @@ pub(super) async fn purge_finished_inputs(store: &SqliteStore) -> StoreResult<u6
         store.blobs.remove_job(seq);
     }
     Ok(seqs.len() as u64)
+}
+
+pub(super) async fn retry_failed_tasks(
+    store: &SqliteStore,
+    id: &str,
+    now_ms: u64,
+) -> StoreResult<Result<Retried, RetryRefusal>> {
+    let id = id.to_string();
+    store
+        .write(move |tx| {
+            type Row = (i64, String, Option<String>, Option<i64>, i64, i64);
+            let row: Option<Row> = tx
+                .query_row(
+                    "SELECT seq, state, workflow, finished_ms, total, redundancy
+                     FROM jobs WHERE id = ?1 AND sealed = 1",
+                    [&id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+                )
+                .optional()?;
+            let Some((seq, state, workflow, finished_ms, total, redundancy)) = row else {
+                return Ok(Err(RetryRefusal::NotFound));
+            };
+            if workflow.is_some() {
+                return Ok(Err(RetryRefusal::WorkflowStep));
+            }
+            let state = JobState::parse(&state).unwrap_or(JobState::Failed);
+            if state != JobState::Failed {
+                return Ok(Err(RetryRefusal::NotFailed(state)));
+            }
+            let expires: Option<i64> =
+                tx.query_row("SELECT expires_ms FROM jobs WHERE seq = ?1", [seq], |r| {
+                    r.get(0)
+                })?;
+            if expires.is_some_and(|at| at as u64 <= now_ms) {
+                return Ok(Err(RetryRefusal::Expired));
+            }
+            let inputs: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM task_inputs WHERE job_seq = ?1",
+                [seq],
+                |r| r.get(0),
+            )?;
+            if !rules::failed_job_kept(finished_ms.unwrap_or(0) as u64, now_ms) || inputs < total {
+                return Ok(Err(RetryRefusal::InputsGone));
+            }
+            let gone_module: Option<String> = tx
+                .query_row(
+                    "SELECT module FROM job_modules WHERE job_seq = ?1
+                     AND module NOT IN (SELECT id FROM modules)",
+                    [seq],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(module) = gone_module {
+                return Ok(Err(RetryRefusal::ModuleGone(module)));
+            }
+            // A task not done has no output: its replicas start again, as
+            // many as the job's redundancy (those disagreement added go).
+            const NOT_DONE: &str =
+                "idx NOT IN (SELECT idx FROM task_outputs WHERE job_seq = ?1)";
+            tx.execute(
+                &format!("DELETE FROM tasks WHERE job_seq = ?1 AND replica >= ?2 AND {NOT_DONE}"),
+                params![seq, redundancy.max(1)],
+            )?;
+            let requeued = tx.execute(
+                &format!(
+                    "UPDATE tasks SET state = ?2, attempts = 0,
+                         not_before_ms = (SELECT not_before_ms FROM jobs WHERE seq = ?1),
+                         lease_id = NULL, agent = NULL, deadline_ms = NULL, last_error = NULL,
+                         verdict = NULL
+                     WHERE job_seq = ?1 AND {NOT_DONE}"
+                ),
+                params![seq, PENDING],
+            )?;
+            tx.execute(
+                "UPDATE jobs SET state = CASE WHEN started_ms IS NULL THEN 'queued' ELSE 'running' END,
+                     error = NULL, failed = 0, finished_ms = NULL
+                 WHERE seq = ?1",
+                [seq],
+            )?;
+            let done: i64 =
+                tx.query_row("SELECT done FROM jobs WHERE seq = ?1", [seq], |r| r.get(0))?;
+            Ok(Ok(Retried {
+                requeued: requeued as u64,
+                ready: total > 0 && done == total,
+            }))
+        })
+        .await
 }
 
 pub(super) async fn stats(store: &SqliteStore) -> StoreResult<Stats> {
