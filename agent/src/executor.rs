@@ -284,7 +284,9 @@ pub const PANIC_IN_KERNEL_ENV: &str = "MUSKETEER_PANIC_IN_KERNEL";
 
 /// Panics if [`PANIC_IN_KERNEL_ENV`] names `kernel`.
 fn inject_panic(kernel: &str) {
-    if std::env::var_os(PANIC_IN_KERNEL_ENV).is_some_and(|k| k == kernel) {
+    static PANICKING: std::sync::OnceLock<Option<std::ffi::OsString>> = std::sync::OnceLock::new();
+    let panicking = PANICKING.get_or_init(|| std::env::var_os(PANIC_IN_KERNEL_ENV));
+    if panicking.as_deref().is_some_and(|k| k == kernel) {
         panic!("{PANIC_IN_KERNEL_ENV}={kernel} asked for it");
     }
 }

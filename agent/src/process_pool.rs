@@ -314,6 +314,9 @@ fn exit_reason(status: std::io::Result<ExitStatus>, cap: u64, limit: u64) -> Str
             mib(limit),
             mib(cap)
         ),
+        Ok(s) if s.code() == Some(worker::EXIT_PANICKED) => {
+            "the worker process running it panicked (the agent's log has the message)".into()
+        }
         Ok(s) => match s.signal() {
             Some(sig) => format!("the worker process running it died of signal {sig}"),
             None => format!("the worker process running it exited with {s}"),

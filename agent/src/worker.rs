@@ -217,24 +217,45 @@ fn write_reply(output: &mut impl Write, reply: &WorkerReply) -> io::Result<()> {
     output.flush()
 }
 
+/// The exit code of a worker whose kernel panicked where panics abort
+/// (having answered for its task first, when one ran).
+pub const EXIT_PANICKED: i32 = 87;
+
 /// Where panics abort (the shipped agents: the `release-small` profile), a
 /// panicking kernel cannot be caught, so the worker answers for its task
 /// before it ends: the task fails with the panic's message, as where panics
 /// unwind, and the agent starts a fresh worker for the next one.
+#[allow(unsafe_code)] // `_exit`, proved sound where it is called
 fn answer_for_panics() {
     use std::os::fd::AsFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static ANSWERING: AtomicBool = AtomicBool::new(false);
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        report(info);
-        let Some(reply) = RUNNING.answer_panic(info.payload()) else {
-            return;
-        };
-        // Not through `Stdout`, whose lock `serve` holds on the main
-        // thread: the panic may be on another (word count's threads).
-        // `serve` has flushed its last reply before this task began.
-        if let Ok(fd) = io::stdout().as_fd().try_clone_to_owned() {
-            let _ = write_reply(&mut std::fs::File::from(fd), &reply);
+        // The answer allocates: a kernel near its cap must still be
+        // reported as panicked, not as over memory.
+        memory_cap::set_cap(u64::MAX);
+        if ANSWERING.swap(true, Ordering::SeqCst) {
+            // Another of the task's threads panicked first and is
+            // answering; its exit ends this thread too.
+            loop {
+                std::thread::park();
+            }
         }
+        report(info);
+        if let Some(reply) = RUNNING.answer_panic(info.payload()) {
+            // Not through `Stdout`, whose lock `serve` holds on the main
+            // thread: the panic may be on another (word count's threads).
+            // `serve` has flushed its last reply before this task began.
+            if let Ok(fd) = io::stdout().as_fd().try_clone_to_owned() {
+                let _ = write_reply(&mut std::fs::File::from(fd), &reply);
+            }
+        }
+        // SAFETY: `_exit` takes a plain integer and never returns. Unlike
+        // `exit` it runs no atexit handlers, which could wait on the stdout
+        // lock that `serve` holds; unlike the abort that would follow, it
+        // leaves no core dump on an owner's disk.
+        unsafe { libc::_exit(EXIT_PANICKED) }
     }));
 }
 

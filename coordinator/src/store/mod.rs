@@ -929,11 +929,11 @@ pub trait Store: Send + Sync + 'static {
     /// Returns expired leases to the queue; returns how many.
     async fn expire_leases(&self, now_ms: u64) -> StoreResult<u32>;
     /// Deletes the inputs (and outputs) of cancelled and expired jobs, and
-    /// of failed ones once [`rules::FAILED_JOB_RETENTION_MS`] has passed by
-    /// `now_ms` (a cancelled 1 GiB upload must not hold the disk forever);
+    /// of failed ones once they are past [`rules::FAILED_JOB_RETENTION_MS`]
+    /// by `now_ms` (a cancelled 1 GiB upload must not hold the disk forever);
     /// returns how many jobs.
     async fn purge_finished_inputs(&self, now_ms: u64) -> StoreResult<u64>;
-    /// Retries a failed job, in one atomic step: every replica of each task
+    /// Retries a failed job (atomically for the job's own records): every replica of each task
     /// not done (failed, cancelled by the failure, or with votes the failure
     /// discarded) is queued again with its attempts reset; done tasks and
     /// their outputs stay; the job's error and failure count are cleared and

@@ -68,6 +68,13 @@ impl Batch {
 /// long a succeeded job's result is wanted and is often unset (forever).
 pub const FAILED_JOB_RETENTION_MS: u64 = 24 * 3600 * 1000;
 
+/// When the embedded store deletes a failed job's inputs: a minute past
+/// [`FAILED_JOB_RETENTION_MS`], so that a retry that passed its check a
+/// moment before the purge (their clocks read apart) never finds its files
+/// gone. (Redis needs no margin: its retry checks and its expiry deletes
+/// under one clock, atomically.)
+pub const FAILED_JOB_PURGE_AFTER_MS: u64 = FAILED_JOB_RETENTION_MS + 60_000;
+
 /// Whether a job that failed at `finished_ms` still keeps what a retry
 /// needs at `now_ms` (see [`FAILED_JOB_RETENTION_MS`]).
 pub fn failed_job_kept(finished_ms: u64, now_ms: u64) -> bool {

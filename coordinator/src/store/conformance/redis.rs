@@ -141,3 +141,22 @@ pub(super) async fn stale_removal(s: RedisStore) {
     );
     assert!(!s.queue_race("l", "default", 1, 3).await.unwrap());
 }
+
+/// A sweep that read a failed job before a retry reopened it, and forgets
+/// it only after, leaves it in the indexes: its tasks are leased again.
+#[tokio::test]
+async fn a_retry_outlives_a_sweep_that_saw_the_job_failed() {
+    use super::*;
+    let s = store().await;
+    enrol(&s, "a").await;
+    retry::failed_job(&s, "j", 3).await;
+    s.retry_failed_tasks("j", T0 + 1).await.unwrap().unwrap();
+    s.forget_stale("j").await.unwrap();
+    let again = s.lease(query("a", T0 + 2, 10)).await.unwrap();
+    assert_eq!(again.len(), 2, "the failed and the cancelled task");
+    let out = s
+        .complete("a", again.iter().map(|t| done(&t.task)).collect(), T0 + 2)
+        .await
+        .unwrap();
+    assert_eq!(out.ready, vec!["j".to_string()]);
+}

@@ -7,7 +7,7 @@ use crate::store::rules::FAILED_JOB_RETENTION_MS;
 /// A job of `tasks` tasks with one attempt each, every task leased by "a":
 /// the first done, the second failed (which fails the job and cancels the
 /// third). Returns the leases, by task index.
-async fn failed_job(store: &dyn Store, id: &str, tasks: usize) -> Vec<LeasedTask> {
+pub(super) async fn failed_job(store: &dyn Store, id: &str, tasks: usize) -> Vec<LeasedTask> {
     let options = JobOptions {
         max_attempts: 1,
         ..JobOptions::default()

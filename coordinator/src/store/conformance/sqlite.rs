@@ -131,12 +131,17 @@ async fn failed_jobs_keep_their_disk_for_the_retention_only() {
     let failed_at = status.finished_ms.unwrap();
     assert_eq!(s.purge_finished_inputs(failed_at).await.unwrap(), 0);
     assert_eq!(files(), 1, "kept for a retry");
+    // No retry is taken from then on, but the files stay a minute more,
+    // for one that checked just before.
     assert_eq!(
         s.purge_finished_inputs(failed_at + retention)
             .await
             .unwrap(),
-        1
+        0
     );
+    assert_eq!(files(), 1);
+    let purge_at = failed_at + crate::store::rules::FAILED_JOB_PURGE_AFTER_MS;
+    assert_eq!(s.purge_finished_inputs(purge_at).await.unwrap(), 1);
     assert_eq!(files(), 0);
 }
 

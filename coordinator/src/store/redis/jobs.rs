@@ -528,13 +528,17 @@ pub(super) async fn retry_failed_tasks(
         "gone" => Some(RetryRefusal::InputsGone),
         "state" => {
             let state = reply.get(1).and_then(reply_string);
-            Some(RetryRefusal::NotFailed(
-                state
-                    .and_then(|s| JobState::parse(&s))
-                    .unwrap_or(JobState::Failed),
-            ))
+            match state.as_deref().and_then(JobState::parse) {
+                Some(state) => Some(RetryRefusal::NotFailed(state)),
+                None => return Err(StoreError::Corrupt(format!("job {id} has state {state:?}"))),
+            }
         }
-        _ => Some(RetryRefusal::NotFound),
+        "none" => Some(RetryRefusal::NotFound),
+        other => {
+            return Err(StoreError::Corrupt(format!(
+                "the retry script answered {other:?} for job {id}"
+            )))
+        }
     };
     if let Some(refusal) = refusal {
         // The active entry is dropped by the next sweep that meets the

@@ -364,6 +364,16 @@ impl RedisStore {
         Ok(score.is_some())
     }
 
+    /// Forgets `id` as a sweep does that read it finished before a retry
+    /// reopened it (the race `restore_reopened` mends), for tests.
+    #[cfg(test)]
+    pub async fn forget_stale(&self, id: &str) -> StoreResult<()> {
+        let mut c = ::redis::cmd("HGET");
+        c.arg(self.keys().meta(id)).arg("queue");
+        let queue = reply_string(&self.one(c).await?).unwrap_or_default();
+        self.forget_finished(&[(id.to_string(), queue)]).await
+    }
+
     fn keys(&self) -> &Keys {
         &self.inner.keys
     }
@@ -390,6 +400,45 @@ impl RedisStore {
             p.cmd("ZREM").arg(k.queue(queue)).arg(id).ignore();
             p.cmd("HDEL").arg(k.shared("qver")).arg(id).ignore();
         }
+        self.run::<()>(&p).await?;
+        self.restore_reopened(jobs).await
+    }
+
+    /// Puts back in the indexes the `jobs` that a retry reopened between
+    /// the caller's read (finished) and `forget_finished`'s removals: the
+    /// indexes live in other slots than a job's own keys on Redis Cluster,
+    /// so no one script can both check a job's state and forget it.
+    async fn restore_reopened(&self, jobs: &[(String, String)]) -> StoreResult<()> {
+        let k = self.keys();
+        let mut p = ::redis::pipe();
+        for (id, _) in jobs {
+            p.cmd("HGET").arg(k.meta(id)).arg("state");
+        }
+        let states: Vec<Option<String>> = self.run(&p).await?;
+        let reopened: Vec<&(String, String)> = jobs
+            .iter()
+            .zip(states)
+            .filter(|(_, s)| {
+                s.as_deref()
+                    .and_then(JobState::parse)
+                    .is_some_and(|s| !s.is_finished())
+            })
+            .map(|(job, _)| job)
+            .collect();
+        if reopened.is_empty() {
+            return Ok(());
+        }
+        let mut p = ::redis::pipe();
+        for (id, queue) in reopened {
+            p.cmd("HSET")
+                .arg(k.shared("active"))
+                .arg(id)
+                .arg(queue)
+                .ignore();
+            let place = reply_items(self.one(self.scripts().place.call(&k.job(id))).await?);
+            self.put_back(&mut p, id, &place, 0);
+        }
+        self.bump_epoch(&mut p);
         self.run::<()>(&p).await
     }
 

@@ -36,6 +36,7 @@ pub(super) struct Scripts {
     pub(super) abort: Lua,
     pub(super) cancel: Lua,
     pub(super) retry: Lua,
+    pub(super) place: Lua,
     pub(super) finish: Lua,
     pub(super) expire_unleased: Lua,
     pub(super) start_waiting: Lua,
@@ -99,6 +100,7 @@ impl Scripts {
             abort: job(include_str!("job_abort.lua")),
             cancel: job(include_str!("job_cancel.lua")),
             retry: job(include_str!("job_retry.lua")),
+            place: job(include_str!("job_place.lua")),
             finish: job(include_str!("job_finish.lua")),
             expire_unleased: job(include_str!("job_expire_unleased.lua")),
             start_waiting: job(include_str!("job_start_waiting.lua")),
@@ -118,7 +120,7 @@ impl Scripts {
         }
     }
 
-    pub(super) fn all(&self) -> [&Lua; 27] {
+    pub(super) fn all(&self) -> [&Lua; 28] {
         [
             &self.lease,
             &self.complete,
@@ -131,6 +133,7 @@ impl Scripts {
             &self.abort,
             &self.cancel,
             &self.retry,
+            &self.place,
             &self.finish,
             &self.expire_unleased,
             &self.start_waiting,

@@ -61,7 +61,7 @@ fn finished_with_inputs(c: &Connection, now_ms: u64) -> rusqlite::Result<Vec<i64
          AND EXISTS (SELECT 1 FROM task_inputs i WHERE i.job_seq = jobs.seq)",
     )?
     .query_map(
-        params![now_ms as i64, rules::FAILED_JOB_RETENTION_MS as i64],
+        params![now_ms as i64, rules::FAILED_JOB_PURGE_AFTER_MS as i64],
         |r| r.get(0),
     )?
     .collect()
@@ -566,7 +566,8 @@ pub(super) async fn retry_failed_tasks(
             if workflow.is_some() {
                 return Ok(Err(RetryRefusal::WorkflowStep));
             }
-            let state = JobState::parse(&state).unwrap_or(JobState::Failed);
+            let state = JobState::parse(&state)
+                .ok_or_else(|| StoreError::Corrupt(format!("job {id} has state {state:?}")))?;
             if state != JobState::Failed {
                 return Ok(Err(RetryRefusal::NotFailed(state)));
             }
