@@ -24,6 +24,11 @@ use crate::volunteer::Hold;
 /// past its budget), long enough that reading `/proc` costs under a
 /// percent of a core.
 pub const TICK: Duration = Duration::from_millis(10);
+/// The tick while a volunteer's pause holds every worker stopped: nothing
+/// runs that needs a 10 ms eye (no CPU, no memory growth, timeouts held),
+/// and a paused agent should cost its owner nothing; a resume still acts
+/// within a tenth of a second.
+const HELD_TICK: Duration = Duration::from_millis(100);
 /// How much unused CPU time the duty cycle may save up, per allowed core:
 /// an agent idle for a minute must not then run flat out for half of one.
 const BURST_PER_CPU: Duration = Duration::from_millis(20);
@@ -173,8 +178,9 @@ pub fn run(shared: Arc<Mutex<Shared>>, mut policy: Policy) {
         host_busy: h.busy,
         agent_cpu,
     });
+    let mut tick = TICK;
     loop {
-        std::thread::sleep(TICK);
+        std::thread::sleep(tick);
         let now = Instant::now();
         let wall = now - last;
         last = now;
@@ -246,6 +252,7 @@ pub fn run(shared: Arc<Mutex<Shared>>, mut policy: Policy) {
         }
         shared.enforce_timeouts(now);
         shared.enforce_memory(policy.memory_limit);
+        tick = if held { HELD_TICK } else { TICK };
     }
 }
 
