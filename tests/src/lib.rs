@@ -682,7 +682,7 @@ impl Coordinator {
         leased: &musketeer_tasks::protocol::LeaseResponse,
         reason: &str,
     ) -> Result<Value> {
-        use musketeer_tasks::protocol::{ResultBatch, TaskOutcome, TaskReport};
+        use musketeer_tasks::protocol::{TaskOutcome, TaskReport};
         let results = leased
             .tasks
             .iter()
@@ -692,21 +692,7 @@ impl Coordinator {
                 outcome: TaskOutcome::Failed(reason.to_string()),
             })
             .collect();
-        let body = musketeer_tasks::protocol::encode(&ResultBatch { results })?;
-        let client = self.client_with_token(&agent.credential);
-        Ok(client
-            .send(
-                client
-                    .request(reqwest::Method::POST, "/v1/agent/results")
-                    .header(
-                        "content-type",
-                        musketeer_tasks::protocol::POSTCARD_CONTENT_TYPE,
-                    )
-                    .body(body),
-            )
-            .await?
-            .json()
-            .await?)
+        self.upload_manual(agent, results).await
     }
 
     /// Runs the leased tasks here and uploads their results as `agent`.
@@ -715,7 +701,7 @@ impl Coordinator {
         agent: &ManualAgent,
         leased: &musketeer_tasks::protocol::LeaseResponse,
     ) -> Result<Value> {
-        use musketeer_tasks::protocol::{ResultBatch, TaskOutcome, TaskReport};
+        use musketeer_tasks::protocol::{TaskOutcome, TaskReport};
         let results = leased
             .tasks
             .iter()
@@ -728,6 +714,16 @@ impl Coordinator {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        self.upload_manual(agent, results).await
+    }
+
+    /// Uploads `results` as `agent`; returns the coordinator's answer.
+    async fn upload_manual(
+        &self,
+        agent: &ManualAgent,
+        results: Vec<musketeer_tasks::protocol::TaskReport>,
+    ) -> Result<Value> {
+        use musketeer_tasks::protocol::ResultBatch;
         let body = musketeer_tasks::protocol::encode(&ResultBatch { results })?;
         let client = self.client_with_token(&agent.credential);
         Ok(client
