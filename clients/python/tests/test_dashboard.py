@@ -155,7 +155,7 @@ def login(driver: webdriver.Chrome, base: str, token: str) -> None:
     driver.find_element(By.ID, "token").send_keys(token)
     driver.find_element(By.ID, "login").click()
     wait_until("the dashboard after login", lambda: driver.find_elements(By.ID, "tab-overview"))
-    wait_until("live data", lambda: driver.find_element(By.ID, "live").text == "live")
+    settled("live data", lambda: driver.find_element(By.ID, "live").text == "live")
 
 
 def relogin(driver: webdriver.Chrome, base: str, token: str) -> None:
@@ -232,8 +232,14 @@ def wait_for_state(api: Api, job: str, state: str, seconds: float = 120) -> None
 
 
 def progress_of(driver: webdriver.Chrome) -> int:
-    bars = driver.find_elements(By.CSS_SELECTOR, "#job-view .progress")
-    return int(bars[0].get_attribute("aria-valuenow")) if bars else -1
+    """The job page's progress bar, -1 before it is drawn; read again when
+    the page redrew under the read (it redraws every second)."""
+    while True:
+        try:
+            bars = driver.find_elements(By.CSS_SELECTOR, "#job-view .progress")
+            return int(bars[0].get_attribute("aria-valuenow")) if bars else -1
+        except StaleElementReferenceException:
+            continue
 
 
 def test_viewer_and_admin_in_a_browser(
@@ -262,18 +268,18 @@ def test_viewer_and_admin_in_a_browser(
     wait_until("the jobs list", lambda: browser.find_elements(By.ID, "job-" + stuck))
     shot(browser, "viewer-jobs")
     browser.get(base + "/#/job/" + stuck)
-    reason = wait_until(
+    reasons = settled(
         "the reason the labelled job waits",
-        lambda: browser.find_elements(By.CSS_SELECTOR, '#why li[data-code="missing_label"]'),
-    )[0]
-    assert reason.text == "no active agent carries label gpu=yes"
+        lambda: [e.text for e in browser.find_elements(By.CSS_SELECTOR, '#why li[data-code="missing_label"]')],
+    )
+    assert reasons[0] == "no active agent carries label gpu=yes"
     assert not browser.find_elements(By.ID, "cancel-job"), "a viewer has no cancel button"
     shot(browser, "viewer-waiting-job")
 
     # The queued job's page; then an agent for its queue starts, and the bar
     # moves in the page as it is (a reload would lose the marker).
     browser.get(base + "/#/job/" + later["id"])
-    wait_until(
+    settled(
         "the job page",
         lambda: browser.find_elements(By.ID, "job-id")
         and browser.find_element(By.ID, "job-id").text == later["id"]
@@ -297,7 +303,7 @@ def test_viewer_and_admin_in_a_browser(
     assert browser.execute_script("return window.__noReload") == "still here", "the page reloaded"
     assert seen[0] == 0 and seen[-1] == total and seen == sorted(seen), seen
     assert len(seen) >= 2, seen
-    wait_until("succeeded", lambda: browser.find_element(By.ID, "job-state").text == "succeeded")
+    settled("succeeded", lambda: browser.find_element(By.ID, "job-state").text == "succeeded")
     assert browser.find_elements(By.ID, "download")
     shot(browser, "viewer-job-done")
 
@@ -306,13 +312,13 @@ def test_viewer_and_admin_in_a_browser(
     wait_until("the login page", lambda: browser.find_elements(By.ID, "login-form"))
     login(browser, base, (data_dir / "admin.token").read_text().strip())
     browser.get(base + "/#/job/" + stuck)
-    wait_until("the stuck job's page", lambda: browser.find_elements(By.ID, "job-id")
-               and browser.find_element(By.ID, "job-id").text == stuck)
-    button = wait_until("the cancel button", lambda: browser.find_elements(By.ID, "cancel-job"))[0]
+    settled("the stuck job's page", lambda: browser.find_elements(By.ID, "job-id")
+            and browser.find_element(By.ID, "job-id").text == stuck)
+    wait_until("the cancel button", lambda: browser.find_elements(By.ID, "cancel-job"))
     shot(browser, "admin-job")
-    button.click()
+    click(browser, "cancel-job")
     browser.switch_to.alert.accept()
-    wait_until("cancelled in the page", lambda: browser.find_element(By.ID, "job-state").text == "cancelled")
+    settled("cancelled in the page", lambda: browser.find_element(By.ID, "job-state").text == "cancelled")
     assert api.get("/v1/jobs/" + stuck)["state"] == "cancelled"
     assert not browser.find_elements(By.ID, "cancel-job")
     shot(browser, "admin-cancelled")
